@@ -1,0 +1,108 @@
+"""Datasets laid out as one folder per split with ids and cameras in the file names.
+
+Market-1501, DukeMTMC-reID and any user layout described by a regex.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from reid_masks.datasets.records import Record, ReIDDataset, SPLITS, relabel
+from reid_masks.errors import UserError
+
+
+def resolve_root(root: str | Path, manifest: dict[str, Any], marker: str) -> Path:
+    """The folder holding ``marker``: ``root`` itself or one of the manifest's wrapper folders."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root}: dataset root not found (expected a folder holding {marker})")
+    if (root / marker).exists():
+        return root
+    for wrapper in manifest.get("wrapper_dirs", []):
+        if (root / wrapper / marker).exists():
+            return root / wrapper
+    return root
+
+
+def compile_pattern(pattern: str, origin: str) -> re.Pattern:
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UserError(f"{origin}: invalid file-name regex {pattern!r} ({exc})") from None
+    if not {"pid", "camid"} <= set(regex.groupindex):
+        raise UserError(f"{origin}: the file-name regex needs named groups (?P<pid>...) and (?P<camid>...)")
+    return regex
+
+
+def list_images(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+
+
+def parse_names(
+    files: list[Path], regex: re.Pattern, root: Path, split: str, camera_base: int, cameras: int | None
+) -> list[Record]:
+    """Records for ``files``; an unparseable name or an out-of-range camera is a user error."""
+    records, bad = [], []
+    for f in files:
+        m = regex.match(f.name)
+        if m is None:
+            bad.append(f.name)
+            continue
+        camid = int(m.group("camid")) - camera_base
+        if camid < 0 or (cameras is not None and camid >= cameras):
+            raise UserError(f"{f}: camera {m.group('camid')} out of range (expected {camera_base}..{camera_base + (cameras or 1) - 1})")
+        records.append(Record(f.relative_to(root).as_posix(), int(m.group("pid")), camid, split))
+    if bad:
+        raise UserError(
+            f"{files[0].parent}: {len(bad)} file name(s) do not match {regex.pattern!r} (first: {', '.join(bad[:3])})"
+        )
+    return records
+
+
+def load_folder_dataset(
+    name: str,
+    root: str | Path,
+    split_dirs: dict[str, str],
+    pattern: str,
+    *,
+    extensions: tuple[str, ...] = (".jpg",),
+    camera_base: int = 1,
+    cameras: int | None = None,
+    junk_pid: int | None = None,
+    manifest: dict[str, Any] | None = None,
+    origin: str = "pattern",
+) -> ReIDDataset:
+    """Read the three split folders; junk ids are dropped, other ids (distractors) kept."""
+    manifest = manifest or {}
+    base = resolve_root(root, manifest, split_dirs["train"])
+    regex = compile_pattern(pattern, origin)
+    splits: dict[str, list[Record]] = {}
+    for split in SPLITS:
+        folder = base / split_dirs[split]
+        if not folder.is_dir():
+            raise UserError(f"{folder}: split folder for {split!r} not found (expected the {name} layout)")
+        records = parse_names(list_images(folder, extensions), regex, base, split, camera_base, cameras)
+        if junk_pid is not None:
+            records = [r for r in records if r.pid != junk_pid]
+        if not records:
+            raise UserError(f"{folder}: no images with extension {'/'.join(extensions)}")
+        splits[split] = records
+    splits["train"] = relabel(splits["train"])
+    return ReIDDataset(name, base, splits["train"], splits["query"], splits["gallery"])
+
+
+def load_manifest_folders(manifest: dict[str, Any], root: str | Path) -> ReIDDataset:
+    """Market-1501 / DukeMTMC-reID from their manifest's layout facts."""
+    return load_folder_dataset(
+        manifest["name"],
+        root,
+        {s: manifest["splits"][s]["dir"] for s in SPLITS},
+        manifest["filename"]["pattern"],
+        extensions=(manifest["filename"]["extension"],),
+        camera_base=manifest["camera_base"],
+        cameras=manifest["cameras"],
+        junk_pid=manifest.get("junk_pid"),
+        manifest=manifest,
+        origin=f"data_manifests/{manifest['name']}.json",
+    )

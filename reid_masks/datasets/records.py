@@ -1,0 +1,67 @@
+"""The plain record and dataset types every adapter returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+SPLITS = ("train", "query", "gallery")
+
+
+class Record(NamedTuple):
+    """One image: ``path`` is relative to the dataset root (POSIX separators).
+
+    ``pid`` is relabelled to 0..N-1 in the train split only; query/gallery keep the
+    dataset's own ids (distractors keep theirs, e.g. Market's 0). ``camid`` is 0-based.
+    A NamedTuple so ``path, pid, camid, split = rec`` works like torchreid's tuples.
+    """
+
+    path: str
+    pid: int
+    camid: int
+    split: str
+
+
+@dataclass
+class ReIDDataset:
+    """A dataset's three splits, with records relative to ``root``."""
+
+    name: str
+    root: Path
+    train: list[Record]
+    query: list[Record]
+    gallery: list[Record]
+    info: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Record]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}: expected one of {SPLITS}")
+        return getattr(self, name)
+
+    def abspath(self, record: Record | str) -> Path:
+        rel = record if isinstance(record, str) else record.path
+        return self.root / rel
+
+    @property
+    def num_train_pids(self) -> int:
+        return len({r.pid for r in self.train})
+
+    @property
+    def num_train_cams(self) -> int:
+        return len({r.camid for r in self.train})
+
+    def summary(self) -> str:
+        """A torchreid-style table of images, ids and cameras per split."""
+        lines = [f"{self.name} at {self.root}", "  split   | # ids | # images | # cameras"]
+        for s in SPLITS:
+            recs = self.split(s)
+            ids = len({r.pid for r in recs})
+            cams = len({r.camid for r in recs})
+            lines.append(f"  {s:<7} | {ids:5d} | {len(recs):8d} | {cams:9d}")
+        return "\n".join(lines)
+
+
+def relabel(records: list[Record]) -> list[Record]:
+    """Training ids mapped to 0..N-1 in increasing order of the original id."""
+    mapping = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+    return [r._replace(pid=mapping[r.pid]) for r in records]

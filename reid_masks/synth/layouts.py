@@ -1,0 +1,294 @@
+"""Write small synthetic datasets in the exact on-disk layouts of the real ones.
+
+Every image gets a LIP parsing PNG at ``<out>/parsing/<relative path>.png`` (same stem):
+the ground truth the mask stage is tested against. A ``manifest.json`` with the copy's
+own counts (same schema as ``data_manifests/``) lets ``reid-masks validate`` check it.
+Output is deterministic for a seed: image ``i`` is drawn from ``default_rng([seed, i])``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from reid_masks.datasets.manifest import load_manifest
+from reid_masks.errors import UserError
+from reid_masks.synth.render import Identity, camera_background, render_person, sample_identity
+
+LAYOUTS = ("market1501", "dukemtmc", "cuhk03", "msmt17")
+PARSING_DIR = "parsing"
+SECOND_PERSON_RATE = 0.2
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to render: ``identity`` None draws a junk crop (background only)."""
+
+    path: str
+    identity: Identity | None
+    camid: int
+    height: int = 128
+    width: int = 64
+
+
+def render_job(job: Job, seed: int, index: int, identities: list[Identity]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, index])
+    if job.identity is None:
+        return camera_background(job.camid, job.height, job.width, rng), np.zeros((job.height, job.width), np.uint8)
+    other = identities[int(rng.integers(len(identities)))] if rng.random() < SECOND_PERSON_RATE else None
+    if other == job.identity:
+        other = None
+    image, parsing, _ = render_person(job.identity, job.camid, rng, job.height, job.width, second_person=other)
+    return image, parsing
+
+
+def write_jobs(out: Path, jobs: list[Job], seed: int, identities: list[Identity], workers: int) -> None:
+    """Render and save every image and its parsing PNG (CUHK03 images are kept in memory by the caller)."""
+    from joblib import Parallel, delayed
+
+    def work(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            image, parsing = render_job(jobs[i], seed, i, identities)
+            save_pair(out, jobs[i].path, image, parsing)
+
+    step = max(1, -(-len(jobs) // (workers * 4)))
+    Parallel(n_jobs=workers)(delayed(work)(lo, min(lo + step, len(jobs))) for lo in range(0, len(jobs), step))
+
+
+def save_pair(out: Path, rel: str, image: np.ndarray, parsing: np.ndarray) -> None:
+    img_path, lab_path = out / rel, (out / PARSING_DIR / rel).with_suffix(".png")
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    lab_path.parent.mkdir(parents=True, exist_ok=True)
+    if img_path.suffix == ".jpg":
+        Image.fromarray(image).save(img_path, quality=92)
+    else:
+        Image.fromarray(image).save(img_path)
+    Image.fromarray(parsing, mode="L").save(lab_path)
+
+
+def pick_pids(rng: np.random.Generator, n: int, low: int, high: int) -> list[int]:
+    return sorted(int(p) for p in rng.choice(np.arange(low, high), size=n, replace=False))
+
+
+def visits(rng: np.random.Generator, cameras: int, lo: int, hi: int) -> list[int]:
+    """Distinct cameras (0-based) in which one identity is seen."""
+    return sorted(int(c) for c in rng.choice(cameras, size=int(rng.integers(lo, hi + 1)), replace=False))
+
+
+def folder_jobs(layout: str, ids: int, rng: np.random.Generator, ident: Callable[[int], Identity]) -> tuple[list[Job], dict]:
+    """Market-1501 / DukeMTMC-reID: train, query and gallery folders with ids in file names."""
+    market = layout == "market1501"
+    cams = 6 if market else 8
+    pids = pick_pids(rng, 2 * ids + (ids // 2 if not market else 0), 1, 1500)
+    rng.shuffle(pids)
+    train_ids, test_ids, extra_ids = sorted(pids[:ids]), sorted(pids[ids:2 * ids]), sorted(pids[2 * ids:])
+    counter = iter(range(1, 10**6))
+
+    def name(pid: int, cam: int) -> str:
+        frame = next(counter) * 37
+        if market:
+            return f"{pid:04d}_c{cam + 1}s{int(rng.integers(1, 7))}_{frame:06d}_{int(rng.integers(0, 8)):02d}.jpg" if pid >= 0 else f"-1_c{cam + 1}s1_{frame:06d}_00.jpg"
+        return f"{pid:04d}_c{cam + 1}_f{frame:07d}.jpg"
+
+    size = (lambda: (128, 64)) if market else (lambda: (int(rng.integers(128, 177)), int(rng.integers(56, 81))))
+    jobs: list[Job] = []
+    counts = {"train": {}, "query": {}, "gallery": {}}
+
+    def add(split: str, folder: str, pid: int, cam: int, identity: Identity | None) -> None:
+        h, w = size()
+        jobs.append(Job(f"{folder}/{name(pid, cam)}", identity, cam, h, w))
+        counts[split].setdefault(pid, 0)
+        counts[split][pid] += 1
+
+    for pid in train_ids:
+        for cam in visits(rng, cams, 2, 4):
+            for _ in range(int(rng.integers(1, 4))):
+                add("train", "bounding_box_train", pid, cam, ident(pid))
+    for pid in test_ids:
+        seen = visits(rng, cams, 2, 4)
+        for cam in seen[: int(rng.integers(1, 3))]:
+            add("query", "query", pid, cam, ident(pid))
+        for cam in seen:
+            for _ in range(int(rng.integers(1, 4))):
+                add("gallery", "bounding_box_test", pid, cam, ident(pid))
+    n_gallery = len(jobs)
+    if market:
+        for _ in range(max(2, n_gallery // 10)):
+            add("gallery", "bounding_box_test", 0, int(rng.integers(cams)), ident(-1000 - len(jobs)))
+        for _ in range(max(2, n_gallery // 10)):
+            add("gallery", "bounding_box_test", -1, int(rng.integers(cams)), None)
+    for pid in extra_ids:
+        for cam in visits(rng, cams, 1, 2):
+            add("gallery", "bounding_box_test", pid, cam, ident(pid))
+    return jobs, counts
+
+
+def msmt_jobs(ids: int, rng: np.random.Generator, ident: Callable[[int], Identity]) -> tuple[list[Job], dict[str, list[str]]]:
+    """MSMT17: train/<pid>/ and test/<pid>/ folders plus list files with per-folder labels."""
+    lists: dict[str, list[str]] = {k: [] for k in ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")}
+    jobs: list[Job] = []
+    tods = ("morning", "noon", "afternoon")
+
+    def add(folder: str, lst: str, label: int, cam: int, identity: Identity) -> None:
+        n = sum(1 for j in jobs if j.path.startswith(f"{folder}/{label:04d}/"))
+        fname = f"{label:04d}_{n:03d}_{cam + 1:02d}_{int(rng.integers(1, 5)):02d}{int(rng.integers(10, 29)):02d}{tods[int(rng.integers(3))]}_{int(rng.integers(0, 9999)):04d}_{int(rng.integers(0, 9))}.jpg"
+        jobs.append(Job(f"{folder}/{label:04d}/{fname}", identity, cam, int(rng.integers(128, 161)), 64))
+        lists[lst].append(f"{label:04d}/{fname} {label}")
+
+    n_val = max(1, ids // 8)
+    for label in range(ids):
+        lst = "list_val.txt" if label >= ids - n_val else "list_train.txt"
+        for cam in visits(rng, 15, 2, 3):
+            for _ in range(int(rng.integers(1, 3))):
+                add("train", lst, label, cam, ident(label))
+    for label in range(ids):
+        seen = visits(rng, 15, 2, 3)
+        add("test", "list_query.txt", label, seen[0], ident(10_000 + label))
+        for cam in seen:
+            for _ in range(int(rng.integers(1, 3))):
+                add("test", "list_gallery.txt", label, cam, ident(10_000 + label))
+    return jobs, lists
+
+
+def write_cuhk03(out: Path, ids: int, seed: int, rng: np.random.Generator, ident: Callable[[int], Identity], identities: list[Identity], workers: int) -> dict:
+    """``cuhk-03.mat`` (MATLAB v7.3 layout) and the two new-protocol split files."""
+    import h5py
+    import scipy.io
+
+    total = 2 * ids
+    pair_of = rng.integers(0, 5, size=total)
+    per_pair = {p: [i for i in range(total) if pair_of[i] == p] for p in range(5)}
+    # which of the ten cells (5 per view) hold an image, identical for both variants
+    cells = {i: sorted(rng.choice(5, size=int(rng.integers(2, 4)), replace=False).tolist()) + sorted((5 + rng.choice(5, size=int(rng.integers(2, 4)), replace=False)).tolist()) for i in range(total)}
+    facts = {}
+    raw = out / "cuhk03_release" / "cuhk-03.mat"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    tmp = raw.with_name(raw.name + ".partial")
+    with h5py.File(tmp, "w", userblock_size=512) as mat:
+        refs = mat.create_group("#refs#")
+        index = 0
+        for v_i, variant in enumerate(("labeled", "detected")):
+            pair_refs = []
+            names, labels, jobs = [], [], []
+            for p in range(5):
+                grid = np.empty((10, len(per_pair[p])), dtype=h5py.ref_dtype)  # MATLAB (ids x 10), stored transposed
+                for col, person in enumerate(per_pair[p]):
+                    for cell in range(10):
+                        if cell in cells[person]:
+                            local_pid = col + 1
+                            fname = f"{p + 1}_{local_pid:03d}_{1 if cell < 5 else 2}_{cell + 1:02d}.png"
+                            job = Job(f"images_{variant}/{fname}", ident(person), cell // 5, int(rng.integers(112, 161)), int(rng.integers(48, 65)))
+                            image, parsing = render_job(job, seed, index, identities)
+                            index += 1
+                            save_parsing_only(out, job.path, parsing)
+                            ds = refs.create_dataset(f"img{index}", data=image.transpose(2, 1, 0))
+                            names.append(fname)
+                            labels.append(person + 1)
+                            jobs.append(job)
+                        else:
+                            ds = refs.create_dataset(f"empty{v_i}_{p}_{col}_{cell}", data=np.zeros(2, np.uint64))
+                            ds.attrs["MATLAB_empty"] = np.uint8(1)
+                        grid[cell, col] = ds.ref
+                cell_ds = refs.create_dataset(f"{variant}_pair{p}", data=grid)
+                cell_ds.attrs["MATLAB_class"] = np.bytes_("cell")
+                pair_refs.append(cell_ds.ref)
+            top = mat.create_dataset(variant, data=np.array([pair_refs], dtype=h5py.ref_dtype))
+            top.attrs["MATLAB_class"] = np.bytes_("cell")
+            facts[variant] = write_split_mat(out, variant, names, labels, ids, rng, scipy.io)
+    with open(tmp, "r+b") as fh:  # the 128-byte MATLAB header inside the userblock
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: reid-masks synth".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
+    os.replace(tmp, raw)
+    return facts
+
+
+def save_parsing_only(out: Path, rel: str, parsing: np.ndarray) -> None:
+    path = (out / PARSING_DIR / rel).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(parsing, mode="L").save(path)
+
+
+def write_split_mat(out: Path, variant: str, names: list[str], labels: list[int], ids: int, rng: np.random.Generator, sio: Any) -> dict:
+    """New protocol: the first ``ids`` people train; each test person gives one query per view."""
+    labels_arr = np.asarray(labels)
+    train_idx = [i for i, l in enumerate(labels) if l <= ids]
+    query_idx, gallery_idx = [], []
+    for person in sorted(set(labels_arr[labels_arr > ids].tolist())):
+        for view in ("1", "2"):
+            members = [i for i, (n, l) in enumerate(zip(names, labels)) if l == person and n.split("_")[2] == view]
+            q = members[int(rng.integers(len(members)))]
+            query_idx.append(q)
+            gallery_idx += [m for m in members if m != q]
+    cam = [int(n.split("_")[2]) for n in names]
+    sio.savemat(
+        out / f"cuhk03_new_protocol_config_{variant}.mat",
+        {
+            "filelist": np.array(names, dtype=object).reshape(-1, 1),
+            "labels": labels_arr.reshape(-1, 1).astype(np.float64),
+            "camId": np.asarray(cam, np.float64).reshape(-1, 1),
+            "train_idx": (np.asarray(train_idx) + 1).reshape(-1, 1).astype(np.float64),
+            "query_idx": (np.asarray(query_idx) + 1).reshape(-1, 1).astype(np.float64),
+            "gallery_idx": (np.asarray(gallery_idx) + 1).reshape(-1, 1).astype(np.float64),
+        },
+    )
+
+    def split_facts(idx: list[int]) -> dict:
+        return {"images": len(idx), "ids": len(set(labels_arr[idx].tolist()))}
+
+    return {"train": split_facts(train_idx), "query": split_facts(query_idx), "gallery": split_facts(gallery_idx)}
+
+
+def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, workers: int = 2, overwrite: bool = False) -> dict[str, Any]:
+    """Write a synthetic copy of ``layout`` at ``out``; returns its manifest."""
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if ids < 2:
+        raise UserError(f"--ids {ids}: expected at least 2 identities per split")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out}: output folder exists and is not empty (pass --overwrite to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 1_000_003])
+    cache: dict[int, Identity] = {}
+
+    def ident(key: int) -> Identity:
+        if key not in cache:
+            cache[key] = sample_identity(np.random.default_rng([seed, 7, key + 10**7]))
+        return cache[key]
+
+    manifest = copy.deepcopy(load_manifest(layout))
+    manifest.update(synthetic=True, seed=seed, ids_per_split=ids)
+    if layout in ("market1501", "dukemtmc"):
+        jobs, counts = folder_jobs(layout, ids, rng, ident)
+        write_jobs(out, jobs, seed, list(cache.values()), workers)
+        for split, per_pid in counts.items():
+            junk = per_pid.get(manifest["junk_pid"], 0) if manifest["junk_pid"] is not None else 0
+            kept = {p: n for p, n in per_pid.items() if p != manifest["junk_pid"]}
+            spec = manifest["splits"][split]
+            spec.update(images=sum(kept.values()), ids=len(kept))
+            if "files" in spec:
+                spec.update(files=sum(per_pid.values()), junk=junk, distractors=kept.get(manifest["distractor_pid"], 0))
+    elif layout == "msmt17":
+        jobs, lists = msmt_jobs(ids, rng, ident)
+        write_jobs(out, jobs, seed, list(cache.values()), workers)
+        for name, lines in lists.items():
+            (out / name).write_text("".join(line + "\n" for line in lines))
+        for split, spec in manifest["splits"].items():
+            lines = [line for lst in spec["lists"] for line in lists[lst]]
+            spec.update(images=len(lines), ids=len({line.split()[1] for line in lines}))
+    else:
+        for i in range(2 * ids):
+            ident(i)
+        facts = write_cuhk03(out, ids, seed, rng, ident, list(cache.values()), workers)
+        for variant, splits in facts.items():
+            manifest["variants"][variant]["splits"] = splits
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,147 @@
+"""Check a user's dataset copy against its manifest before hours of GPU time are spent."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reid_masks.datasets.cuhk03 import read_split_mat
+from reid_masks.datasets.folders import compile_pattern, list_images, resolve_root
+from reid_masks.datasets.msmt17 import find_base, image_dir, read_list
+from reid_masks.datasets.records import SPLITS, Record
+from reid_masks.errors import UserError
+
+MAX_LISTED = 3
+
+
+def compare_counts(split: str, expected: dict[str, Any], found: dict[str, int]) -> list[str]:
+    """One line per count that differs from the manifest."""
+    return [
+        f"{split}: expected {expected[key]} {key}, found {found[key]}"
+        for key in ("files", "junk", "distractors", "images", "ids")
+        if key in expected and key in found and expected[key] != found[key]
+    ]
+
+
+def check_folders(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[tuple[Path, Record]]]:
+    base = resolve_root(root, manifest, manifest["splits"]["train"]["dir"])
+    regex = compile_pattern(manifest["filename"]["pattern"], f"manifest {manifest['name']}")
+    problems, seen = [], []
+    for split in SPLITS:
+        spec = manifest["splits"][split]
+        folder = base / spec["dir"]
+        if not folder.is_dir():
+            problems.append(f"{split}: missing split folder {folder} (expected {spec.get('files', spec['images'])} {manifest['filename']['extension']} files)")
+            continue
+        files = list_images(folder, (manifest["filename"]["extension"],))
+        pids, bad = [], []
+        for f in files:
+            m = regex.match(f.name)
+            if m is None:
+                bad.append(f.name)
+                continue
+            pid, camid = int(m.group("pid")), int(m.group("camid")) - manifest["camera_base"]
+            if not 0 <= camid < manifest["cameras"]:
+                problems.append(f"{split}: {f.name} has camera {m.group('camid')}, expected 1..{manifest['cameras']}")
+            pids.append(pid)
+            seen.append((f, Record(f.relative_to(base).as_posix(), pid, camid, split)))
+        if bad:
+            problems.append(f"{split}: {len(bad)} file name(s) in {folder} do not match {regex.pattern} (first: {', '.join(bad[:MAX_LISTED])})")
+        junk = sum(p == manifest.get("junk_pid") for p in pids)
+        kept = [p for p in pids if p != manifest.get("junk_pid")]
+        found = {
+            "files": len(files),
+            "junk": junk,
+            "distractors": sum(p == manifest.get("distractor_pid") for p in kept),
+            "images": len(kept),
+            "ids": len(set(kept)),
+        }
+        problems += compare_counts(split, spec, found)
+    return problems, seen
+
+
+def check_lists(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[tuple[Path, Record]]]:
+    base = find_base(root, manifest)
+    regex = compile_pattern(manifest["filename"]["pattern"], f"manifest {manifest['name']}")
+    problems, seen = [], []
+    for split in SPLITS:
+        spec = manifest["splits"][split]
+        try:
+            folder = image_dir(base, manifest["image_dirs"]["train" if split == "train" else "test"])
+            recs = [r for lst in spec["lists"] for r in read_list(base / lst, folder, regex, split, manifest["camera_base"])]
+        except UserError as exc:
+            problems.append(f"{split}: {exc}")
+            continue
+        absent = [r.path for r in recs if not (base / r.path).is_file()]
+        if absent:
+            problems.append(f"{split}: {len(absent)} listed image(s) missing (first: {', '.join(absent[:MAX_LISTED])})")
+        problems += compare_counts(split, spec, {"images": len(recs), "ids": len({r.pid for r in recs})})
+        seen += [(base / r.path, r) for r in recs if (base / r.path).is_file()]
+    return problems, seen
+
+
+def check_cuhk03(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[tuple[Path, Record]]]:
+    import h5py
+
+    base = resolve_root(root, manifest, manifest["variants"]["labeled"]["split_mat"])
+    problems, seen = [], []
+    raw = base / manifest["raw_mat"]
+    for variant, vspec in manifest["variants"].items():
+        try:
+            split = read_split_mat(base / vspec["split_mat"])
+        except UserError as exc:
+            problems.append(f"{variant}: {exc}")
+            continue
+        for name in SPLITS:
+            idx = split[f"{name}_idx"]
+            names = split["filelist"][idx]
+            found = {"images": len(idx), "ids": len(set(split["labels"][idx].tolist()))}
+            problems += compare_counts(f"{variant} {name}", vspec["splits"][name], found)
+            for fname, pid in zip(names, split["labels"][idx]):
+                path = base / vspec["images_dir"] / fname
+                if path.is_file():
+                    seen.append((path, Record(path.relative_to(base).as_posix(), int(pid), 0, name)))
+        if not (base / vspec["images_dir"]).is_dir():
+            if not raw.is_file():
+                problems.append(f"{variant}: neither {vspec['images_dir']}/ nor {raw} found (cuhk-03.mat is needed to extract the images)")
+            else:
+                try:
+                    with h5py.File(raw, "r") as mat:
+                        if variant not in mat:
+                            problems.append(f"{variant}: {raw} has no '{variant}' dataset")
+                except OSError:
+                    problems.append(f"{variant}: {raw} is not MATLAB v7.3 (HDF5) as cuhk03_release ships it")
+    return problems, seen
+
+
+def unreadable_images(paths: list[Path], workers: int = 2) -> list[str]:
+    """Lines for images that fail to decode completely (truncated or not an image)."""
+    from joblib import Parallel, delayed
+
+    from reid_masks.imageio import read_image
+
+    def check(path: Path) -> str | None:
+        try:
+            read_image(path)
+        except UserError as exc:
+            return str(exc)
+        return None
+
+    chunk = max(1, len(paths) // (workers * 8) or 1)
+    results = Parallel(n_jobs=workers, batch_size=chunk)(delayed(check)(p) for p in paths)
+    return [r for r in results if r]
+
+
+def validate_dataset(
+    name: str, root: str | Path, manifest: dict[str, Any], check_images: bool = False, workers: int = 2
+) -> list[str]:
+    """Every difference between the copy at ``root`` and ``manifest``; empty when it matches."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root}: dataset root not found")
+    if manifest["name"] != name:
+        raise UserError(f"manifest is for {manifest['name']!r}, not {name!r}")
+    checker = {"folders": check_folders, "lists": check_lists, "cuhk03": check_cuhk03}[manifest["layout"]]
+    problems, seen = checker(manifest, root)
+    if check_images:
+        problems += unreadable_images([p for p, _ in seen], workers)
+    return problems

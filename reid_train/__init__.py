@@ -1,0 +1,1 @@
+"""reid-train: trainer and evaluator for mask-guided re-ID models (MMGA, MGRAN)."""

@@ -1,0 +1,163 @@
+"""ResNet backbone for re-ID: torchvision ResNet with the last stride removed and no GAP/FC.
+
+Re-ID models (MMGA, MGN, PCB, BoT) remove the stride of ``layer4`` so a 384x128 input
+gives a 24x8 final map instead of 12x4: twice the spatial resolution for attention and
+pooling at the cost of ~4x the compute of ``layer4``.
+
+Weights never fall back silently to random init (SPEC "Weights on machines without
+internet"): ``pretrained`` must say ``None``/``"none"`` (random, explicit), ``"imagenet"``
+(torchvision's ImageNet weights, read ONLY from torchvision's local cache; nothing is
+downloaded) or a path to a state-dict file. A missing or mismatching file raises
+:class:`reid_masks.errors.UserError` with a one-line message.
+
+State-dict keys are torchvision's (``conv1.weight``, ``layer1.0.conv1.weight``, ...) minus
+``fc.*``, so torchvision checkpoints load as-is.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torchvision
+from torch import Tensor
+
+from reid_masks.errors import UserError
+
+__all__ = ["ResNetBackbone", "ARCH_CHANNELS", "imagenet_weights_file", "load_backbone_state_dict"]
+
+# Output channels of (stage2 = layer2, stage3 = layer3, stage4 = layer4).
+ARCH_CHANNELS: dict[str, tuple[int, int, int]] = {
+    "resnet18": (128, 256, 512),
+    "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
+}
+
+_BUILDERS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
+}
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in _BUILDERS:
+        raise UserError(f"unknown backbone {arch!r}; allowed: {', '.join(sorted(_BUILDERS))}")
+
+
+def imagenet_weights_file(arch: str = "resnet50") -> tuple[str, str]:
+    """Return ``(local_path, url)`` of torchvision's IMAGENET1K_V1 file for ``arch``.
+
+    The local path is where torchvision's own downloader would put it
+    (``torch.hub.get_dir()/checkpoints/<file>``), so an online run of torchvision fills the
+    same cache this project reads.
+    """
+    _check_arch(arch)
+    url = _BUILDERS[arch][1].IMAGENET1K_V1.url
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    return path, url
+
+
+def _clean_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
+    """Unwrap common checkpoint containers, strip ``module.`` (DDP) and drop ``fc.*``."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"{source}: not a ResNet state dict (expected a mapping of name -> tensor)")
+    out: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if key.startswith("fc."):
+            continue
+        out[key] = value
+    return out
+
+
+def load_backbone_state_dict(module: nn.Module, path: str, arch: str) -> None:
+    """Load a ResNet state-dict file into ``module`` strictly; any mismatch is a UserError.
+
+    Strict loading is the point: a partially loaded backbone trains but silently
+    under-performs, which costs days of GPU time before anyone notices.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"backbone weights file not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with non-tensor objects, ...
+        raise UserError(f"cannot read backbone weights {path}: {type(exc).__name__}: {exc}") from None
+    state = _clean_state_dict(raw, path)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise UserError(f"backbone weights {path} do not match {arch}: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet trunk returning the stage2/3/4 maps (no GAP, no FC).
+
+    Attributes keep torchvision's names (``conv1 bn1 relu maxpool layer1..layer4``) so that
+    checkpoints load unchanged and models can run the stages one by one
+    (``forward_stage2`` then ``layer3`` then ``layer4``) to put attention between them.
+    """
+
+    def __init__(self, arch: str = "resnet50", pretrained: str | None = None, last_stride: int = 1) -> None:
+        super().__init__()
+        _check_arch(arch)
+        if last_stride not in (1, 2):
+            raise UserError(f"last_stride must be 1 or 2, got {last_stride}")
+        net = _BUILDERS[arch][0](weights=None)  # random init, explicitly; weights are loaded below
+        self.arch = arch
+        self.channels: tuple[int, int, int] = ARCH_CHANNELS[arch]
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if last_stride == 1:
+            block = self.layer4[0]
+            # Bottleneck (torchvision "ResNet v1.5") strides in conv2; BasicBlock in conv1.
+            strided = block.conv2 if isinstance(block, torchvision.models.resnet.Bottleneck) else block.conv1
+            strided.stride = (1, 1)
+            block.downsample[0].stride = (1, 1)
+        self._load_pretrained(pretrained)
+
+    def _load_pretrained(self, pretrained: str | None) -> None:
+        if pretrained is None or (isinstance(pretrained, str) and pretrained.lower() == "none"):
+            return
+        if not isinstance(pretrained, str) or not pretrained:
+            raise UserError(f"pretrained must be None, 'none', 'imagenet' or a file path, got {pretrained!r}")
+        if pretrained.lower() == "imagenet":
+            path, url = imagenet_weights_file(self.arch)
+            if not os.path.isfile(path):
+                raise UserError(
+                    f"ImageNet weights for {self.arch} not found: {path} (no download is attempted); "
+                    f"fetch {url} and put it at that path (or set TORCH_HOME), "
+                    f"or pass a weights file path, or pretrained=none for random init"
+                )
+            load_backbone_state_dict(self, path, self.arch)
+            return
+        load_backbone_state_dict(self, pretrained, self.arch)
+
+    def forward_stage2(self, x: Tensor) -> Tensor:
+        """Stem + layer1 + layer2: the input of MMGA's first attention module."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer2(self.layer1(x))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Return (stage2, stage3, stage4) feature maps."""
+        s2 = self.forward_stage2(x)
+        s3 = self.layer3(s2)
+        s4 = self.layer4(s3)
+        return s2, s3, s4
