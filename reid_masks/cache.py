@@ -1,0 +1,220 @@
+"""The HDF5 mask cache: the contract between ``reid-masks`` and ``reid-train``.
+
+One file per dataset, one group per split (``train``, ``query``, ``gallery``); every
+dataset in a group has one row per image, aligned with ``path`` (relative to the dataset
+root) and in the dataset adapter's order. See README.md, "The mask cache".
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from reid_masks.errors import UserError
+
+SCHEMA_VERSION = 1
+MASK_HW = (24, 8)
+DEFAULT_PERSON_HW = (256, 128)
+STATUS_NAMES = ("ok", "no_person", "no_keypoints", "unreadable")
+STATUS = {name: code for code, name in enumerate(STATUS_NAMES)}
+REGION_NAMES = ("background", "head", "upper", "lower")
+ROW_CHUNK = 256
+
+
+@dataclass
+class Rows:
+    """Columns for some rows of one split; ``index`` is each row's position in the split."""
+
+    index: np.ndarray  # (n,) int64
+    path: np.ndarray  # (n,) object (str)
+    pid: np.ndarray  # (n,) int32
+    camid: np.ndarray  # (n,) int16
+    fingerprint: np.ndarray  # (n,) bytes, 16 hex chars of blake2b of the image file
+    status: np.ndarray  # (n,) uint8, STATUS codes
+    score: np.ndarray  # (n,) float32, target instance score (0 when none)
+    box: np.ndarray  # (n, 4) float32, x0 y0 x1 y1 in image pixels
+    keypoints: np.ndarray  # (n, 17, 3) float32, x y score in image pixels (score 0: absent)
+    image_size: np.ndarray  # (n, 2) int32, height width
+    masks: np.ndarray  # (n, 3, 24, 8) float32 in [0, 1]: whole, upper, bottom
+    person: np.ndarray  # (n, H, W) uint8 0/1 at the cache's person size
+    regions: np.ndarray  # (n, H, W) uint8: 0 bg, 1 head, 2 upper, 3 lower
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, order: np.ndarray) -> "Rows":
+        return Rows(**{f.name: getattr(self, f.name)[order] for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: list["Rows"]) -> "Rows":
+        return Rows(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rows)})
+
+    def to_npz(self) -> dict[str, np.ndarray]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["path"] = np.asarray(self.path, dtype=str)
+        return out
+
+    @staticmethod
+    def from_npz(data: Any) -> "Rows":
+        values = {f.name: data[f.name] for f in fields(Rows)}
+        values["path"] = values["path"].astype(object)
+        return Rows(**values)
+
+
+COLUMNS = [f.name for f in fields(Rows)]
+
+
+def write_cache(path: str | Path, splits: dict[str, tuple[int, Rows]], attrs: dict[str, Any], partial: bool = False) -> None:
+    """Write a cache atomically: a temporary file renamed over ``path``.
+
+    ``splits`` maps split name to (number of rows the split has, its rows). Every row
+    0..n-1 must be present once, unless ``partial`` (a shard): then the rows' positions
+    are stored in an ``index`` dataset for ``reid-masks merge``.
+    """
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["status_names"] = json.dumps(STATUS_NAMES)
+            f.attrs["region_names"] = json.dumps(REGION_NAMES)
+            for split, (n, rows) in splits.items():
+                order = np.argsort(rows.index, kind="stable")
+                rows = rows.take(order)
+                if not partial and (len(rows) != n or not np.array_equal(rows.index, np.arange(n))):
+                    raise ValueError(f"split {split}: rows do not cover 0..{n - 1} exactly once")
+                group = f.create_group(split)
+                write_group(group, rows)
+                group.attrs["num_rows"] = n
+                if partial:
+                    group.create_dataset("index", data=rows.index.astype(np.int64))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_group(group: Any, rows: Rows) -> None:
+    import h5py
+
+    n = len(rows)
+    str_dt = h5py.string_dtype("utf-8")
+    group.create_dataset("path", data=np.asarray(rows.path, dtype=object), dtype=str_dt)
+    group.create_dataset("fingerprint", data=np.asarray(rows.fingerprint, dtype="S16"))
+    for name in ("pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions"):
+        data = getattr(rows, name)
+        big = data.ndim > 1 and n > 0
+        chunks = (min(n, ROW_CHUNK if data.ndim < 3 else 64),) + data.shape[1:] if big else None
+        group.create_dataset(name, data=data, chunks=chunks, compression="gzip" if big else None, compression_opts=4 if big else None, shuffle=big)
+
+
+class MaskCache:
+    """Read access to a cache; small columns are loaded on demand, images' masks by row."""
+
+    def __init__(self, path: str | Path):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: mask cache not found (create it with 'reid-masks generate')")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError:
+            raise UserError(f"{self.path}: not an HDF5 mask cache (unreadable HDF5 file)") from None
+        version = self._file.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            self._file.close()
+            raise UserError(f"{self.path}: cache schema version {version}, this reid-masks reads version {SCHEMA_VERSION} (regenerate the cache)")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "MaskCache":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        out = {}
+        for key, value in self._file.attrs.items():
+            if isinstance(value, str) and value[:1] in "[{":
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass
+            out[key] = value.item() if isinstance(value, np.generic) else value
+        return out
+
+    @property
+    def dataset(self) -> str:
+        return str(self._file.attrs.get("dataset", ""))
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in ("train", "query", "gallery") if s in self._file]
+
+    def num_rows(self, split: str) -> int:
+        """Rows of the whole split (a shard holds only some of them, see ``row_index``)."""
+        return int(self._file[split].attrs["num_rows"])
+
+    def row_index(self, split: str) -> np.ndarray:
+        """Each stored row's position in the split (0..n-1 for a complete cache)."""
+        group = self._file[split]
+        return group["index"][()] if "index" in group else np.arange(len(group["path"]))
+
+    def column(self, split: str, name: str) -> np.ndarray:
+        data = self._file[split][name][()]
+        if name == "path":
+            data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in data], dtype=object)
+        return data
+
+    def rows(self, split: str, index: np.ndarray | None = None, columns: Iterable[str] = COLUMNS) -> dict[str, np.ndarray]:
+        """Columns for the given rows (all rows when ``index`` is None)."""
+        group = self._file[split]
+        out = {}
+        for name in columns:
+            if name == "index":
+                out[name] = self.row_index(split) if index is None else self.row_index(split)[np.asarray(index, dtype=np.int64)]
+            elif index is None:
+                out[name] = self.column(split, name)
+            else:
+                uniq, inv = np.unique(np.asarray(index, dtype=np.int64), return_inverse=True)
+                data = group[name][uniq] if len(uniq) else group[name][:0]  # h5py wants increasing indices
+                out[name] = data[inv]
+        if "path" in out and index is not None:
+            out["path"] = np.asarray([p.decode() if isinstance(p, bytes) else p for p in out["path"]], dtype=object)
+        return out
+
+    def all_rows(self, split: str) -> Rows:
+        return Rows(**self.rows(split))
+
+    def path_index(self, split: str) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.column(split, "path"))}
+
+
+def check_cache_matches(cache: MaskCache, dataset: Any, splits: Iterable[str] = ("train", "query", "gallery")) -> dict[str, np.ndarray]:
+    """Row of each dataset record in the cache, per split; a clear error when they do not match."""
+    name = cache.dataset
+    if name and name != dataset.name:
+        raise UserError(f"{cache.path}: cache is for dataset {name!r}, not {dataset.name!r}")
+    out = {}
+    for split in splits:
+        if split not in cache.splits:
+            raise UserError(f"{cache.path}: no '{split}' group (expected a cache of all of {dataset.name})")
+        index = cache.path_index(split)
+        recs = dataset.split(split)
+        missing = [r.path for r in recs if r.path not in index]
+        if missing:
+            raise UserError(f"{cache.path}: {len(missing)} {split} image(s) of {dataset.root} are not in the cache (first: {missing[0]}); regenerate it for this dataset")
+        out[split] = np.asarray([index[r.path] for r in recs], dtype=np.int64)
+    return out

@@ -1,0 +1,531 @@
+"""``reid-masks generate``: dataset images -> HDF5 mask cache, resumable and shardable.
+
+Work is cut into fixed chunks of rows (train, then query, then gallery, in the adapter's
+order). Each finished chunk is saved atomically under ``<out>.partial/``, so a crash or
+Ctrl-C loses at most the chunks in flight and a rerun resumes; when every chunk is done
+the cache is assembled into a temporary file and renamed to ``<out>``. ``--shard i/n``
+takes chunks ``i, i+n, i+2n, ...`` and writes ``<stem>.shard<i>of<n>.h5`` for
+``reid-masks merge``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reid_masks import __version__
+from reid_masks.cache import COLUMNS, STATUS, DEFAULT_PERSON_HW, MaskCache, Rows, write_cache
+from reid_masks.datasets import SPLITS, Record, ReIDDataset, build_dataset
+from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
+from reid_masks.errors import UserError
+
+log = logging.getLogger(__name__)
+CHUNK_ROWS = 256
+
+
+@dataclass
+class GenerateConfig:
+    dataset: str
+    root: Path
+    out: Path
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    parsing_dir: Path | None = None
+    masks_dir: Path | None = None
+    seg_siblings: bool = False
+    backend: str = "auto"  # auto | torchvision | detectron2 | none
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 8
+    workers: int = 2
+    shard: tuple[int, int] = (0, 1)
+    update: bool = False
+    person_size: tuple[int, int] = DEFAULT_PERSON_HW
+    chunk_rows: int = CHUNK_ROWS
+    command: str = ""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' with 0 <= i < n (Slurm array task ids start at 0)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: expected 0 <= i < n (shards are numbered 0..n-1)")
+    return i, n
+
+
+def shard_path(out: Path, shard: tuple[int, int]) -> Path:
+    i, n = shard
+    return out if n == 1 else out.with_name(f"{out.stem}.shard{i}of{n}{out.suffix}")
+
+
+def fingerprint(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).hexdigest().encode()
+
+
+# --- per image work (runs in DataLoader workers) -------------------------------------------
+
+
+@dataclass
+class Item:
+    split: str
+    index: int
+    record: Record
+    fingerprint: bytes
+    image: np.ndarray | None  # RGB, None when unreadable
+    parsing: np.ndarray | None
+    mask_png: np.ndarray | None
+    error: str | None = None  # a user error to raise in the main process
+    derived: Derived | None = None
+    instances: Any = None  # the backend's Instances, set in the main process
+
+
+class ImageSource:
+    """Reads an image and its precomputed parsing / mask PNG; picklable for workers."""
+
+    def __init__(self, root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool):
+        self.root, self.parsing_dir, self.masks_dir, self.seg_siblings = root, parsing_dir, masks_dir, seg_siblings
+
+    def mask_png_path(self, rel: str) -> Path | None:
+        if self.masks_dir is not None:
+            return (self.masks_dir / rel).with_suffix(".png")
+        if self.seg_siblings:
+            p = Path(rel)
+            return self.root / f"{p.parts[0]}_seg" / Path(*p.parts[1:]).with_suffix(".png")
+        return None
+
+    def load(self, split: str, index: int, rec: Record) -> Item:
+        from PIL import Image
+
+        from reid_masks.imageio import read_label_png
+
+        path = self.root / rec.path
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return Item(split, index, rec, b"missing", None, None, None, error=f"{path}: cannot read image ({exc.strerror})")
+        item = Item(split, index, rec, fingerprint(data), None, None, None)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                item.image = np.asarray(im.convert("RGB"))
+        except Exception:  # any decoder failure: recorded as the row's status
+            return item
+        h, w = item.image.shape[:2]
+        try:
+            if self.parsing_dir is not None:
+                item.parsing = self._label(read_label_png, (self.parsing_dir / rec.path).with_suffix(".png"), h, w, "parsing")
+            mpath = self.mask_png_path(rec.path)
+            if mpath is not None:
+                item.mask_png = self._label(read_label_png, mpath, h, w, "person mask") > 0
+        except UserError as exc:
+            item.error = str(exc)
+        return item
+
+    @staticmethod
+    def _label(reader: Any, path: Path, h: int, w: int, what: str) -> np.ndarray:
+        if not path.is_file():
+            raise UserError(f"{path}: {what} PNG not found (expected one per image, same relative path and stem)")
+        lab = reader(path)
+        if lab.shape != (h, w):
+            raise UserError(f"{path}: {what} PNG is {lab.shape[1]}x{lab.shape[0]}, expected the image's {w}x{h}")
+        return lab
+
+
+class ItemDataset:
+    """torch-style map dataset over the pending rows; derives in the worker when no model runs."""
+
+    def __init__(self, source: ImageSource, rows: list[tuple[str, int, Record]], derive_here: bool):
+        self.source, self.rows, self.derive_here = source, rows, derive_here
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Item:
+        item = self.source.load(*self.rows[i])
+        if self.derive_here and item.image is not None and item.error is None:
+            item.derived = derive(observation(item, None))
+            item.image = None  # nothing downstream needs the pixels
+        return item
+
+
+def observation(item: Item, instances: Any) -> Observation:
+    h, w = item.image.shape[:2]
+    return Observation(h, w, instances, item.parsing, item.mask_png)
+
+
+def collate(items: list[Item]) -> list[Item]:
+    return items
+
+
+# --- assembling rows --------------------------------------------------------------------------
+
+
+def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
+    """The cache columns for one processed item."""
+    from PIL import Image
+
+    ph, pw = person_hw
+    if item.derived is None:  # unreadable image
+        return dict(
+            status=STATUS["unreadable"], score=0.0, box=np.zeros(4, np.float32), keypoints=np.zeros((17, 3), np.float32),
+            image_size=np.zeros(2, np.int32), masks=np.zeros((3, 24, 8), np.float32),
+            person=np.zeros((ph, pw), np.uint8), regions=np.zeros((ph, pw), np.uint8),
+        )
+    d = item.derived
+    h, w = d.person.shape
+
+    def nearest(a: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(a.astype(np.uint8)).resize((pw, ph), Image.NEAREST)) if (h, w) != (ph, pw) else a.astype(np.uint8)
+
+    return dict(
+        status=d.status, score=d.score, box=d.box, keypoints=d.keypoints, image_size=np.array([h, w], np.int32),
+        masks=d.masks, person=nearest(d.person), regions=nearest(d.regions),
+    )
+
+
+def rows_from(items: list[Item], person_hw: tuple[int, int]) -> Rows:
+    cols = [row_of(it, person_hw) for it in items]
+
+    def col(name: str, dtype: Any) -> np.ndarray:
+        return np.asarray([c[name] for c in cols], dtype=dtype)
+
+    return Rows(
+        index=np.asarray([it.index for it in items], np.int64),
+        path=np.asarray([it.record.path for it in items], dtype=object),
+        pid=np.asarray([it.record.pid for it in items], np.int32),
+        camid=np.asarray([it.record.camid for it in items], np.int16),
+        fingerprint=np.asarray([it.fingerprint for it in items], dtype="S16"),
+        status=col("status", np.uint8), score=col("score", np.float32), box=col("box", np.float32),
+        keypoints=col("keypoints", np.float32), image_size=col("image_size", np.int32), masks=col("masks", np.float32),
+        person=col("person", np.uint8), regions=col("regions", np.uint8),
+    )
+
+
+class ChunkStore:
+    """Finished chunks as ``<partial>/chunk-<g>.npz``, each written to a temporary name first."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def path(self, g: int) -> Path:
+        return self.folder / f"chunk-{g:06d}.npz"
+
+    def done(self, g: int) -> bool:
+        return self.path(g).is_file()
+
+    def save(self, g: int, by_split: dict[str, Rows]) -> None:
+        arrays = {f"{s}.{k}": v for s, rows in by_split.items() for k, v in rows.to_npz().items()}
+        tmp = self.folder / f".chunk-{g:06d}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.path(g))
+
+    def load(self, g: int) -> dict[str, Rows]:
+        with np.load(self.path(g), allow_pickle=False) as data:
+            splits = {k.split(".")[0] for k in data.files}
+            return {s: Rows.from_npz({f: data[f"{s}.{f}"] for f in COLUMNS}) for s in splits}
+
+
+class Progress:
+    """A one-line progress report on stderr: images done, images/s, ETA."""
+
+    def __init__(self, total: int, label: str = "generate", every: float = 2.0):
+        self.total, self.label, self.every = total, label, every
+        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            sys.stderr.write(f"\r{self.label}: {self.done}/{self.total} images  {rate:.1f} img/s  ETA {format_seconds(eta)}   ")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def format_seconds(s: float) -> str:
+    if s == float("inf"):
+        return "?"
+    m, s = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def make_backend(cfg: GenerateConfig) -> Any:
+    name = cfg.backend
+    if name == "auto":
+        name = "none" if (cfg.parsing_dir or cfg.masks_dir or cfg.seg_siblings) else "torchvision"
+    if name == "none":
+        if not (cfg.parsing_dir or cfg.masks_dir or cfg.seg_siblings):
+            raise UserError("--backend none needs a precomputed source: --parsing-dir, --masks-dir or --seg-siblings")
+        return None
+    if name == "torchvision":
+        from reid_masks.backends.torchvision_backend import TorchvisionBackend
+
+        return TorchvisionBackend(**cfg.backend_options)
+    if name == "detectron2":
+        from reid_masks.backends.detectron2_backend import Detectron2Backend
+
+        return Detectron2Backend(**cfg.backend_options)
+    raise UserError(f"--backend {name!r}: expected auto, torchvision, detectron2 or none")
+
+
+def work_rows(ds: ReIDDataset) -> list[tuple[str, int, Record]]:
+    return [(s, i, r) for s in SPLITS for i, r in enumerate(ds.split(s))]
+
+
+def dataset_signature(rows: list[tuple[str, int, Record]]) -> str:
+    h = hashlib.sha256()
+    for s, i, r in rows:
+        h.update(f"{s}\t{i}\t{r.path}\t{r.pid}\t{r.camid}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def provenance(cfg: GenerateConfig, backend: Any) -> dict[str, Any]:
+    return {
+        "package": "reid-masks",
+        "version": __version__,
+        "backend": backend.provenance() if backend is not None else {"name": "none"},
+        "parsing_dir": str(cfg.parsing_dir.resolve()) if cfg.parsing_dir else None,
+        "masks_dir": str(cfg.masks_dir.resolve()) if cfg.masks_dir else None,
+        "seg_siblings": cfg.seg_siblings,
+        "mask_threshold": 0.5,
+        "keypoint_min_score": KEYPOINT_MIN_SCORE,
+        "person_size": list(cfg.person_size),
+        "derivation": "reid_masks.derive v1 (README: How masks are derived)",
+    }
+
+
+def hash_files(root: Path, rows: list[tuple[str, int, Record]], workers: int) -> list[bytes]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(rec: Record) -> bytes:
+        try:
+            return fingerprint((root / rec.path).read_bytes())
+        except OSError:
+            return b"missing"
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(one, [r for _, _, r in rows], chunksize=256))
+
+
+def compare_with_existing(out: Path, ds: ReIDDataset, rows: list[tuple[str, int, Record]], prov: dict, workers: int) -> tuple[list[bool], MaskCache]:
+    """Which rows of the dataset the existing cache at ``out`` already holds unchanged."""
+    old = MaskCache(out)
+    if old.dataset != ds.name:
+        raise UserError(f"{out}: existing cache is for dataset {old.dataset!r}, not {ds.name!r} (choose another --out)")
+    old_prov = dict(old.attrs.get("provenance", {}))
+    if strip_volatile(old_prov) != strip_volatile(prov):
+        raise UserError(f"{out}: existing cache was made with other options ({diff_keys(old_prov, prov)}); remove it or choose another --out")
+    current = hash_files(ds.root, rows, workers)
+    known = {s: dict(zip(old.column(s, "path"), old.column(s, "fingerprint"))) for s in old.splits}
+    same = [known.get(s, {}).get(r.path) == fp for (s, _, r), fp in zip(rows, current)]
+    return same, old
+
+
+def strip_volatile(prov: dict) -> dict:
+    return {k: v for k, v in prov.items() if k not in ("command", "created")}
+
+
+def diff_keys(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if k not in ("command", "created") and a.get(k) != b.get(k))
+    return "differs in " + ", ".join(keys) if keys else "same"
+
+
+def generate(cfg: GenerateConfig) -> Path:
+    """Run the mask stage; returns the written cache path (a shard file under ``--shard``)."""
+    ds = build_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
+    out = shard_path(cfg.out, cfg.shard)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{out.parent}: output folder is not writable ({exc.strerror})") from None
+    rows = work_rows(ds)
+    backend = make_backend(cfg)
+    prov = provenance(cfg, backend)
+    counts = {s: len(ds.split(s)) for s in SPLITS}
+
+    reuse: dict[str, Rows] = {}
+    todo = set(range(len(rows)))
+    if out.is_file():
+        if cfg.shard[1] != 1:
+            raise UserError(f"{out}: shard output exists already; remove it to regenerate this shard")
+        same, old = compare_with_existing(out, ds, rows, prov, cfg.workers)
+        changed = [rows[k][2].path for k, ok in enumerate(same) if not ok]
+        removed = sum(old.num_rows(s) for s in old.splits) - sum(same)
+        if not changed and not removed:
+            old.close()
+            log.info("%s is up to date", out)
+            sys.stderr.write(f"{out}: up to date ({len(rows)} images)\n")
+            return out
+        if not cfg.update:
+            old.close()
+            raise UserError(f"{out}: stale cache, {len(changed)} image(s) changed or added and {removed} removed since it was made (first: {changed[0] if changed else '-'}); rerun with --update to recompute only those rows")
+        with old:
+            for s in SPLITS:
+                keep = [(i, r) for (sp, i, r), ok in zip(rows, same) if sp == s and ok]
+                pos = old.path_index(s)
+                data = old.rows(s, np.asarray([pos[r.path] for _, r in keep], np.int64))
+                data["index"] = np.asarray([i for i, _ in keep], np.int64)
+                data["pid"] = np.asarray([r.pid for _, r in keep], np.int32)
+                data["camid"] = np.asarray([r.camid for _, r in keep], np.int16)
+                reuse[s] = Rows(**data)
+        todo = {k for k, ok in enumerate(same) if not ok}
+
+    partial = out.with_name(out.name + ".partial")
+    store = ChunkStore(partial)
+    meta = {"signature": dataset_signature(rows), "provenance": strip_volatile(prov), "chunk_rows": cfg.chunk_rows, "shard": list(cfg.shard), "update": cfg.update}
+    prepare_partial(partial, meta)
+
+    n_chunks = -(-len(rows) // cfg.chunk_rows)
+    mine = [g for g in range(n_chunks) if g % cfg.shard[1] == cfg.shard[0]]
+    pending = [g for g in mine if not store.done(g)]
+    chunk_members = {g: [k for k in range(g * cfg.chunk_rows, min((g + 1) * cfg.chunk_rows, len(rows))) if k in todo] for g in pending}
+    total = sum(len(v) for v in chunk_members.values())
+    if len(pending) < len(mine):
+        sys.stderr.write(f"resuming: {len(mine) - len(pending)} of {len(mine)} chunks already done in {partial}\n")
+    run_chunks(cfg, ds, rows, chunk_members, store, backend, Progress(total))
+
+    by_split: dict[str, list[Rows]] = {s: [reuse[s]] if s in reuse else [] for s in SPLITS}
+    for g in mine:
+        for s, r in store.load(g).items():
+            by_split[s].append(r)
+    splits = {s: (counts[s], Rows.concat(parts) if parts else empty_rows(cfg.person_size)) for s, parts in by_split.items()}
+    attrs = {
+        "dataset": ds.name,
+        "dataset_root": str(ds.root.resolve()),
+        "dataset_signature": meta["signature"],
+        "provenance": {**prov, "command": cfg.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "person_size": list(cfg.person_size),
+        "mask_size": [24, 8],
+        "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
+        "num_chunks": n_chunks,
+    }
+    write_cache(out, splits, attrs, partial=cfg.shard[1] > 1)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
+def empty_rows(person_hw: tuple[int, int]) -> Rows:
+    return Rows(
+        index=np.zeros(0, np.int64), path=np.zeros(0, object), pid=np.zeros(0, np.int32), camid=np.zeros(0, np.int16),
+        fingerprint=np.zeros(0, "S16"), status=np.zeros(0, np.uint8), score=np.zeros(0, np.float32), box=np.zeros((0, 4), np.float32),
+        keypoints=np.zeros((0, 17, 3), np.float32), image_size=np.zeros((0, 2), np.int32), masks=np.zeros((0, 3, 24, 8), np.float32),
+        person=np.zeros((0, *person_hw), np.uint8), regions=np.zeros((0, *person_hw), np.uint8),
+    )
+
+
+def prepare_partial(partial: Path, meta: dict) -> None:
+    """Create ``partial`` or check that the run it holds used the same inputs and options."""
+    meta_path = partial / "meta.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old != json.loads(json.dumps(meta)):
+            what = ", ".join(k for k in meta if old.get(k) != json.loads(json.dumps(meta))[k])
+            raise UserError(f"{partial}: an interrupted run with other inputs or options ({what}) is here; remove this folder to start over")
+        return
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = partial / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)
+
+
+def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: dict[int, list[int]], store: ChunkStore, backend: Any, progress: Progress) -> None:
+    """Decode in workers, infer in batches, derive off the model's path, save finished chunks."""
+    from torch.utils.data import DataLoader
+
+    order = [k for g in sorted(chunk_members) for k in chunk_members[g]]
+    chunk_of = {k: g for g, ks in chunk_members.items() for k in ks}
+    for g, ks in chunk_members.items():
+        if not ks:  # every row of this chunk is reused (--update)
+            store.save(g, {})
+    if not order:
+        return
+    source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings)
+    loader = DataLoader(
+        ItemDataset(source, [rows[k] for k in order], derive_here=backend is None),
+        batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate,
+        persistent_workers=False, prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    pending: dict[int, list[Item]] = {g: [] for g in chunk_members}
+    results: queue.Queue = queue.Queue(maxsize=8)
+    failure: list[BaseException] = []
+
+    def finish(items: list[Item]) -> None:
+        for it in items:
+            if it.derived is None and it.image is not None:
+                it.derived = derive(observation(it, it.instances))
+                it.image = None
+            key = rows_index[(it.split, it.index)]
+            g = chunk_of[key]
+            pending[g].append(it)
+            if len(pending[g]) == len(chunk_members[g]):
+                save_chunk(store, g, pending.pop(g), cfg.person_size)
+        progress.update(len(items))
+
+    rows_index = {(s, i): k for k, (s, i, _) in enumerate(rows)}
+
+    def consumer() -> None:
+        while True:
+            batch = results.get()
+            if batch is None:
+                return
+            try:
+                finish(batch)
+            except BaseException as exc:  # surfaced in the main thread
+                failure.append(exc)
+                return
+
+    writer = threading.Thread(target=consumer, name="derive-and-write", daemon=True)
+    writer.start()
+    try:
+        for batch in loader:
+            for it in batch:
+                if it.error:
+                    raise UserError(it.error)
+            if backend is not None:
+                readable = [it for it in batch if it.image is not None]
+                instances = backend.predict([it.image for it in readable]) if readable else []
+                for it, inst in zip(readable, instances):
+                    it.instances = inst
+            if failure:
+                raise failure[0]
+            results.put(batch)
+    finally:
+        results.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
+    if pending:
+        raise RuntimeError(f"chunks left incomplete: {sorted(pending)[:5]}")
+
+
+def save_chunk(store: ChunkStore, g: int, items: list[Item], person_hw: tuple[int, int]) -> None:
+    by_split = {}
+    for s in SPLITS:
+        mine = [it for it in items if it.split == s]
+        if mine:
+            by_split[s] = rows_from(mine, person_hw)
+    store.save(g, by_split)
+

@@ -1,0 +1,349 @@
+"""Training configuration: a dataclass tree with the paper's defaults, read from YAML.
+
+A YAML file sets any subset of the keys below (sections ``data``, ``model``, ``loss``,
+``solver``, ``train``, ``test``) and may start from another file with ``_base_: other.yaml``
+(a path relative to the including file, or a packaged config name such as
+``mmga_market1501``). Command lines override keys with ``--set section.key=value``; the
+value is converted to the key's type. An unknown key, a value of the wrong type or one
+outside the allowed set is a one-line :class:`UserError` that names the key and what is
+allowed -- a typo must not silently train 900 epochs with a default.
+
+Every key has code behind it; ``reid-train fit --help`` and the README list them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from reid_masks.errors import UserError
+
+__all__ = [
+    "Config", "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "TrainConfig", "TestConfig",
+    "load_config", "config_from_dict", "apply_overrides", "config_to_dict", "resolve_config_path",
+    "packaged_configs", "CONFIG_DIR",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MODEL_NAMES = ("baseline", "baseline_att", "wmga", "dmga", "mmga")
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+
+
+def _choices(*values: Any) -> dict[str, Any]:
+    return {"choices": tuple(values)}
+
+
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> dict[str, Any]:
+    return {"min": lo, "max": hi, "lo_open": lo_open}
+
+
+@dataclass
+class DataConfig:
+    """Dataset, mask cache, input pipeline and P x K sampling."""
+
+    dataset: str = "market1501"  # a reid_masks.datasets.build_dataset name
+    root: str = ""  # dataset root folder
+    cache: str = ""  # HDF5 mask cache from 'reid-masks generate' (needed by wmga/dmga/mmga)
+    options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset options (e.g. folder pattern)
+    height: int = field(default=384, metadata=_range(16))
+    width: int = field(default=128, metadata=_range(16))
+    num_ids: int = field(default=24, metadata=_range(1))  # P identities per batch
+    num_instances: int = field(default=4, metadata=_range(1))  # K images per identity
+    flip_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    pad: int = field(default=0, metadata=_range(0))  # pad + random crop, pixels per side (0: off)
+    erasing_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    num_workers: int = field(default=4, metadata=_range(0))
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of reid_train.models.build_model."""
+
+    name: str = field(default="mmga", metadata=_choices(*MODEL_NAMES))
+    backbone: str = field(default="resnet50", metadata=_choices(*BACKBONES))
+    pretrained: str = "imagenet"  # imagenet | none | path to a ResNet state dict
+    last_stride: int = field(default=1, metadata=_choices(1, 2))
+    stage4_input: str = field(default="attended", metadata=_choices("attended", "raw"))
+    whole_dim: int = field(default=1024, metadata=_range(1))
+    part_dim: int = field(default=512, metadata=_range(1))
+    head_bn: bool = True
+
+
+@dataclass
+class LossConfig:
+    """MMGALoss: CE_w + CE_l + lambda1 * triplet + lambda2 * (L1w + L2w + lambda0 * (L2u + L2b))."""
+
+    margin: float = field(default=0.3, metadata=_range(0.0))
+    lambda0: float = field(default=0.5, metadata=_range(0.0))
+    lambda1: float = field(default=2.0, metadata=_range(0.0))
+    lambda2: float = field(default=0.1, metadata=_range(0.0))
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.999))
+
+
+@dataclass
+class SolverConfig:
+    """SGD with a backbone lr and a head lr, step decay per epoch, optional linear warmup."""
+
+    epochs: int = field(default=900, metadata=_range(1))
+    backbone_lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))
+    lr: float = field(default=0.1, metadata=_range(0.0, lo_open=True))  # every non-backbone parameter
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    nesterov: bool = False
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    step_size: int = field(default=90, metadata=_range(1))  # epochs between lr decays
+    gamma: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    warmup_epochs: int = field(default=0, metadata=_range(0))
+    warmup_factor: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))  # lr multiplier at epoch 0
+
+
+@dataclass
+class TrainConfig:
+    """Run control: output folder, seed, device, precision, logging and evaluation cadence."""
+
+    output_dir: str = "runs/mmga"
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    amp: str = field(default="none", metadata=_choices("none", "bf16", "fp16"))  # CUDA only
+    channels_last: bool = True  # CUDA only
+    cudnn_benchmark: bool = True  # CUDA only; False with deterministic algorithms for bitwise GPU runs
+    eval_period: int = field(default=0, metadata=_range(0))  # evaluate every N epochs (0: only after the last)
+    log_period: int = field(default=20, metadata=_range(1))  # iterations between progress lines
+    tensorboard: bool = True  # also write TensorBoard scalars when tensorboard is installed
+
+
+@dataclass
+class TestConfig:
+    """Evaluation: flip-averaged features, distance, optional k-reciprocal re-ranking."""
+
+    batch_size: int = field(default=128, metadata=_range(1))
+    flip: bool = True
+    metric: str = field(default="euclidean", metadata=_choices("euclidean", "cosine"))
+    rerank: bool = False
+    k1: int = field(default=20, metadata=_range(1))
+    k2: int = field(default=6, metadata=_range(1))
+    lambda_value: float = field(default=0.3, metadata=_range(0.0, 1.0))
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp) or (
+        "a list of numbers" if typing.get_origin(tp) is list else "a mapping"
+    )
+
+
+def _convert(value: Any, tp: Any, where: str, from_text: bool) -> Any:
+    """``value`` as type ``tp``; ``from_text``: value is the raw text of ``--set``."""
+    if from_text and tp is not str:
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}") from None
+    bad = UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, where, False) for v in value]
+    if typing.get_origin(tp) is dict or tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp!r}")
+
+
+def _check(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        raise UserError(f"{where}: {value!r} is not allowed; allowed values: {allowed}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        raise UserError(f"{where}: {value!r} must be {'>' if meta.get('lo_open') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise UserError(f"{where}: {value!r} must be <= {hi}")
+
+
+def _section_fields(section: str) -> dict[str, dataclasses.Field]:
+    cls = _hints(Config)[section]
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _unknown(kind: str, key: str, allowed: typing.Iterable[str], origin: str) -> UserError:
+    return UserError(f"{origin}: unknown {kind} {key!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _set_value(cfg: Config, dotted: str, value: Any, origin: str, from_text: bool) -> None:
+    parts = dotted.split(".")
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if parts[0] not in sections:
+        raise _unknown("config section" if len(parts) == 1 else "config key", dotted, [f"{s}.*" for s in sections], origin)
+    if len(parts) < 2:
+        raise UserError(f"{origin}: {dotted!r} is a section; set one of its keys, e.g. {dotted}.{next(iter(_section_fields(dotted)))}=...")
+    section, key, rest = parts[0], parts[1], parts[2:]
+    fields = _section_fields(section)
+    if key not in fields:
+        raise _unknown("config key", dotted, [f"{section}.{k}" for k in fields], origin)
+    tp = _hints(type(getattr(cfg, section)))[key]
+    where = f"{origin}: {dotted}"
+    obj = getattr(cfg, section)
+    if rest:  # free-form mapping keys, e.g. data.options.variant=detected
+        if typing.get_origin(tp) is not dict:
+            raise _unknown("config key", dotted, [f"{section}.{k}" for k in fields], origin)
+        parsed = yaml.safe_load(value) if from_text else value
+        mapping = copy.deepcopy(getattr(obj, key))
+        node = mapping
+        for p in rest[:-1]:
+            node = node.setdefault(p, {})
+        node[rest[-1]] = parsed
+        setattr(obj, key, mapping)
+        return
+    converted = _convert(value, tp, where, from_text)
+    _check(converted, fields[key].metadata, where)
+    setattr(obj, key, converted)
+
+
+def _flatten(tree: Mapping[str, Any], origin: str) -> list[tuple[str, Any]]:
+    """``{"solver": {"epochs": 4}}`` -> ``[("solver.epochs", 4)]`` (mappings stay whole)."""
+    out = []
+    sections = [f.name for f in dataclasses.fields(Config)]
+    for section, body in tree.items():
+        if section not in sections:
+            raise _unknown("config section", str(section), sections, origin)
+        if body is None:
+            continue
+        if not isinstance(body, Mapping):
+            raise UserError(f"{origin}: section {section!r} must be a mapping of keys, got {body!r}")
+        for key, value in body.items():
+            out.append((f"{section}.{key}", value))
+    return out
+
+
+def config_from_dict(tree: Mapping[str, Any], origin: str = "config") -> Config:
+    """A Config from a nested mapping (a YAML file's content, a checkpoint's config)."""
+    cfg = Config()
+    for dotted, value in _flatten(tree, origin):
+        _set_value(cfg, dotted, value, origin, from_text=False)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
+    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values typed per key)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected section.key=value, e.g. solver.epochs=120")
+        key, value = item.split("=", 1)
+        _set_value(cfg, key.strip(), value.strip(), "--set", from_text=True)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of builtins (JSON- and weights_only-safe), for checkpoints and logs."""
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in reid_train/configs."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file path: an existing path (relative to ``relative_to`` first) or a packaged name."""
+    text = str(name)
+    candidates = []
+    if relative_to is not None:
+        candidates.append(relative_to / text)
+    candidates.append(Path(text).expanduser())
+    stem = text[:-5] if text.endswith(".yaml") else text
+    candidates.append(CONFIG_DIR / f"{stem}.yaml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise UserError(f"config {text!r} not found: not a file and not a packaged config (packaged: {', '.join(packaged_configs())})")
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file's content merged over its ``_base_`` chain."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: _base_ cycle ({' -> '.join(str(p) for p in seen + (path,))})")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections, got {type(tree).__name__}")
+    base = tree.pop("_base_", None)
+    # validate keys here so the message names the file that has the typo
+    _flatten(tree, str(path))
+    if base is None:
+        return tree
+    merged = _read_tree(resolve_config_path(base, path.parent), seen + (path,))
+    return _deep_merge(merged, tree)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(name: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a config file (path or packaged name) with its ``_base_`` chain, then ``--set`` overrides."""
+    path = resolve_config_path(name)
+    cfg = config_from_dict(_read_tree(path), str(path))
+    return apply_overrides(cfg, overrides)

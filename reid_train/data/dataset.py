@@ -1,0 +1,78 @@
+"""Torch datasets over a reid-masks dataset split, joined to the mask cache by path.
+
+Masks are small (3x24x8 floats per image, ~30 MB for Market-1501's train split), so
+they are read from the HDF5 cache once, in the main process, and indexed in memory; the
+HDF5 file is closed before any DataLoader worker forks (h5py handles must not cross a
+fork). Images are decoded in ``__getitem__``, i.e. in the DataLoader workers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from reid_masks.cache import MaskCache, check_cache_matches
+from reid_masks.datasets import ReIDDataset
+from reid_masks.imageio import read_image
+
+from .transforms import PairedTransform
+
+__all__ = ["ReIDImageDataset", "load_split_masks"]
+
+
+def load_split_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str) -> torch.Tensor:
+    """(N, 3, 24, 8) float32 masks of ``dataset``'s ``split`` records, in record order.
+
+    Rows are matched by path with :func:`check_cache_matches`, so a cache of another
+    dataset, or one missing some of this dataset's images, is a one-line UserError.
+    """
+    own = not isinstance(cache, MaskCache)
+    mc = MaskCache(cache) if own else cache
+    try:
+        rows = check_cache_matches(mc, dataset, [split])[split]
+        masks = mc.column(split, "masks")
+    finally:
+        if own:
+            mc.close()
+    return torch.from_numpy(np.ascontiguousarray(masks[rows], dtype=np.float32))
+
+
+class ReIDImageDataset(Dataset):
+    """Items of one split: ``{"image", "pid", "camid", "index"[, "masks"]}``.
+
+    ``image``: the transformed (3, H, W) float tensor; ``masks``: (3, 24, 8) whole/upper/
+    bottom, transformed with the image -- present only when a cache is given (training of
+    mask-guided variants; baselines and evaluation need images only); ``index``: position
+    in the split, so features can be matched back to records.
+    """
+
+    def __init__(
+        self,
+        dataset: ReIDDataset,
+        split: str,
+        transform: PairedTransform,
+        cache: str | Path | MaskCache | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.split = split
+        self.records = dataset.split(split)
+        self.transform = transform
+        self.masks = load_split_masks(cache, dataset, split) if cache is not None else None
+        self.pids = [r.pid for r in self.records]
+        self.camids = [r.camid for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        image = read_image(self.dataset.abspath(rec))
+        masks = self.masks[index] if self.masks is not None else None
+        image, masks = self.transform(image, masks)
+        item: dict[str, Any] = {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index}
+        if masks is not None:
+            item["masks"] = masks
+        return item

@@ -1,0 +1,146 @@
+"""Feature extraction and the standard re-ID evaluation (CMC rank-1/5/10, mAP).
+
+Features follow MMGA / MGN: the model's L2-normalised feature of the image and of its
+horizontal flip are averaged and L2-normalised again. Scores come from
+:func:`reid_train.evaluation.evaluate_from_features` (torchreid definitions, blocked so
+MSMT17-size query x gallery never materialises), or from :func:`evaluate_rank` on the
+k-reciprocal re-ranked distance when re-ranking is on (which needs the full matrices).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from reid_masks.datasets import ReIDDataset
+from reid_train.config import Config
+from reid_train.data import ReIDImageDataset, build_transforms
+
+__all__ = ["extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "write_json_atomic"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory: bool = False) -> DataLoader:
+    """Images of ``split`` in record order with the evaluation transform (no masks)."""
+    _, test_tf = build_transforms((cfg.data.height, cfg.data.width), mean=cfg.data.mean, std=cfg.data.std)
+    ds = ReIDImageDataset(dataset, split, test_tf)
+    return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=cfg.data.num_workers, pin_memory=pin_memory)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    flip: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(features (N, D) float32 on CPU, pids, camids) for every item of ``loader``, in order.
+
+    The model is put in eval mode (its forward then returns the normalised feature);
+    the caller restores train mode. ``flip``: average with the flipped image's feature.
+    """
+    model.eval()
+    feats, pids, camids = [], [], []
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            f = model(images).float()
+            if flip:
+                f = f + model(images.flip(-1)).float()
+        feats.append(F.normalize(f, dim=1).cpu())
+        pids.append(batch["pid"].numpy())
+        camids.append(batch["camid"].numpy())
+    if not feats:
+        raise ValueError("no images to extract features from")
+    return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
+
+
+def _cmc_at(cmc: np.ndarray, k: int) -> float:
+    """CMC at rank k; the evaluation clips max_rank to the gallery size, so clip k likewise."""
+    return float(cmc[min(k, len(cmc)) - 1])
+
+
+def evaluate_features(
+    qf: torch.Tensor,
+    gf: torch.Tensor,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    metric: str = "euclidean",
+    rerank: bool = False,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> dict[str, Any]:
+    """``{rank1, rank5, rank10, mAP, num_query, num_gallery}`` (fractions in [0, 1])."""
+    from reid_train.evaluation import compute_distance_matrix, evaluate_from_features, evaluate_rank, re_ranking
+
+    if rerank:
+        # torchreid's recipe: the three matrices of compute_distance_matrix go to re_ranking.
+        qg = compute_distance_matrix(qf, gf, metric)
+        qq = compute_distance_matrix(qf, qf, metric)
+        gg = compute_distance_matrix(gf, gf, metric)
+        distmat = re_ranking(qg, qq, gg, k1=k1, k2=k2, lambda_value=lambda_value)
+        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
+    else:
+        cmc, mAP = evaluate_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=50)
+    return {
+        "rank1": _cmc_at(cmc, 1),
+        "rank5": _cmc_at(cmc, 5),
+        "rank10": _cmc_at(cmc, 10),
+        "mAP": float(mAP),
+        "num_query": int(len(q_pids)),
+        "num_gallery": int(len(g_pids)),
+    }
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataset: ReIDDataset,
+    cfg: Config,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Extract query and gallery features with ``cfg.test`` settings and score them."""
+    start = time.perf_counter()
+    pin = device.type == "cuda"
+    feats = {}
+    for split in ("query", "gallery"):
+        loader = build_test_loader(dataset, split, cfg, pin_memory=pin)
+        feats[split] = extract_features(model, loader, device, cfg.test.flip, amp_dtype, channels_last)
+    (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
+    if device.type == "cuda" and not cfg.test.rerank:
+        qf, gf = qf.to(device), gf.to(device)  # blocked distances on the GPU
+    t = cfg.test
+    results = evaluate_features(qf, gf, qp, gp, qc, gc, t.metric, t.rerank, t.k1, t.k2, t.lambda_value)
+    logger.info(
+        "evaluation on %s: rank-1 %.1f%% rank-5 %.1f%% rank-10 %.1f%% mAP %.1f%% (%d query, %d gallery, %.1fs)",
+        dataset.name, 100 * results["rank1"], 100 * results["rank5"], 100 * results["rank10"],
+        100 * results["mAP"], results["num_query"], results["num_gallery"], time.perf_counter() - start,
+    )
+    return results
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file renamed over ``path`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
