@@ -68,6 +68,12 @@ def validate(dataset: str, root: Path, manifest_path: Path | None, check_images:
     click.echo(f"{root}: matches {source}")
 
 
+def command_line(ctx: click.Context) -> str:
+    """The command as run, rebuilt from the parsed options (works under CliRunner too)."""
+    opts = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in ctx.params.items() if v not in (None, False, ())]
+    return " ".join(["reid-masks", ctx.info_name or "generate"] + opts)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(x) for x in text.lower().split("x"))
@@ -114,7 +120,7 @@ def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, mask
         dataset=dataset, root=root, out=out, dataset_options={"variant": variant} if variant else {},
         parsing_dir=parsing_dir, masks_dir=masks_dir, seg_siblings=seg_siblings, backend=backend,
         backend_options=backend_options, batch_size=batch_size, workers=workers, shard=parse_shard(shard),
-        update=update, person_size=parse_size(person_size), chunk_rows=chunk_rows, command=" ".join(["reid-masks"] + sys.argv[1:]),
+        update=update, person_size=parse_size(person_size), chunk_rows=chunk_rows, command=command_line(click.get_current_context()),
     )
     path = run_generate(cfg)
     click.echo(f"wrote {path}")

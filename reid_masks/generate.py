@@ -373,7 +373,8 @@ def generate(cfg: GenerateConfig) -> Path:
             raise UserError(f"{out}: shard output exists already; remove it to regenerate this shard")
         same, old = compare_with_existing(out, ds, rows, prov, cfg.workers)
         changed = [rows[k][2].path for k, ok in enumerate(same) if not ok]
-        removed = sum(old.num_rows(s) for s in old.splits) - sum(same)
+        current_paths = {(s, r.path) for s, _, r in rows}
+        removed = sum((s, p) not in current_paths for s in old.splits for p in old.column(s, "path"))
         if not changed and not removed:
             old.close()
             log.info("%s is up to date", out)

@@ -11,6 +11,8 @@ about the cache, so ``reid-masks preview`` and ``reid-train``'s retrieval sheets
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
@@ -138,7 +140,9 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-def _text_width(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str) -> float:
+def text_width(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> float:
+    """Width in pixels of ``text`` in the caption font."""
+    font = font or _font()
     if hasattr(font, "getlength"):
         return float(font.getlength(text))
     return float(font.getsize(text)[0])  # Pillow < 9.2
@@ -156,9 +160,9 @@ def _text_offset(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, height: int
 def fit_text(text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> str:
     """``text`` shortened with '...' so that it fits in ``width`` pixels."""
     font = font or _font()
-    if _text_width(font, text) <= width:
+    if text_width(text, font) <= width:
         return text
-    while text and _text_width(font, text + "...") > width:
+    while text and text_width(text + "...", font) > width:
         text = text[:-1]
     return text + "..." if text else ""
 
@@ -237,5 +241,20 @@ def legend(items: Sequence[tuple[str, Color]], width: int, height: int = CAPTION
         draw.rectangle([x, (height - sw) // 2, x + sw - 1, (height - sw) // 2 + sw - 1], fill=color)
         x += sw + 3
         draw.text((x, ty), name, fill=TEXT_COLOR, font=font)
-        x += int(_text_width(font, name)) + 10
+        x += int(text_width(name, font)) + 10
     return np.asarray(strip)
+
+
+def save_png(image: ImageLike, path: str | Path) -> Path:
+    """Write ``image`` as a PNG atomically (a temporary file renamed over ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    img = image if isinstance(image, Image.Image) else Image.fromarray(as_array(image))
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -246,8 +246,8 @@ def test_cuhk03_protocol():
     np.testing.assert_array_equal(cmc, cmc_again)  # seeded: reproducible, chunking-independent
     assert cmc.dtype == np.float32 and cmc.shape == (50,)
     assert np.all(np.diff(cmc) >= 0) and 0 <= cmc[0] and cmc[-1] == pytest.approx(1.0)
-    # sampling one image per identity can only move the first match up
-    assert np.all(cmc >= market_cmc - 1e-6)
+    # fewer gallery images per identity: an easier task than the market protocol
+    assert cmc[:10].mean() > market_cmc[:10].mean()
 
 
 def test_cuhk03_is_deterministic_with_one_image_per_identity():
@@ -358,9 +358,9 @@ def test_re_ranking_keeps_a_perfect_ranking_perfect():
 
 
 def test_re_ranking_improves_map_on_clustered_data():
-    dist, q_pids, g_pids, q_cams, g_cams = _clustered(11, num_ids=40, per_id=10, noise=0.45)
+    dist, q_pids, g_pids, q_cams, g_cams = _clustered(11, num_ids=40, per_id=10, noise=0.8)
     _, before = evaluate_rank(dist["qg"], q_pids, g_pids, q_cams, g_cams)
-    reranked = re_ranking(dist["qg"], dist["qq"], dist["gg"], k1=12, k2=4, lambda_value=0.3)
+    reranked = re_ranking(dist["qg"], dist["qq"], dist["gg"])  # paper defaults
     _, after = evaluate_rank(reranked, q_pids, g_pids, q_cams, g_cams)
-    assert before < 0.95
-    assert after > before + 0.01
+    assert before < 0.7
+    assert after > before + 0.05  # measured: 0.627 -> 0.776
