@@ -32,9 +32,7 @@ large the distance matrix is.
 
 from __future__ import annotations
 
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -63,8 +61,6 @@ _SORT_BYTES_PER_ELEMENT = 24
 _COUNT_NS_PER_ITEM = 0.12
 _COUNT_NS_PER_CALL = 4000.0
 _SORT_NS_PER_ITEM = 45.0
-# Below this many matches in a block, threads are not worth starting.
-_MIN_MATCHES_FOR_THREADS = 2048
 
 _ALGORITHMS = ("auto", "count", "sort")
 
@@ -189,19 +185,14 @@ def _positions_by_sorting(block: torch.Tensor, rows: np.ndarray, cols: np.ndarra
     return inverse[r, c].cpu().numpy()
 
 
-def _num_workers() -> int:
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-
-
 def _match_positions_cpu(
-    block: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    algorithm: str,
-    pool: Optional[ThreadPoolExecutor],
-    workers: int,
+    block: np.ndarray, rows: np.ndarray, cols: np.ndarray, algorithm: str
 ) -> np.ndarray:
-    """Positions of the listed matches, counting or sorting row by row (CPU)."""
+    """Positions of the listed matches, counting or sorting row by row (CPU).
+
+    Counting is single-threaded on purpose: the comparisons are memory-bound
+    and measured slower with two threads (GIL hand-offs).
+    """
     b, num_g = block.shape
     pos = np.empty(len(rows), dtype=np.int64)
     if len(rows) == 0:
@@ -215,34 +206,17 @@ def _match_positions_cpu(
         count_ns = per_row * (_COUNT_NS_PER_ITEM * num_g + _COUNT_NS_PER_CALL)
         sort_rows = count_ns > _SORT_NS_PER_ITEM * num_g
     by_sort = sort_rows[rows]
-
     if by_sort.any():
         which = np.flatnonzero(sort_rows)
         local = np.full(b, -1, dtype=np.int64)
         local[which] = np.arange(len(which))
         sub = torch.from_numpy(np.ascontiguousarray(block[which]))
         pos[by_sort] = _positions_by_sorting(sub, local[rows[by_sort]], cols[by_sort])
-
-    idx = np.flatnonzero(~by_sort)
-    if len(idx) == 0:
-        return pos
-    if pool is None or len(idx) < _MIN_MATCHES_FOR_THREADS:
+    if not by_sort.all():
+        idx = np.flatnonzero(~by_sort)
         out = np.empty(len(idx), dtype=np.int64)
         _positions_by_counting(block, rows[idx], cols[idx], out)
         pos[idx] = out
-        return pos
-    # numpy releases the GIL inside the comparisons: split the matches between threads
-    parts = np.array_split(idx, workers)
-    outs = [np.empty(len(p), dtype=np.int64) for p in parts]
-    futures = [
-        pool.submit(_positions_by_counting, block, rows[p], cols[p], o)
-        for p, o in zip(parts, outs)
-        if len(p)
-    ]
-    for f in futures:
-        f.result()
-    for p, o in zip(parts, outs):
-        pos[p] = o
     return pos
 
 
@@ -335,29 +309,23 @@ def _evaluate_blocks(
     first = np.zeros(num_q, dtype=np.int64)
     valid = np.zeros(num_q, dtype=bool)
     cuhk_cmc = np.zeros((num_q, max_rank), dtype=np.float32) if use_metric_cuhk03 else None
-    workers = _num_workers()
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
-        for start, block in blocks:
-            stop = start + block.shape[0]
-            _check_finite(block)
-            rows, cols = gallery.matches(qp[start:stop])
-            if isinstance(block, torch.Tensor):
-                pos = _positions_by_sorting(block, rows, cols)
-            else:
-                pos = _match_positions_cpu(block, rows, cols, algorithm, pool, workers)
-            junk = gc[cols] == qc[start:stop][rows]
-            ap_b, first_b, valid_b = _ap_and_first_rank(rows, pos, junk, stop - start)
-            ap[start:stop], first[start:stop], valid[start:stop] = ap_b, first_b, valid_b
-            if cuhk_cmc is not None and valid_b.any():
-                t = block if isinstance(block, torch.Tensor) else torch.from_numpy(block)
-                order = torch.sort(t, dim=1, stable=True)[1].cpu().numpy()
-                cuhk_cmc[start:stop] = _cuhk03_cmc(
-                    order, qp[start:stop], qc[start:stop], gp, gc, valid_b, max_rank
-                )
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for start, block in blocks:
+        stop = start + block.shape[0]
+        _check_finite(block)
+        rows, cols = gallery.matches(qp[start:stop])
+        if isinstance(block, torch.Tensor):
+            pos = _positions_by_sorting(block, rows, cols)
+        else:
+            pos = _match_positions_cpu(block, rows, cols, algorithm)
+        junk = gc[cols] == qc[start:stop][rows]
+        ap_b, first_b, valid_b = _ap_and_first_rank(rows, pos, junk, stop - start)
+        ap[start:stop], first[start:stop], valid[start:stop] = ap_b, first_b, valid_b
+        if cuhk_cmc is not None and valid_b.any():
+            t = block if isinstance(block, torch.Tensor) else torch.from_numpy(block)
+            order = torch.sort(t, dim=1, stable=True)[1].cpu().numpy()
+            cuhk_cmc[start:stop] = _cuhk03_cmc(
+                order, qp[start:stop], qc[start:stop], gp, gc, valid_b, max_rank
+            )
 
     num_valid = int(valid.sum())
     if num_valid == 0:

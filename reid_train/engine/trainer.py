@@ -1,0 +1,506 @@
+"""The training loop of reid-train: SGD, step decay, AMP on CUDA, exact resume, JSONL metrics.
+
+One :class:`Trainer` per run. Everything a run produces lives in ``train.output_dir``:
+
+* ``config.yaml``   the resolved config (all keys, after ``_base_`` and ``--set``);
+* ``checkpoint.pth`` written after every epoch through a temporary file and
+  ``os.replace``, so a crash never leaves a truncated checkpoint: model, optimizer,
+  scheduler, GradScaler, sampler state, RNG states (python, numpy, torch, cuda), the
+  number of completed epochs, the config and the number of classes. It loads with
+  ``torch.load(..., weights_only=True)``;
+* ``metrics.jsonl`` one JSON object per epoch (see :meth:`Trainer.train_epoch`);
+* ``tb/`` TensorBoard scalars, when ``tensorboard`` is installed and ``train.tensorboard``.
+
+**Exact resume**: a run of 4 epochs and a run of 2 epochs resumed for 2 more produce the
+same weights (bitwise on CPU with ``data.num_workers=0``). That holds because the P x K
+sampler's order depends only on (seed, epoch), all RNG states are restored, DataLoader
+worker seeds are drawn from the restored torch RNG, and evaluation runs with the RNG
+state saved and put back, so evaluating (or not) never changes training.
+
+Multi-GPU: launched by ``torchrun``, the trainer joins the process group (NCCL on CUDA,
+gloo on CPU), wraps the model in DDP and uses :class:`DistributedIdentitySampler`; rank 0
+alone logs, evaluates and writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+from torch.utils.data import DataLoader
+
+from reid_masks.datasets import ReIDDataset, build_dataset
+from reid_masks.errors import UserError
+from reid_train.config import Config, config_from_dict, config_to_dict
+from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
+from reid_train.engine.evaluator import evaluate_model, write_json_atomic
+from reid_train.losses import MMGALoss
+from reid_train.models import build_model
+
+__all__ = [
+    "Trainer", "WarmupStepLR", "build_optimizer", "build_model_from_config", "resolve_device",
+    "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "get_rng_state", "set_rng_state",
+    "CHECKPOINT_NAME", "METRICS_NAME",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pth"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_FORMAT = "reid-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a CUDA request on a CPU-only host is a UserError."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"train.device: {spec!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={spec}: CUDA is not available on this machine (use train.device=cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"train.device: {spec!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as tensors/lists, loadable with weights_only=True."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            logger.warning("checkpoint has CUDA RNG states of %d devices, this host has %d; CUDA RNG not restored",
+                           len(cuda_states), torch.cuda.device_count())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class WarmupStepLR(torch.optim.lr_scheduler.LRScheduler):
+    """Step decay per epoch (``x gamma`` every ``step_size`` epochs) with optional linear warmup.
+
+    lr(e) = base_lr * gamma^(e // step_size) * w(e), where w rises linearly from
+    ``warmup_factor`` at epoch 0 to 1 at ``warmup_epochs`` (w = 1 without warmup, which is
+    exactly torch's StepLR). Closed form, so resuming only needs ``last_epoch``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, step_size: int, gamma: float,
+                 warmup_epochs: int = 0, warmup_factor: float = 0.1, last_epoch: int = -1) -> None:
+        self.step_size = step_size
+        self.gamma = gamma
+        self.warmup_epochs = warmup_epochs
+        self.warmup_factor = warmup_factor
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, epoch: int) -> float:
+        f = self.gamma ** (epoch // self.step_size)
+        if epoch < self.warmup_epochs:
+            f *= self.warmup_factor + (1.0 - self.warmup_factor) * epoch / self.warmup_epochs
+        return f
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
+    """SGD with two groups: backbone parameters at ``solver.backbone_lr``, the rest at ``solver.lr``."""
+    s = cfg.solver
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    ids = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [
+        {"params": backbone, "lr": s.backbone_lr, "name": "backbone"},
+        {"params": rest, "lr": s.lr, "name": "head"},
+    ]
+    return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov and s.momentum > 0)
+
+
+def build_model_from_config(cfg: Config, num_classes: int, pretrained: str | None = "config") -> nn.Module:
+    """``build_model`` with the ``model`` section; ``pretrained`` overrides it (checkpoints: None)."""
+    m = cfg.model
+    return build_model(
+        m.name, num_classes, backbone=m.backbone,
+        pretrained=m.pretrained if pretrained == "config" else pretrained,
+        last_stride=m.last_stride, stage4_input=m.stage4_input,
+        whole_dim=m.whole_dim, part_dim=m.part_dim, head_bn=m.head_bn,
+    )
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A reid-train checkpoint (weights_only); a missing or foreign file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a reid-train checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path}: checkpoint version {ckpt.get('version')}, this reid-train reads version {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], cfg: Config | None = None) -> tuple[nn.Module, Config]:
+    """The trained model of a checkpoint (random init replaced by the saved weights; no ImageNet file needed)."""
+    cfg = cfg or config_from_dict(ckpt["config"], "checkpoint config")
+    model = build_model_from_config(cfg, int(ckpt["num_classes"]), pretrained=None)
+    model.load_state_dict(ckpt["model"])
+    return model, cfg
+
+
+class _preserved_rng:
+    """Context manager: RNG states are put back on exit (evaluation must not perturb training)."""
+
+    def __enter__(self) -> None:
+        self.state = get_rng_state()
+
+    def __exit__(self, *exc: Any) -> None:
+        set_rng_state(self.state)
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{d}d " if d else "") + f"{h:d}:{m:02d}:{s:02d}"
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Builds data, model, loss and optimizer from a :class:`Config` and runs :meth:`fit`.
+
+    ``resume=True`` continues from ``<output_dir>/checkpoint.pth``; without it an output
+    folder that already holds a checkpoint is refused (no silent overwrite of a run).
+    """
+
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(cfg.train.output_dir)
+        self.ckpt_path = self.output_dir / CHECKPOINT_NAME
+        self.metrics_path = self.output_dir / METRICS_NAME
+        self._init_distributed()
+        self.main = self.rank == 0
+
+        if resume and not self.ckpt_path.is_file():
+            raise UserError(f"--resume: no checkpoint at {self.ckpt_path} (train.output_dir={cfg.train.output_dir})")
+        if not resume and self.ckpt_path.exists():
+            raise UserError(f"{self.ckpt_path} exists: pass --resume to continue that run, or set another train.output_dir")
+
+        # seed + rank: ranks draw different augmentations (DDP broadcasts rank 0's initial weights)
+        seed_everything(cfg.train.seed + self.rank)
+        d = cfg.data
+        self.dataset: ReIDDataset = build_dataset(d.dataset, d.root, **d.options)
+        if not self.dataset.train:
+            raise UserError(f"{d.dataset} at {d.root}: the train split is empty")
+        self.num_classes = self.dataset.num_train_pids
+
+        self.model = build_model_from_config(cfg, self.num_classes)
+        self.criterion = MMGALoss(cfg.model.name, cfg.loss.lambda0, cfg.loss.lambda1, cfg.loss.lambda2, cfg.loss.margin, cfg.loss.label_smoothing)
+        needs_masks = bool(self.model.required_masks)
+        cache = None
+        if needs_masks:
+            if not d.cache:
+                raise UserError(f"model.name={cfg.model.name} is trained with body masks: set data.cache to the HDF5 file of 'reid-masks generate'")
+            cache = d.cache
+        elif d.cache:
+            logger.info("model.name=%s uses no mask loss: data.cache is not read", cfg.model.name)
+
+        train_tf, _ = build_transforms((d.height, d.width), d.flip_prob, d.pad, d.erasing_prob, d.mean, d.std)
+        self.train_set = ReIDImageDataset(self.dataset, "train", train_tf, cache=cache)
+        if self.world_size > 1:
+            self.sampler: IdentitySampler = DistributedIdentitySampler(
+                self.train_set.pids, d.num_ids, d.num_instances, cfg.train.seed, self.world_size, self.rank)
+        else:
+            self.sampler = IdentitySampler(self.train_set.pids, d.num_ids, d.num_instances, cfg.train.seed)
+
+        # Device-specific speed-ups only where they exist (CUDA); CPU runs stay exact.
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if cuda else None
+        if cfg.train.amp != "none" and not cuda:
+            logger.warning("train.amp=%s is ignored on %s (mixed precision is used on CUDA only)", cfg.train.amp, self.device)
+        self.channels_last = cfg.train.channels_last and cuda
+        if cuda:
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg)
+        s = cfg.solver
+        self.scheduler = WarmupStepLR(self.optimizer, s.step_size, s.gamma, s.warmup_epochs, s.warmup_factor)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.net: nn.Module = self.model
+        if self.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+
+        self.start_epoch = 0
+        if resume:
+            self._resume()
+        elif self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()  # a log without a checkpoint belongs to a run that never finished an epoch
+        if self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        self.tb = self._tensorboard() if self.main and cfg.train.tensorboard else None
+        logger.info(
+            "%s: %d train images, %d ids; model %s/%s (%s), feature dim %d; %s%s; P=%d K=%d, %d iterations/epoch",
+            self.dataset.name, len(self.train_set), self.num_classes, cfg.model.name, cfg.model.backbone,
+            cfg.model.pretrained, self.model.feature_dim, self.device,
+            f", amp {cfg.train.amp}" if self.amp_dtype is not None else "", d.num_ids, d.num_instances, len(self.sampler),
+        )
+
+    # ----------------------------------------------------------------- setup
+
+    def _init_distributed(self) -> None:
+        import torch.distributed as dist
+
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        device = resolve_device(self.cfg.train.device)
+        if self.world_size > 1:
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.device = device
+
+    def _tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.info("tensorboard is not installed: metrics go to %s only", self.metrics_path)
+            return None
+        return SummaryWriter(str(self.output_dir / "tb"))
+
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        if int(ckpt["num_classes"]) != self.num_classes:
+            raise UserError(f"{self.ckpt_path}: trained on {ckpt['num_classes']} identities, the dataset has {self.num_classes}")
+        old = config_to_dict(config_from_dict(ckpt["config"], str(self.ckpt_path)))
+        new = config_to_dict(self.cfg)
+        changed = [f"{sec}.{k}: {old[sec][k]!r} -> {new[sec][k]!r}" for sec in new for k in new[sec] if old[sec].get(k) != new[sec][k]]
+        if changed:
+            logger.warning("resuming with a changed config: %s", "; ".join(changed))
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        # the schedule's constants come from the (possibly changed) config, not the checkpoint
+        s = self.cfg.solver
+        self.scheduler.step_size, self.scheduler.gamma = s.step_size, s.gamma
+        self.scheduler.warmup_epochs, self.scheduler.warmup_factor = s.warmup_epochs, s.warmup_factor
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch = int(ckpt["epoch"])
+        if self.main and self.metrics_path.exists():  # drop lines of epochs after the checkpoint
+            keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
+            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, self.metrics_path)
+        logger.info("resumed from %s at epoch %d", self.ckpt_path, self.start_epoch)
+
+    def checkpoint_state(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Everything needed to continue the run exactly; JSON-like values and tensors only."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "num_classes": self.num_classes,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": get_rng_state(),
+            "config": config_to_dict(self.cfg),
+            "dataset": {"name": self.dataset.name, "root": str(self.dataset.root)},
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        }
+
+    # ----------------------------------------------------------------- loop
+
+    def _loader(self) -> DataLoader:
+        # persistent_workers=False: each epoch's workers are seeded from the torch RNG of
+        # that moment, which a resumed run restores (persistent ones would keep old seeds).
+        return DataLoader(
+            self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+
+    def _batches(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        for batch in loader:
+            images = batch["image"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            pids = batch["pid"].to(self.device, non_blocking=True)
+            masks = batch["masks"].to(self.device, non_blocking=True) if "masks" in batch else None
+            yield images, pids, masks
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch (``epoch`` 0-based). Returns the JSONL record of the epoch:
+
+        ``epoch`` (1-based, completed epochs), the batch-weighted mean of every loss term of
+        :class:`MMGALoss` (``total``, ``ce_whole``, [``ce_local``], ``triplet``,
+        [``att``, ``att_m1_whole``, ``att_m2_*``]), ``lr_backbone``, ``lr_head``,
+        ``images_per_s``, ``time_s``.
+        """
+        cfg = self.cfg
+        self.sampler.set_epoch(epoch)
+        self.net.train()
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        sums: dict[str, float] = defaultdict(float)
+        seen = 0
+        iters = len(self.sampler)
+        start = time.perf_counter()
+        for it, (images, pids, masks) in enumerate(self._batches(self._loader())):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs = self.net(images)
+            loss, terms = self.criterion(outputs, pids, masks)
+            if not math.isfinite(terms["total"]):
+                raise FloatingPointError(f"epoch {epoch + 1} iteration {it + 1}: loss is {terms['total']} ({terms})")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = images.shape[0]
+            seen += n
+            for k, v in terms.items():
+                sums[k] += v * n
+            if self.main and ((it + 1) % cfg.train.log_period == 0 or it + 1 == iters):
+                elapsed = time.perf_counter() - start
+                rate = seen * self.world_size / max(elapsed, 1e-9)
+                remaining_iters = (iters - it - 1) + (cfg.solver.epochs - epoch - 1) * iters
+                eta = remaining_iters * elapsed / (it + 1)
+                logger.info("epoch %d/%d [%d/%d] loss %.4f (%s) lr %.4g/%.4g %.1f img/s eta %s",
+                            epoch + 1, cfg.solver.epochs, it + 1, iters, sums["total"] / seen,
+                            " ".join(f"{k} {sums[k] / seen:.4f}" for k in terms if k != "total"),
+                            lrs.get("backbone", 0.0), lrs.get("head", 0.0), rate, _format_eta(eta))
+        elapsed = time.perf_counter() - start
+        if self.world_size > 1:  # mean over all ranks' images
+            import torch.distributed as dist
+
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            sums, seen = dict(zip(keys, t[:-1].tolist())), int(t[-1].item())
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record.update({k: v / max(seen, 1) for k, v in sums.items()})
+        record.update({f"lr_{k}": v for k, v in lrs.items()})
+        record["images_per_s"] = seen / max(elapsed, 1e-9)
+        record["time_s"] = elapsed
+        return record
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the current model on query/gallery (RNG untouched, train mode restored)."""
+        with _preserved_rng():
+            results = evaluate_model(self.model, self.dataset, self.cfg, self.device, self.amp_dtype, self.channels_last)
+        self.net.train()
+        return results
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``start_epoch`` to ``solver.epochs``; returns the last epoch's record."""
+        cfg = self.cfg
+        epochs = cfg.solver.epochs
+        record: dict[str, Any] = {}
+        if self.start_epoch >= epochs:
+            logger.info("checkpoint is at epoch %d >= solver.epochs=%d: nothing to train", self.start_epoch, epochs)
+        for epoch in range(self.start_epoch, epochs):
+            record = self.train_epoch(epoch)
+            self.scheduler.step()
+            done = epoch + 1
+            period = cfg.train.eval_period
+            if done == epochs or (period and done % period == 0):
+                if self.main:
+                    results = self.evaluate()
+                    record.update({"rank1": results["rank1"], "rank5": results["rank5"], "rank10": results["rank10"], "mAP": results["mAP"]})
+                    write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done, "dataset": self.dataset.name})
+                self._barrier()
+            if self.main:
+                with open(self.metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                if self.tb is not None:
+                    for k, v in record.items():
+                        if k != "epoch" and isinstance(v, (int, float)):
+                            self.tb.add_scalar(k, v, done)
+                    self.tb.flush()
+                save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record))
+                logger.info("epoch %d/%d done: %s", done, epochs, ", ".join(
+                    f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
+            self._barrier()
+        if self.tb is not None:
+            self.tb.close()
+        return record
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
