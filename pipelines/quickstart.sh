@@ -11,3 +11,10 @@ reid-masks synth --layout market1501 --out "$data" --ids 12 --seed 0 --overwrite
 
 echo "== 2. validate it against its manifest"
 reid-masks validate --dataset market1501 --root "$data" --manifest "$data/manifest.json" --check-images
+
+echo "== 3. mask cache from the parsing PNGs (no detector, no weights needed)"
+reid-masks generate --dataset market1501 --root "$data" --parsing-dir "$data/parsing" --out "$work/market1501.h5" --workers 2
+
+echo "== 4. inspect the cache and draw a contact sheet"
+reid-masks inspect "$work/market1501.h5"
+reid-masks preview "$work/market1501.h5" --n 16 --out "$work/preview.png"

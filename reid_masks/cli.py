@@ -137,5 +137,15 @@ def merge(shards: tuple[Path, ...], out: Path) -> None:
     click.echo(f"merged {len(shards)} shard(s) into {out}")
 
 
+def _register() -> None:
+    from reid_masks.inspect import inspect_command
+    from reid_masks.preview import preview_command
+
+    main.add_command(inspect_command)
+    main.add_command(preview_command)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

@@ -79,12 +79,12 @@ def summarize_split(cache: MaskCache, split: str) -> dict[str, Any]:
     for code in sorted(set(np.unique(status).tolist()) - set(range(len(STATUS_NAMES)))):
         hist[f"code_{code}"] = int((status == code).sum())
     sel = np.isin(status, [STATUS[s] for s in PERSON_STATUSES])
-    masks = cols["masks"][sel].astype(np.float64)
+    masks = cols["masks"][sel]
     cells = MASK_HW[0] * MASK_HW[1]
     person_area, person_hw = _person_area(cache, split, n)
     area: dict[str, Any] = {"rows": int(sel.sum())}
     for k, name in enumerate(MASK_NAMES):
-        area[name] = area_stats(masks[:, k].sum(axis=(1, 2)) / cells)
+        area[name] = area_stats(masks[:, k].sum(axis=(1, 2), dtype=np.float64) / cells)
     area["person"] = area_stats(person_area[sel])
     cy_up, cy_bot = centroid_y(masks[:, 1]), centroid_y(masks[:, 2])
     both = ~np.isnan(cy_up) & ~np.isnan(cy_bot)
@@ -165,7 +165,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         n = s["rows"]
         lines.append("")
         lines.append(f"[{split}] {n} rows, {s['ids']} ids, {s['cameras']} cameras")
-        lines.append("  status: " + ", ".join(f"{name} {c} ({_pct(c, n)})" for name, c in s["status"].items()))
+        lines.append("  status: " + ", ".join(f"{name} {c} ({_pct(c, n)})" if c else f"{name} 0" for name, c in s["status"].items()))
         area = s["area"]
         lines.append(f"  area fraction over {area['rows']} rows with a person ({'/'.join(PERSON_STATUSES)}):")
         lines.append("    " + f"{'':16}" + "".join(f"{h:>7}" for h in head))

@@ -5,7 +5,7 @@ about the cache, so ``reid-masks preview`` and ``reid-train``'s retrieval sheets
 
 * whole mask magenta, upper orange, bottom blue; regions: head yellow, upper orange,
   lower blue (upper/lower always share the hue of the upper/bottom masks);
-* COCO keypoints: the person's left side cyan, right side yellow, nose/centre white;
+* COCO keypoints: the person's left side cyan, right side lime, nose/centre white;
 * captions: light text on a dark strip, red text for a problem (``BAD``);
 * borders: green for a correct match (``GOOD``), red for a wrong one (``BAD``).
 """
@@ -40,7 +40,7 @@ SHEET_BG: Color = (48, 48, 48)
 CAPTION_HEIGHT = 14
 
 KP_LEFT: Color = (0, 230, 255)
-KP_RIGHT: Color = (255, 230, 0)
+KP_RIGHT: Color = (160, 255, 0)
 KP_CENTER: Color = (255, 255, 255)
 #: COCO-17 limbs as pairs of keypoint indices.
 COCO_SKELETON: tuple[tuple[int, int], ...] = (
@@ -52,7 +52,7 @@ _RIGHT = frozenset({2, 4, 6, 8, 10, 12, 14, 16})
 
 
 def keypoint_color(index: int) -> Color:
-    """Colour of COCO keypoint ``index``: left side cyan, right side yellow, nose white."""
+    """Colour of COCO keypoint ``index``: left side cyan, right side lime, nose white."""
     return KP_LEFT if index in _LEFT else KP_RIGHT if index in _RIGHT else KP_CENTER
 
 

@@ -13,13 +13,21 @@ from reid_masks.cli import Group
 _SET_HELP = "Override a config key, e.g. --set solver.epochs=120 --set data.root=/data/market1501 (repeatable)."
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the *current* sys.stderr (click's test runner swaps it per invocation)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(log_file: Path | None = None) -> None:
     """Progress and info lines go to stderr (and ``log_file``); stdout keeps the final results."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     if not any(getattr(h, "_reid_train", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler(sys.stderr)
         handler.setFormatter(fmt)
         handler._reid_train = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -251,3 +251,14 @@ def test_preview_missing_image_suggests_root(made, tmp_path):
     assert result.exit_code == 0 and out.is_file()
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "nope.h5")])
     assert result.exit_code == 2 and "mask cache not found" in result.output
+
+
+def test_undecodable_image_gets_a_placeholder_tile(made):
+    bad = made["root"] / made["rows"]["train"].path[0]
+    bad.write_bytes(b"not a png")
+    with MaskCache(made["cache"]) as cache:
+        img = np.asarray(contact_sheet(cache, None, n=6, split="train", scale=1, cols=2))
+    layout = sheet_layout(PERSON_HW, 6, scale=1, cols=2)
+    y, x = layout.panel_origin(0, "image")
+    assert img.shape[:2] == (layout.size[1], layout.size[0])
+    assert tuple(img[y + 1, x + PERSON_HW[1] // 2]) == (96, 96, 96)  # grey placeholder, not the image colour

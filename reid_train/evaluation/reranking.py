@@ -36,7 +36,7 @@ Matrix = Union[np.ndarray, torch.Tensor]
 # Working-memory targets (elements) for the blocked passes.
 _COLUMN_BLOCK_ELEMENTS = 16 * 2**20
 _NEIGHBOUR_BLOCK_ELEMENTS = 8 * 2**20
-_JACCARD_BLOCK_PAIRS = 8 * 2**20
+_JACCARD_BLOCK_PAIRS = 4 * 2**20
 
 
 def _as_numpy(x: Matrix, name: str) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""The torchvision backend with explicitly random weights (no pretrained weights offline).
+
+Random Mask R-CNN scores persons far below 0.5, so the shape tests use threshold 0.0,
+a small input size, few proposals and few detections to stay fast on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from reid_masks.backends.base import Instances
+from reid_masks.backends.torchvision_backend import (
+    DEFAULT_MAX_SIZE,
+    DEFAULT_MIN_SIZE,
+    TorchvisionBackend,
+    box_iou_np,
+    build_keypoint_model,
+    build_mask_model,
+    expected_weights_path,
+    match_instances,
+    MASK_WEIGHTS,
+)
+from reid_masks.errors import UserError
+
+FAST = dict(min_size=128, max_size=256, score_threshold=0.0, detections_per_img=3, rpn_post_nms_top_n=50)
+SIZES = [(128, 64), (128, 64), (128, 64), (160, 72)]
+
+
+def _images(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+
+
+@pytest.fixture(scope="module")
+def random_backend() -> TorchvisionBackend:
+    torch.manual_seed(0)
+    return TorchvisionBackend(random_weights=True, match_iou=1e-6, **FAST)
+
+
+@pytest.fixture(scope="module")
+def batch_result(random_backend: TorchvisionBackend) -> list[Instances]:
+    return random_backend.predict(_images())
+
+
+@pytest.fixture
+def empty_hub_dir(tmp_path: Path) -> Iterator[Path]:
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        yield tmp_path / "hub"
+    finally:
+        torch.hub.set_dir(old)
+
+
+def test_batch_shapes_dtypes_scores(batch_result: list[Instances]) -> None:
+    assert len(batch_result) == len(SIZES)
+    total = 0
+    for inst, (h, w) in zip(batch_result, SIZES):
+        n = len(inst)
+        total += n
+        assert 0 <= n <= FAST["detections_per_img"]
+        assert inst.boxes.shape == (n, 4) and inst.boxes.dtype == np.float32
+        assert inst.scores.shape == (n,) and inst.scores.dtype == np.float32
+        assert inst.masks is not None and inst.masks.shape == (n, h, w) and inst.masks.dtype == np.float32
+        assert inst.keypoints is not None and inst.keypoints.shape == (n, 17, 3) and inst.keypoints.dtype == np.float32
+        assert np.all((inst.scores >= 0) & (inst.scores <= 1))
+        assert np.all(np.diff(inst.scores) <= 0), "scores must be sorted, best first"
+        assert np.all((inst.masks >= 0) & (inst.masks <= 1))
+        assert np.all((inst.keypoints[..., 2] >= 0) & (inst.keypoints[..., 2] <= 1))
+        assert np.all(inst.boxes[:, 2] >= inst.boxes[:, 0]) and np.all(inst.boxes[:, 3] >= inst.boxes[:, 1])
+        assert np.all(inst.boxes[:, [0, 2]] <= w + 1e-3) and np.all(inst.boxes[:, [1, 3]] <= h + 1e-3)
+    assert total > 0, "threshold 0.0 should let random-weight instances through"
+
+
+def test_keypoints_attached_when_boxes_overlap(batch_result: list[Instances]) -> None:
+    # match_iou is ~0 here, so any keypoint instance overlapping a mask instance is attached.
+    attached = [inst.keypoints[i] for inst in batch_result for i in range(len(inst)) if inst.keypoints[i, :, 2].any()]
+    assert attached, "expected at least one matched keypoint instance"
+    kp = attached[0]
+    assert np.all(kp[:, 2] > 0) and np.all(kp[:, 2] < 1)
+
+
+def test_provenance(random_backend: TorchvisionBackend) -> None:
+    p = random_backend.provenance()
+    assert p["backend"] == "torchvision"
+    assert p["random_weights"] is True
+    assert p["models"] == {"mask": "maskrcnn_resnet50_fpn_v2", "keypoint": "keypointrcnn_resnet50_fpn"}
+    assert p["weights"]["mask"]["sha256"] is None and p["weights"]["mask"]["path"] is None
+    assert p["weights"]["mask"]["url"] == MASK_WEIGHTS.url
+    assert p["score_threshold"] == 0.0 and p["min_size"] == 128 and p["max_size"] == 256
+    assert p["device"] == "cpu" and p["amp"] is False
+    assert p["torchvision_version"]
+    import json
+
+    json.dumps(p)  # goes into the cache's attributes
+
+
+def test_random_weights_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="reid_masks.backends.torchvision_backend"):
+        TorchvisionBackend(random_weights=True, with_keypoints=False, **FAST)
+    assert any("RANDOM" in r.getMessage() for r in caplog.records)
+
+
+def test_empty_batch(random_backend: TorchvisionBackend) -> None:
+    assert random_backend.predict([]) == []
+
+
+def test_defaults_documented() -> None:
+    assert DEFAULT_MIN_SIZE == 256 and DEFAULT_MAX_SIZE >= 2 * DEFAULT_MIN_SIZE
+
+
+def test_missing_weights_in_hub_cache(empty_hub_dir: Path) -> None:
+    with pytest.raises(UserError) as ei:
+        TorchvisionBackend()
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth" in msg
+    assert str(empty_hub_dir / "checkpoints") in msg
+    assert MASK_WEIGHTS.url in msg
+    assert expected_weights_path(MASK_WEIGHTS) == empty_hub_dir / "checkpoints" / "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"
+
+
+def test_missing_keypoint_weights_in_hub_cache(empty_hub_dir: Path) -> None:
+    with pytest.raises(UserError, match=r"keypointrcnn_resnet50_fpn_coco-fc266e95\.pth"):
+        TorchvisionBackend(with_masks=False)
+
+
+def test_missing_weights_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(UserError, match="nope.pth"):
+        TorchvisionBackend(mask_weights=missing, with_keypoints=False)
+
+
+def test_bad_weights_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="bad.pth"):
+        TorchvisionBackend(mask_weights=bad, with_keypoints=False)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"foo": torch.zeros(1)}, wrong)
+    with pytest.raises(UserError, match="wrong.pth"):
+        TorchvisionBackend(keypoint_weights=wrong, with_masks=False)
+
+
+def test_bad_options() -> None:
+    with pytest.raises(UserError):
+        TorchvisionBackend(random_weights=True, with_masks=False, with_keypoints=False)
+    with pytest.raises(UserError):
+        TorchvisionBackend(random_weights=True, amp=True)  # AMP needs CUDA
+    with pytest.raises(UserError):
+        TorchvisionBackend(random_weights=True, min_size=300, max_size=200)
+
+
+def test_weights_round_trip_through_path(tmp_path: Path, random_backend: TorchvisionBackend) -> None:
+    mpath, kpath = tmp_path / "mask.pth", tmp_path / "kp.pth"
+    torch.save(random_backend.mask_model.state_dict(), mpath)
+    torch.save(random_backend.keypoint_model.state_dict(), kpath)
+    loaded = TorchvisionBackend(mask_weights=mpath, keypoint_weights=kpath, match_iou=1e-6, **FAST)
+    images = _images()[:1]
+    (got,) = loaded.predict(images)
+    (want,) = random_backend.predict(images)
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    np.testing.assert_allclose(got.masks, want.masks, atol=1e-4)
+    np.testing.assert_allclose(got.keypoints, want.keypoints, atol=1e-3)
+    p = loaded.provenance()
+    assert p["random_weights"] is False
+    assert p["weights"]["mask"]["path"] == str(mpath)
+    import hashlib
+
+    assert p["weights"]["mask"]["sha256"] == hashlib.sha256(mpath.read_bytes()).hexdigest()
+    assert p["weights"]["keypoint"]["sha256"] == hashlib.sha256(kpath.read_bytes()).hexdigest()
+    assert loaded.provenance() == p
+
+
+def test_keypoint_only_mode(random_backend: TorchvisionBackend) -> None:
+    kp_only = TorchvisionBackend(random_weights=True, with_masks=False, **FAST)
+    (inst,) = kp_only.predict(_images()[3:])
+    assert inst.masks is None and inst.keypoints is not None
+    assert inst.keypoints.shape == (len(inst), 17, 3)
+
+
+def test_checkpoint_layouts_match_torchvision_builders() -> None:
+    """The pretrained checkpoints' key sets load strictly into our models.
+
+    COCO_V1 Keypoint R-CNN comes from a FrozenBatchNorm2d backbone (no num_batches_tracked);
+    the Mask R-CNN v2 one from torchvision's own BatchNorm2d build.
+    """
+    from torchvision.models.detection import keypointrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+
+    sd = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    frozen_style = {k: v for k, v in sd.items() if not (k.startswith("backbone.body.") and k.endswith("num_batches_tracked"))}
+    build_keypoint_model().load_state_dict(frozen_style, strict=True)
+    build_mask_model().load_state_dict(maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None).state_dict(), strict=True)
+
+
+# ------------------------------------------------------------------ matching (unit)
+
+
+def test_box_iou_np() -> None:
+    a = np.array([[0, 0, 10, 10], [0, 0, 0, 0]], np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    iou = box_iou_np(a, b)
+    np.testing.assert_allclose(iou[0], [1.0, 50 / 150, 0.0])
+    np.testing.assert_allclose(iou[1], [0.0, 0.0, 0.0])
+
+
+def test_match_instances_greedy_one_to_one() -> None:
+    mask_boxes = np.array([[0, 0, 40, 100], [30, 0, 70, 100], [100, 100, 110, 110]], np.float32)
+    # keypoint instances in another order, slightly shifted, plus an extra one
+    kp_boxes = np.array([[32, 2, 71, 99], [200, 0, 240, 100], [1, 1, 41, 101]], np.float32)
+    np.testing.assert_array_equal(match_instances(mask_boxes, kp_boxes), [2, 0, -1])
+
+
+def test_match_instances_each_used_once_and_threshold() -> None:
+    mask_boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    kp_boxes = np.array([[0, 0, 10, 10]], np.float32)
+    # duplicates: the first (higher scoring) mask instance gets it, the second none
+    np.testing.assert_array_equal(match_instances(mask_boxes, kp_boxes), [0, -1])
+    # IoU 1/3 is below the default 0.5 but above 0.3
+    shifted = np.array([[5, 0, 15, 10]], np.float32)
+    np.testing.assert_array_equal(match_instances(mask_boxes[:1], shifted), [-1])
+    np.testing.assert_array_equal(match_instances(mask_boxes[:1], shifted, min_iou=0.3), [0])
+
+
+def test_match_instances_prefers_higher_iou_pair() -> None:
+    # mask 0 overlaps kp 0 a bit and kp 1 well; mask 1 overlaps only kp 0 well
+    mask_boxes = np.array([[0, 0, 10, 10], [6, 0, 16, 10]], np.float32)
+    kp_boxes = np.array([[6, 0, 16, 10], [1, 0, 11, 10]], np.float32)
+    np.testing.assert_array_equal(match_instances(mask_boxes, kp_boxes, min_iou=0.1), [1, 0])
+
+
+def test_match_instances_empty() -> None:
+    assert match_instances(np.zeros((0, 4)), np.zeros((3, 4))).shape == (0,)
+    np.testing.assert_array_equal(match_instances(np.zeros((2, 4)) + [0, 0, 5, 5], np.zeros((0, 4))), [-1, -1])
