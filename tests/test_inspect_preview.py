@@ -185,7 +185,7 @@ def test_sample_rows_even_and_deterministic():
 
 def test_preview_sheet_size_overlay_and_captions(made, tmp_path):
     out = tmp_path / "sheets" / "sheet.png"
-    result = CliRunner().invoke(preview_command, [str(made["cache"]), "--n", "32", "--split", "query", "--out", str(out), "--cols", "4"])
+    result = CliRunner().invoke(preview_command, [str(made["cache"]), "--n", "32", "--split", "query", "--out", str(out), "--cols", "4", "--scale", "2"])
     assert result.exit_code == 0, result.output
     assert out.is_file() and not list(out.parent.glob("*.tmp*"))
     sheet = np.asarray(Image.open(out).convert("RGB"))

@@ -81,8 +81,11 @@ def test_keypoints_attached_when_boxes_overlap(batch_result: list[Instances]) ->
     # match_iou is ~0 here, so any keypoint instance overlapping a mask instance is attached.
     attached = [inst.keypoints[i] for inst in batch_result for i in range(len(inst)) if inst.keypoints[i, :, 2].any()]
     assert attached, "expected at least one matched keypoint instance"
-    kp = attached[0]
-    assert np.all(kp[:, 2] > 0) and np.all(kp[:, 2] < 1)
+    for kp in attached:
+        assert np.all(kp[:, 2] > 0) and np.all(kp[:, 2] <= 1)  # sigmoid of the heatmap logit
+    for inst, (h, w) in zip(batch_result, SIZES):
+        xy = inst.keypoints[..., :2]
+        assert np.all(xy >= -1) and np.all(xy[..., 0] <= w + 1) and np.all(xy[..., 1] <= h + 1)
 
 
 def test_provenance(random_backend: TorchvisionBackend) -> None:

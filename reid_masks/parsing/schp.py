@@ -96,6 +96,7 @@ __all__ = [
     "get_affine_transform",
     "affine_sample",
     "swap_flipped_channels",
+    "schp_geometry",
 ]
 
 NUM_CLASSES = 20
@@ -467,6 +468,32 @@ def affine_sample(src: Tensor, dst_to_src: np.ndarray, out_hw: tuple[int, int]) 
     return F.grid_sample(src, grid[None].expand(n, oh, ow, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def schp_geometry(
+    height: int, width: int, input_size: tuple[int, int] = (473, 473), min_height: Optional[int] = None
+) -> tuple[Optional[tuple[int, int]], np.ndarray, np.ndarray]:
+    """How one image reaches the network and how its logits come back.
+
+    Returns ``(upscaled (h, w) or None, forward affine, original-pixel -> input affine)``:
+    the forward affine maps the network's image (the original, or its bicubic pre-upscale
+    when ``height < min_height``) onto the input (SCHP's warp); the last one maps each
+    pixel of the ORIGINAL image into input coordinates (SCHP's ``transform_logits``), so
+    labels always come back on the image's own grid.
+    """
+    up = None
+    net_h, net_w = height, width
+    if min_height is not None and height < min_height:
+        net_h, net_w = int(min_height), max(1, int(round(width * min_height / height)))
+        up = (net_h, net_w)
+    center, scale = box_center_scale(net_w, net_h, input_size)
+    fwd = get_affine_transform(center, scale, input_size)
+    if up is None:
+        return None, fwd, fwd
+    # original pixel centre x -> upscaled pixel (x + 0.5) * f - 0.5 (PIL's resize convention)
+    fx, fy = net_w / width, net_h / height
+    upscale = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])
+    return up, fwd, _compose(fwd, upscale)
+
+
 def swap_flipped_channels(logits: Tensor, dim: int = 1) -> Tensor:
     """Swap the left/right LIP channels (14<->15, 16<->17, 18<->19) of a flipped input's logits."""
     order = list(range(logits.shape[dim]))
@@ -574,21 +601,8 @@ class SCHPParser:
     # -- steps, public so tests and tools can check each one ------------------------------
 
     def geometry(self, height: int, width: int) -> tuple[Optional[tuple[int, int]], np.ndarray, np.ndarray]:
-        """(pre-upscale size or None, image->input affine of the network's image, original pixel->input affine)."""
-        up = None
-        net_h, net_w = height, width
-        if self.min_height is not None and height < self.min_height:
-            f = self.min_height / height
-            net_h, net_w = self.min_height, max(1, int(round(width * f)))
-            up = (net_h, net_w)
-        center, scale = box_center_scale(net_w, net_h, self.input_size)
-        fwd = get_affine_transform(center, scale, self.input_size)
-        if up is None:
-            return None, fwd, fwd
-        # original pixel centre x -> upscaled image pixel (x + 0.5) * f - 0.5 (PIL's convention)
-        fx, fy = net_w / width, net_h / height
-        upscale = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])
-        return up, fwd, _compose(fwd, upscale)
+        """:func:`schp_geometry` with this parser's input size and upscaling policy."""
+        return schp_geometry(height, width, self.input_size, self.min_height)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[np.ndarray]]:
         """Warped, normalised BGR batch (N, 3, H_in, W_in) and each image's original-pixel -> input affine."""

@@ -3,9 +3,13 @@
 The mask-guided attention loss compares each attention map with the body masks *at the
 same spatial positions*, so every geometric transform of the image (resize, flip,
 pad + crop) must move the masks identically. Masks come from the cache as 24x8 soft maps
-(whole, upper, bottom); here they are upsampled to the image size (bilinear), transformed
-together with the image, and area-downsampled back to their cache size at the end, which
-keeps them soft and exactly aligned with the transformed image. Photometric transforms
+(whole, upper, bottom), each cell the area fraction of body in that cell. Here they are
+upsampled to the image size as piecewise-constant cells (``nearest-exact``), transformed
+together with the image, and area-downsampled back to their cache size at the end. That
+round trip is the identity when nothing moves (bilinear upsampling would blur every
+mask by ~12% into its neighbour cells) and turns a shift, flip or crop of the image into
+the exact fractional-cell shift of the masks whenever the image size is a multiple of
+the mask grid (384x128 for 24x8); for other sizes it is exact up to a pixel. Photometric transforms
 (random erasing, normalisation) touch the image only: erasing occludes pixels, it does
 not move the body.
 
@@ -34,7 +38,7 @@ def to_tensor_image(image: np.ndarray | Tensor) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)  # decoded arrays are read-only
     if image.dtype == torch.uint8:
         return image.float().div_(255.0)
     return image.float()
@@ -94,7 +98,7 @@ class PairedTransform:
         m = None
         if masks is not None:
             mask_hw = tuple(masks.shape[-2:])
-            m = F.interpolate(masks.float()[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            m = F.interpolate(masks.float()[None], size=(h, w), mode="nearest-exact")[0]
         if self.train:
             if self.flip_prob > 0 and _rand(generator) < self.flip_prob:
                 img = img.flip(-1)

@@ -90,15 +90,16 @@ def evaluate_features(
     """``{rank1, rank5, rank10, mAP, num_query, num_gallery}`` (fractions in [0, 1])."""
     from reid_train.evaluation import compute_distance_matrix, evaluate_from_features, evaluate_rank, re_ranking
 
+    max_rank = max(1, min(50, len(g_pids)))  # small (test) galleries: no warning, CMC clipped as evaluate_rank does
     if rerank:
         # torchreid's recipe: the three matrices of compute_distance_matrix go to re_ranking.
         qg = compute_distance_matrix(qf, gf, metric)
         qq = compute_distance_matrix(qf, qf, metric)
         gg = compute_distance_matrix(gf, gf, metric)
         distmat = re_ranking(qg, qq, gg, k1=k1, k2=k2, lambda_value=lambda_value)
-        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
+        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
     else:
-        cmc, mAP = evaluate_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=50)
+        cmc, mAP = evaluate_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=max_rank)
     return {
         "rank1": _cmc_at(cmc, 1),
         "rank5": _cmc_at(cmc, 5),
