@@ -115,11 +115,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_naive(backend: TorchvisionBackend, crops: list[np.ndarray]) -> float:
-    """Seconds for the one-image-at-a-time loop over the raw models."""
+def time_naive(backend: TorchvisionBackend, crops: list[np.ndarray]) -> tuple[float, float]:
+    """Wall and process-CPU seconds for the one-image-at-a-time loop over the raw models."""
     models = [m for m in (backend.mask_model, backend.keypoint_model) if m is not None]
     sync(backend.device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.inference_mode(), backend._autocast():
         for img in crops:
             x = torch.from_numpy(img).to(backend.device).permute(2, 0, 1).float().div_(255.0)
@@ -128,18 +128,18 @@ def time_naive(backend: TorchvisionBackend, crops: list[np.ndarray]) -> float:
             # the loop a user would write pulls results back each time
             out[0]["boxes"].cpu()
     sync(backend.device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
-def time_batched(backend: TorchvisionBackend, crops: list[np.ndarray], batch: int) -> tuple[float, int]:
-    """Seconds for ``predict`` over ``crops`` in batches, and the persons found."""
+def time_batched(backend: TorchvisionBackend, crops: list[np.ndarray], batch: int) -> tuple[float, float, int]:
+    """Wall and process-CPU seconds for ``predict`` over ``crops`` in batches, and the persons found."""
     found = 0
     sync(backend.device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for i in range(0, len(crops), batch):
         found += sum(len(r) for r in backend.predict(crops[i : i + batch]))
     sync(backend.device)
-    return time.perf_counter() - t, found
+    return time.perf_counter() - t, time.process_time() - c, found
 
 
 def cpu_name() -> str:
@@ -189,7 +189,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except OSError:
         pass
 
-    rows: list[tuple[str, str, int, float, float, int]] = []
+    rows: list[tuple[str, str, int, float, float, float]] = []  # size, run, images, wall s, img/s, cpu s/img
     breakdowns: dict[int, tuple[str, dict[str, float], float]] = {}
     for min_size in min_sizes:
         max_size = args.max_size or (1333 if min_size >= 800 else 3 * min_size)
@@ -210,37 +210,38 @@ def main(argv: Optional[list[str]] = None) -> None:
         size = f"{min_size}/{max_size}"
         backend.predict(crops_all[:2])  # warm-up (allocator, lazy init, cudnn)
         if not args.no_naive:
-            dt = time_naive(backend, crops_all[:n])
-            rows.append((size, "naive loop", n, dt, n / dt, -1))
-            print(f"  min_size {size:9s} naive loop   {n:3d} imgs  {dt:7.2f} s  {n / dt:7.2f} img/s", flush=True)
+            dt, cpu = time_naive(backend, crops_all[:n])
+            rows.append((size, "naive loop", n, dt, n / dt, cpu / n))
+            print(f"  min_size {size:9s} naive loop   {n:3d} imgs  {dt:7.2f} s  {n / dt:7.3f} img/s  cpu {cpu / n:6.2f} s/img", flush=True)
         timer = PartTimer([m for m in (backend.mask_model, backend.keypoint_model) if m is not None], backend.device)
         probe = 8 if 8 in batch_sizes else max(batch_sizes)
         for bs in batch_sizes:
             if f"{min_size}x{bs}" in skip:
-                rows.append((size, f"batch {bs}", 0, float("nan"), float("nan"), -1))
+                rows.append((size, f"batch {bs}", 0, float("nan"), float("nan"), float("nan")))
                 print(f"  min_size {size:9s} batch {bs:<5d} skipped (--skip)", flush=True)
                 continue
             m = max(n, bs)  # a batch is always full: batch 32 runs 32 crops
             crops = crops_all[:m]
             timer.enabled = bs == probe
             timer.totals.clear()
-            dt, found = time_batched(backend, crops, bs)
+            dt, cpu, found = time_batched(backend, crops, bs)
             timer.enabled = False
             if bs == probe:
                 breakdowns[min_size] = (f"batch {bs}", dict(timer.totals), dt)
-            rows.append((size, f"batch {bs}", m, dt, m / dt, found))
-            print(f"  min_size {size:9s} batch {bs:<5d} {m:3d} imgs  {dt:7.2f} s  {m / dt:7.2f} img/s  ({found / m:.1f} persons/img)", flush=True)
+            rows.append((size, f"batch {bs}", m, dt, m / dt, cpu / m))
+            print(f"  min_size {size:9s} batch {bs:<5d} {m:3d} imgs  {dt:7.2f} s  {m / dt:7.3f} img/s  cpu {cpu / m:6.2f} s/img"
+                  f"  ({found / m:.1f} persons/img)", flush=True)
         timer.remove()
         del backend
 
     print()
-    print("| min/max size | run | images | seconds | images/s |")
-    print("|---|---|---:|---:|---:|")
-    for size, run, n, dt, ips, _ in rows:
+    print("| min/max size | run | images | wall s | images/s | process CPU s / image |")
+    print("|---|---|---:|---:|---:|---:|")
+    for size, run, n, dt, ips, cpu in rows:
         if n == 0:
-            print(f"| {size} | {run} | - | skipped | - |")
+            print(f"| {size} | {run} | - | skipped | - | - |")
         else:
-            print(f"| {size} | {run} | {n} | {dt:.1f} | {ips:.2f} |")
+            print(f"| {size} | {run} | {n} | {dt:.1f} | {ips:.3f} | {cpu:.2f} |")
     print()
     print("| min/max size | run | " + " | ".join(PARTS) + " | other | total s |")
     print("|---|---|" + "---:|" * (len(PARTS) + 2))

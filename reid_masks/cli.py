@@ -140,9 +140,10 @@ def merge(shards: tuple[Path, ...], out: Path) -> None:
 def _register() -> None:
     from reid_masks.inspect import inspect_command
     from reid_masks.preview import preview_command
+    from reid_masks.slurm import status_command, submit_command
 
-    main.add_command(inspect_command)
-    main.add_command(preview_command)
+    for command in (inspect_command, preview_command, submit_command, status_command):
+        main.add_command(command)
 
 
 _register()

@@ -155,11 +155,12 @@ def generate_script(exe: list[str], generate_args: list[str], shards: int, logs:
     directives = ["--job-name=reid-masks-generate", f"--array={spec}", "--ntasks=1",
                   f"--output={logs}/generate-%A_%a.out", f"--chdir={workdir}", *resources.directives(gpus=True)]
     cmd = command_text([*exe, "generate", *generate_args, "--shard"], head=len(exe) + 1)
+    writes = f"<stem>.shard<i>of{shards}.h5 beside --out" if shards > 1 else "--out itself (one shard: no merge)"
     return f"""#!/bin/bash
 # generate.sbatch: written by `reid-masks submit` on {time.strftime("%Y-%m-%d %H:%M:%S")}.
 #
 # One Slurm array task per shard: task i runs `reid-masks generate --shard i/{shards}` and writes
-# <stem>.shard<i>of{shards}.h5 beside --out. Shards are numbered 0..{shards - 1}, like the task ids.
+# {writes}. Shards are numbered 0..{shards - 1}, like the task ids.
 # A task that dies (time limit, node failure) keeps its finished chunks in <shard file>.partial/;
 # run it again and it resumes. `reid-masks submit --resubmit-failed --out ...` resubmits exactly
 # the tasks whose shard file is missing, as in  sbatch --array=<failed task ids, e.g. 1,3> generate.sbatch
@@ -322,7 +323,7 @@ def submit_merge(jobs: dict[str, Any], folder: Path, after: str | None, resource
         merge_id = sbatch(cmd[2:])
     except UserError as exc:
         write_jobs(folder, jobs)
-        raise UserError(f"{exc} (the generate array was submitted and recorded; 'reid-masks submit --resubmit-failed --job-dir {folder}' submits the merge again)") from None
+        raise UserError(f"{exc} (the generate array was submitted and recorded in {folder / JOBS_FILE}; 'reid-masks submit --out {jobs['out']} --resubmit-failed' submits the merge again)") from None
     record(jobs, "merge", merge_id, cmd, after=after)
     write_jobs(folder, jobs)
     when = f"runs after job {after} succeeds" if after else "runs now"
@@ -418,7 +419,7 @@ def submit_command(dataset: str | None, root: Path | None, out: Path, parsing_di
     folder = job_folder(out, job_dir)
     if resubmit_failed:
         jobs = read_jobs(folder)
-        given = {"dataset": dataset, "root": str(root.absolute()) if root else None, "shards": shards,
+        given = {"out": str(out), "dataset": dataset, "root": str(root.absolute()) if root else None, "shards": shards,
                  "parsing_dir": str(parsing_dir.absolute()) if parsing_dir else None,
                  "generate_args": check_generate_args(generate_args, gpus_per_task) if generate_args else None}
         differ = [k for k, v in given.items() if v is not None and v != jobs.get(k)]

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from reid_masks.errors import UserError
+from reid_train.models import ARCH_CHANNELS, model_names
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "TrainConfig", "TestConfig",
@@ -30,8 +31,8 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-MODEL_NAMES = ("baseline", "baseline_att", "wmga", "dmga", "mmga")
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+MODEL_NAMES = tuple(model_names())
+BACKBONES = tuple(ARCH_CHANNELS)
 
 
 def _choices(*values: Any) -> dict[str, Any]:
@@ -236,7 +237,12 @@ def _set_value(cfg: Config, dotted: str, value: Any, origin: str, from_text: boo
     if rest:  # free-form mapping keys, e.g. data.options.variant=detected
         if typing.get_origin(tp) is not dict:
             raise _unknown("config key", dotted, [f"{section}.{k}" for k in fields], origin)
-        parsed = yaml.safe_load(value) if from_text else value
+        parsed = value
+        if from_text:  # typed like YAML when it parses ("3", "true", "[.jpg]"), else the raw text (a regex)
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
         mapping = copy.deepcopy(getattr(obj, key))
         node = mapping
         for p in rest[:-1]:
@@ -265,12 +271,23 @@ def _flatten(tree: Mapping[str, Any], origin: str) -> list[tuple[str, Any]]:
     return out
 
 
+def _validate(cfg: Config, origin: str) -> Config:
+    """Checks that involve more than one value or a list's length."""
+    for key in ("mean", "std"):
+        value = getattr(cfg.data, key)
+        if len(value) != 3:
+            raise UserError(f"{origin}: data.{key} must have 3 values (R, G, B), got {value}")
+    if min(cfg.data.std) <= 0:
+        raise UserError(f"{origin}: data.std values must be > 0, got {cfg.data.std}")
+    return cfg
+
+
 def config_from_dict(tree: Mapping[str, Any], origin: str = "config") -> Config:
     """A Config from a nested mapping (a YAML file's content, a checkpoint's config)."""
     cfg = Config()
     for dotted, value in _flatten(tree, origin):
         _set_value(cfg, dotted, value, origin, from_text=False)
-    return cfg
+    return _validate(cfg, origin)
 
 
 def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
@@ -281,7 +298,7 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. solver.epochs=120")
         key, value = item.split("=", 1)
         _set_value(cfg, key.strip(), value.strip(), "--set", from_text=True)
-    return cfg
+    return _validate(cfg, "--set")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

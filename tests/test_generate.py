@@ -230,3 +230,45 @@ def test_cache_of_another_dataset_at_out(market, synth_dataset, reference, tmp_p
     shutil.copy(reference, out)
     code, msg = run("generate", "--dataset", "dukemtmc", "--root", duke, "--parsing-dir", duke / "parsing", "--out", out, "--workers", "0")
     assert code == 2 and "existing cache is for dataset 'market1501', not 'dukemtmc'" in msg
+
+
+def test_torchvision_backend_end_to_end_with_random_weights(synth_dataset, tmp_path):
+    root = synth_dataset("market1501", ids=2, seed=3)
+    out = tmp_path / "tv.h5"
+    code, msg = run("generate", "--dataset", "market1501", "--root", root, "--out", out, "--backend", "torchvision",
+                    "--random-weights", "--min-size", "128", "--score-threshold", "0.0", "--batch-size", "8", "--workers", "1")
+    assert code == 0, msg
+    with MaskCache(out) as c:
+        prov = c.attrs["provenance"]
+        assert prov["backend"]["random_weights"] is True and prov["backend"]["min_size"] == 128
+        assert "--random-weights" in prov["command"]
+        total = 0
+        for s in c.splits:
+            n = c.num_rows(s)
+            total += n
+            status = c.column(s, "status")
+            assert set(status) <= {STATUS["ok"], STATUS["no_person"], STATUS["no_keypoints"]}
+            kps = c.column(s, "keypoints")
+            assert kps.shape == (n, 17, 3)
+            ok = status == STATUS["ok"]
+            # rows with a person have its box inside the image; no-person rows have no keypoints
+            boxes, sizes = c.column(s, "box"), c.column(s, "image_size")
+            assert (boxes[ok][:, 2] <= sizes[ok][:, 1] + 1e-3).all()
+            assert (kps[status == STATUS["no_person"]][:, :, 2] == 0).all()
+        assert total > 0
+
+
+def test_missing_detector_weights_is_one_clear_line(synth_dataset, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        root = synth_dataset("market1501", ids=2, seed=3)
+        code, msg = run("generate", "--dataset", "market1501", "--root", root, "--out", tmp_path / "x.h5", "--backend", "torchvision")
+    finally:
+        torch.hub.set_dir(old)
+    assert code == 2
+    assert msg.startswith("error: ") and msg.count("\n") == 1 and ".pth" in msg
+    assert not (tmp_path / "x.h5").exists()

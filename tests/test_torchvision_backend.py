@@ -125,6 +125,8 @@ def test_missing_weights_in_hub_cache(empty_hub_dir: Path) -> None:
     assert "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth" in msg
     assert str(empty_hub_dir / "checkpoints") in msg
     assert MASK_WEIGHTS.url in msg
+    # both missing files are named at once, still on one line
+    assert "keypointrcnn_resnet50_fpn_coco-fc266e95.pth" in msg
     assert expected_weights_path(MASK_WEIGHTS) == empty_hub_dir / "checkpoints" / "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"
 
 

@@ -302,8 +302,8 @@ class Detectron2Backend:
         except Exception as e:  # unreadable file, failed download
             raise UserError(f"cannot load {what} weights {weights}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         for keys in incompatible:
-            missing = list(getattr(keys, "missing_keys", []) or [])
             shapes = [k[0] if isinstance(k, (tuple, list)) else k for k in (getattr(keys, "incorrect_shapes", []) or [])]
+            missing = [k for k in (getattr(keys, "missing_keys", []) or []) if k not in shapes]
             if missing or shapes:
                 first = ", ".join((missing + shapes)[:3])
                 raise UserError(
@@ -319,6 +319,9 @@ class Detectron2Backend:
             models = {}
             for key, m in (("mask", self.mask), ("keypoint", self.keypoint)):
                 local = m.weights if m.weights and os.path.isfile(m.weights) else None
+                if local is None and m.url and m.weights == m.url:  # downloaded by detectron2 into its cache
+                    cached = detectron2_cache_dir() / urlparse(m.url).path.lstrip("/")
+                    local = str(cached) if cached.is_file() else None
                 models[key] = {
                     "config": m.config,
                     "config_file": m.config_file,

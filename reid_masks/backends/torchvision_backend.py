@@ -73,6 +73,7 @@ detection models take a list of differently sized tensors and pad them together)
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -151,6 +152,19 @@ def _resolve_weights(what: str, weights: Any, path: str | os.PathLike | None, op
     return p
 
 
+def _resolve_all(wanted: list[tuple[str, Any, str | os.PathLike | None, str]]) -> list[Path]:
+    """Resolve several checkpoints, reporting every missing one in a single line."""
+    found, problems = [], []
+    for what, weights, path, option in wanted:
+        try:
+            found.append(_resolve_weights(what, weights, path, option))
+        except UserError as e:
+            problems.append(str(e))
+    if problems:
+        raise UserError(" | ".join(problems))
+    return found
+
+
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -202,8 +216,9 @@ def _person_only_postprocess(
     persons only and other classes cannot crowd persons out of ``detections_per_img``.
     """
     boxes_per_image = [b.shape[0] for b in proposals]
-    pred_boxes = self.box_coder.decode(box_regression, proposals)
-    pred_scores = F.softmax(class_logits, -1)
+    # float32 even under autocast: fp16/bf16 box coordinates would be off by 0.5-4 px at 512-768
+    pred_boxes = self.box_coder.decode(box_regression.float(), [p.float() for p in proposals])
+    pred_scores = F.softmax(class_logits.float(), -1)
     all_boxes, all_scores, all_labels = [], [], []
     for boxes, scores, image_shape in zip(pred_boxes.split(boxes_per_image, 0), pred_scores.split(boxes_per_image, 0), image_shapes):
         boxes = box_ops.clip_boxes_to_image(boxes[:, PERSON_LABEL], image_shape)
@@ -271,6 +286,9 @@ def build_keypoint_model(
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
             m.eps = 0.0
+    # two classes (background, person): the person-only post-processing is torchvision's own,
+    # with box decoding kept in float32 under autocast
+    model.roi_heads.postprocess_detections = types.MethodType(_person_only_postprocess, model.roi_heads)
     return model.eval()
 
 
@@ -394,10 +412,16 @@ class TorchvisionBackend:
         self.mask_weights_path: Optional[Path] = None
         self.keypoint_weights_path: Optional[Path] = None
         if not self.random_weights:
+            wanted = []
             if self.with_masks:
-                self.mask_weights_path = _resolve_weights("Mask R-CNN", MASK_WEIGHTS, mask_weights, "--mask-weights")
+                wanted.append(("Mask R-CNN", MASK_WEIGHTS, mask_weights, "--mask-weights"))
             if self.with_keypoints:
-                self.keypoint_weights_path = _resolve_weights("Keypoint R-CNN", KEYPOINT_WEIGHTS, keypoint_weights, "--keypoint-weights")
+                wanted.append(("Keypoint R-CNN", KEYPOINT_WEIGHTS, keypoint_weights, "--keypoint-weights"))
+            paths = _resolve_all(wanted)
+            if self.with_masks:
+                self.mask_weights_path = paths.pop(0)
+            if self.with_keypoints:
+                self.keypoint_weights_path = paths.pop(0)
         else:
             log.warning("torchvision backend: RANDOM weights (tests/benchmarks only): masks and keypoints are meaningless")
 
@@ -458,7 +482,7 @@ class TorchvisionBackend:
                 "amp": self.amp,
                 "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
             }
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._provenance.items()}
+        return copy.deepcopy(self._provenance)
 
     # ------------------------------------------------------------------ inference
 

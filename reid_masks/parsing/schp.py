@@ -131,6 +131,13 @@ class BatchNormAct2d(nn.BatchNorm2d):
         self.activation = activation
         self.slope = slope
 
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            if self.num_batches_tracked is not None:  # None once constructed
+                self.num_batches_tracked.zero_()
+
     def forward(self, x: Tensor) -> Tensor:
         x = super().forward(x)
         if self.activation == "leaky_relu":

@@ -8,7 +8,11 @@ One :class:`Trainer` per run. Everything a run produces lives in ``train.output_
   scheduler, GradScaler, sampler state, RNG states (python, numpy, torch, cuda), the
   number of completed epochs, the config and the number of classes. It loads with
   ``torch.load(..., weights_only=True)``;
-* ``metrics.jsonl`` one JSON object per epoch (see :meth:`Trainer.train_epoch`);
+* ``metrics.jsonl`` one JSON object per epoch (see :meth:`Trainer.train_epoch`), plus
+  ``rank1 rank5 rank10 mAP`` on the epochs that were evaluated;
+* ``evaluation.json`` the latest evaluation (``{rank1, rank5, rank10, mAP, num_query,
+  num_gallery, epoch, dataset}``, fractions in [0, 1]);
+* ``log.txt`` the progress log (written by the CLI);
 * ``tb/`` TensorBoard scalars, when ``tensorboard`` is installed and ``train.tensorboard``.
 
 **Exact resume**: a run of 4 epochs and a run of 2 epochs resumed for 2 more produce the
@@ -23,7 +27,6 @@ alone logs, evaluates and writes files.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -340,7 +343,8 @@ class Trainer:
         return SummaryWriter(str(self.output_dir / "tb"))
 
     def _resume(self) -> None:
-        ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        # CPU: RNG states must stay CPU tensors; load_state_dict moves weights and optimizer state to the device
+        ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
         if int(ckpt["num_classes"]) != self.num_classes:
             raise UserError(f"{self.ckpt_path}: trained on {ckpt['num_classes']} identities, the dataset has {self.num_classes}")
         old = config_to_dict(config_from_dict(ckpt["config"], str(self.ckpt_path)))
@@ -358,7 +362,14 @@ class Trainer:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.sampler.load_state_dict(ckpt["sampler"])
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank")
+        if self.world_size > 1 and per_rank is not None and len(per_rank) == self.world_size:
+            set_rng_state(per_rank[self.rank])
+        else:
+            if self.world_size > 1 or per_rank is not None:
+                logger.warning("checkpoint RNG states are from %d process(es), this run has %d: augmentation "
+                               "randomness is not resumed exactly", len(per_rank or [0]), self.world_size)
+            set_rng_state(ckpt["rng"])
         self.start_epoch = int(ckpt["epoch"])
         if self.main and self.metrics_path.exists():  # drop lines of epochs after the checkpoint
             keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
@@ -367,9 +378,19 @@ class Trainer:
             os.replace(tmp, self.metrics_path)
         logger.info("resumed from %s at epoch %d", self.ckpt_path, self.start_epoch)
 
-    def checkpoint_state(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _rank_rng_states(self) -> list[dict[str, Any]] | None:
+        """Under DDP, every rank's RNG states (collective: all ranks call it); else None."""
+        if self.world_size == 1:
+            return None
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, get_rng_state())
+        return gathered
+
+    def checkpoint_state(self, epoch: int, metrics: dict[str, Any], rank_rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything needed to continue the run exactly; JSON-like values and tensors only."""
-        return {
+        state = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "epoch": epoch,
@@ -384,6 +405,9 @@ class Trainer:
             "dataset": {"name": self.dataset.name, "root": str(self.dataset.root)},
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
         }
+        if rank_rng is not None:
+            state["rng_per_rank"] = rank_rng
+        return state
 
     # ----------------------------------------------------------------- loop
 
@@ -483,6 +507,7 @@ class Trainer:
                     record.update({"rank1": results["rank1"], "rank5": results["rank5"], "rank10": results["rank10"], "mAP": results["mAP"]})
                     write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done, "dataset": self.dataset.name})
                 self._barrier()
+            rank_rng = self._rank_rng_states()
             if self.main:
                 with open(self.metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -491,7 +516,7 @@ class Trainer:
                         if k != "epoch" and isinstance(v, (int, float)):
                             self.tb.add_scalar(k, v, done)
                     self.tb.flush()
-                save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record))
+                save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record, rank_rng))
                 logger.info("epoch %d/%d done: %s", done, epochs, ", ".join(
                     f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
             self._barrier()

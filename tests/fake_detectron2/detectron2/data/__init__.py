@@ -1,0 +1,2 @@
+"""detectron2.data (only ``transforms`` is faked)."""
+from . import transforms  # noqa: F401
