@@ -88,12 +88,14 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Cache file to write (.h5).")
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs: <dir>/<image path>.png.")
+@click.option("--parser", type=click.Choice(["schp", "precomputed", "none"]), help="Human parser: SCHP network, the --parsing-dir PNGs, or none (keypoint split). Default: precomputed with --parsing-dir, else none.")
+@click.option("--parser-weights", type=click.Path(dir_okay=False, path_type=Path), help="SCHP LIP checkpoint (default: torchvision's hub cache, exp-schp-201908261155-lip.pth).")
 @click.option("--masks-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed person-mask PNGs: <dir>/<image path>.png.")
 @click.option("--seg-siblings", is_flag=True, help="Person-mask PNGs in MGCAM-style <split>_seg/ folders beside each split folder.")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torchvision", "detectron2", "none"]), help="Instance segmentation + keypoints; auto = none with a precomputed source, else torchvision.")
 @click.option("--mask-weights", type=click.Path(dir_okay=False, path_type=Path), help="Mask R-CNN weights file (default: torchvision's cache).")
 @click.option("--keypoint-weights", type=click.Path(dir_okay=False, path_type=Path), help="Keypoint R-CNN weights file (default: torchvision's cache).")
-@click.option("--random-weights", is_flag=True, help="TESTS ONLY: random detector weights (recorded in the provenance).")
+@click.option("--random-weights", is_flag=True, help="TESTS ONLY: random detector/parser weights (recorded in the provenance).")
 @click.option("--min-size", type=click.IntRange(32, 2000), help="Detector input short side (see README for the speed/quality trade-off).")
 @click.option("--score-threshold", type=click.FloatRange(0, 1), help="Detector person score threshold.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
@@ -104,7 +106,7 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--variant", type=click.Choice(["labeled", "detected"]), help="CUHK03 variant.")
 @click.option("--person-size", default="256x128", show_default=True, help="HxW of the stored pedestrian mask and regions.")
 @click.option("--chunk-rows", default=256, show_default=True, type=click.IntRange(1, 100000), help="Rows per saved chunk: the unit of resume and of sharding.")
-def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool, backend: str,
+def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, masks_dir: Path | None, seg_siblings: bool, backend: str,
              mask_weights: Path | None, keypoint_weights: Path | None, random_weights: bool, min_size: int | None, score_threshold: float | None,
              device: str, batch_size: int, workers: int, shard: str, update: bool, variant: str | None, person_size: str, chunk_rows: int) -> None:
     """Run the mask stage over train, query and gallery and write the HDF5 cache."""
@@ -114,12 +116,16 @@ def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, mask
     for key, value in (("mask_weights", mask_weights), ("keypoint_weights", keypoint_weights), ("min_size", min_size), ("score_threshold", score_threshold)):
         if value is not None:
             backend_options[key] = str(value) if isinstance(value, Path) else value
+    parser_options: dict = {"device": device, "batch_size": batch_size}
+    if parser_weights is not None:
+        parser_options["weights"] = str(parser_weights)
     if random_weights:
         backend_options["random_weights"] = True
+        parser_options["random_weights"] = True
     cfg = GenerateConfig(
         dataset=dataset, root=root, out=out, dataset_options={"variant": variant} if variant else {},
         parsing_dir=parsing_dir, masks_dir=masks_dir, seg_siblings=seg_siblings, backend=backend,
-        backend_options=backend_options, batch_size=batch_size, workers=workers, shard=parse_shard(shard),
+        backend_options=backend_options, parser=parser, parser_options=parser_options, batch_size=batch_size, workers=workers, shard=parse_shard(shard),
         update=update, person_size=parse_size(person_size), chunk_rows=chunk_rows, command=command_line(click.get_current_context()),
     )
     path = run_generate(cfg)

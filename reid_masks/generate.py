@@ -46,6 +46,8 @@ class GenerateConfig:
     seg_siblings: bool = False
     backend: str = "auto"  # auto | torchvision | detectron2 | none
     backend_options: dict[str, Any] = field(default_factory=dict)
+    parser: str | None = None  # schp | precomputed | none; None: precomputed with --parsing-dir, else none
+    parser_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8
     workers: int = 2
     shard: tuple[int, int] = (0, 1)
@@ -269,13 +271,29 @@ def format_seconds(s: float) -> str:
 # --- the command ------------------------------------------------------------------------------
 
 
+def parser_name(cfg: GenerateConfig) -> str:
+    name = cfg.parser or ("precomputed" if cfg.parsing_dir else "none")
+    if name == "schp" and cfg.parsing_dir:
+        raise UserError("--parser schp and --parsing-dir exclude each other (use --parser precomputed to read PNGs)")
+    if name == "precomputed" and not cfg.parsing_dir:
+        raise UserError("--parser precomputed needs --parsing-dir DIR (LIP label PNGs at DIR/<image path>.png)")
+    return name
+
+
+def make_parser(cfg: GenerateConfig) -> Any:
+    from reid_masks.parsing.source import make_parser_source
+
+    return make_parser_source(parser_name(cfg), **cfg.parser_options)
+
+
 def make_backend(cfg: GenerateConfig) -> Any:
     name = cfg.backend
+    has_source = bool(cfg.parsing_dir or cfg.masks_dir or cfg.seg_siblings or parser_name(cfg) == "schp")
     if name == "auto":
-        name = "none" if (cfg.parsing_dir or cfg.masks_dir or cfg.seg_siblings) else "torchvision"
+        name = "none" if has_source else "torchvision"
     if name == "none":
-        if not (cfg.parsing_dir or cfg.masks_dir or cfg.seg_siblings):
-            raise UserError("--backend none needs a precomputed source: --parsing-dir, --masks-dir or --seg-siblings")
+        if not has_source:
+            raise UserError("--backend none needs a mask source: --parsing-dir, --parser schp, --masks-dir or --seg-siblings")
         return None
     if name == "torchvision":
         from reid_masks.backends.torchvision_backend import TorchvisionBackend
@@ -299,11 +317,12 @@ def dataset_signature(rows: list[tuple[str, int, Record]]) -> str:
     return h.hexdigest()[:16]
 
 
-def provenance(cfg: GenerateConfig, backend: Any) -> dict[str, Any]:
+def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]:
     return {
         "package": "reid-masks",
         "version": __version__,
         "backend": backend.provenance() if backend is not None else {"name": "none"},
+        "parser": parser.provenance() if parser is not None else {"name": parser_name(cfg)},
         "parsing_dir": str(cfg.parsing_dir.resolve()) if cfg.parsing_dir else None,
         "masks_dir": str(cfg.masks_dir.resolve()) if cfg.masks_dir else None,
         "seg_siblings": cfg.seg_siblings,
@@ -363,7 +382,8 @@ def generate(cfg: GenerateConfig) -> Path:
         raise UserError(f"{out.parent}: output folder is not writable ({exc.strerror})") from None
     rows = work_rows(ds)
     backend = make_backend(cfg)
-    prov = provenance(cfg, backend)
+    parser = make_parser(cfg)
+    prov = provenance(cfg, backend, parser)
     counts = {s: len(ds.split(s)) for s in SPLITS}
 
     reuse: dict[str, Rows] = {}
@@ -406,7 +426,7 @@ def generate(cfg: GenerateConfig) -> Path:
     total = sum(len(v) for v in chunk_members.values())
     if len(pending) < len(mine):
         sys.stderr.write(f"resuming: {len(mine) - len(pending)} of {len(mine)} chunks already done in {partial}\n")
-    run_chunks(cfg, ds, rows, chunk_members, store, backend, Progress(total))
+    run_chunks(cfg, ds, rows, chunk_members, store, backend, parser, Progress(total))
 
     by_split: dict[str, list[Rows]] = {s: [reuse[s]] if s in reuse else [] for s in SPLITS}
     for g in mine:
@@ -452,7 +472,7 @@ def prepare_partial(partial: Path, meta: dict) -> None:
     os.replace(tmp, meta_path)
 
 
-def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: dict[int, list[int]], store: ChunkStore, backend: Any, progress: Progress) -> None:
+def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: dict[int, list[int]], store: ChunkStore, backend: Any, parser: Any, progress: Progress) -> None:
     """Decode in workers, infer in batches, derive off the model's path, save finished chunks."""
     from torch.utils.data import DataLoader
 
@@ -465,7 +485,7 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: 
         return
     source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings)
     loader = DataLoader(
-        ItemDataset(source, [rows[k] for k in order], derive_here=backend is None),
+        ItemDataset(source, [rows[k] for k in order], derive_here=backend is None and parser is None),
         batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate,
         persistent_workers=False, prefetch_factor=4 if cfg.workers > 0 else None,
     )
@@ -505,11 +525,13 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: 
             for it in batch:
                 if it.error:
                     raise UserError(it.error)
-            if backend is not None:
-                readable = [it for it in batch if it.image is not None]
-                instances = backend.predict([it.image for it in readable]) if readable else []
-                for it, inst in zip(readable, instances):
+            readable = [it for it in batch if it.image is not None]
+            if backend is not None and readable:
+                for it, inst in zip(readable, backend.predict([it.image for it in readable])):
                     it.instances = inst
+            if parser is not None and readable:
+                for it, lab in zip(readable, parser.parse_batch([it.image for it in readable])):
+                    it.parsing = lab
             if failure:
                 raise failure[0]
             results.put(batch)

@@ -232,8 +232,20 @@ def test_cache_of_another_dataset_at_out(market, synth_dataset, reference, tmp_p
     assert code == 2 and "existing cache is for dataset 'market1501', not 'dukemtmc'" in msg
 
 
-def test_torchvision_backend_end_to_end_with_random_weights(synth_dataset, tmp_path):
-    root = synth_dataset("market1501", ids=2, seed=3)
+@pytest.fixture()
+def tiny_market(synth_dataset, tmp_path) -> Path:
+    """A Market copy with two images per split: CPU-bound detector/parser runs stay short."""
+    root = tmp_path / "tiny"
+    shutil.copytree(synth_dataset("market1501", ids=2, seed=3), root)
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        files = sorted((root / folder).glob("*.jpg"), key=lambda f: f.name.startswith("-1_"))  # junk last
+        for f in files[2:]:
+            f.unlink()
+    return root
+
+
+def test_torchvision_backend_end_to_end_with_random_weights(tiny_market, tmp_path):
+    root = tiny_market
     out = tmp_path / "tv.h5"
     code, msg = run("generate", "--dataset", "market1501", "--root", root, "--out", out, "--backend", "torchvision",
                     "--random-weights", "--min-size", "128", "--score-threshold", "0.0", "--batch-size", "8", "--workers", "1")
@@ -272,3 +284,31 @@ def test_missing_detector_weights_is_one_clear_line(synth_dataset, tmp_path, mon
     assert code == 2
     assert msg.startswith("error: ") and msg.count("\n") == 1 and ".pth" in msg
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_schp_parser_end_to_end_with_random_weights(tiny_market, tmp_path):
+    root = tiny_market
+    out = tmp_path / "schp.h5"
+    code, msg = run("generate", "--dataset", "market1501", "--root", root, "--out", out, "--parser", "schp",
+                    "--random-weights", "--batch-size", "8", "--workers", "0")
+    assert code == 0, msg
+    with MaskCache(out) as c:
+        prov = c.attrs["provenance"]
+        assert prov["backend"] == {"name": "none"} and prov["parser"]["random_weights"] is True
+        for s in c.splits:
+            status = c.column(s, "status")
+            assert set(status) <= {STATUS["no_person"], STATUS["no_keypoints"]}
+            assert c.column(s, "masks").shape == (c.num_rows(s), 3, 24, 8)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--parser", "schp", "--parsing-dir", "X"], "--parser schp and --parsing-dir exclude each other"),
+        (["--parser", "precomputed"], "--parser precomputed needs --parsing-dir"),
+        (["--parser", "none", "--backend", "none"], "--backend none needs a mask source"),
+    ],
+)
+def test_parser_option_errors(market, tmp_path, args, message):
+    code, msg = run("generate", "--dataset", "market1501", "--root", market, "--out", tmp_path / "x.h5", *args)
+    assert code == 2 and message in msg, msg

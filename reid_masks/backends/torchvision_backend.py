@@ -50,18 +50,26 @@ network needs:
   person covers about the same number of feature cells whatever the upscale; the mask is
   predicted on a 28x28 grid and the keypoints on 56x56 heatmaps and then pasted back at
   the crop's own resolution (128x64), so a larger input cannot add output detail;
-* cost: the backbone and RPN scale with the pixel count. Measured on a 2-core CPU with
-  ``maskrcnn_resnet50_fpn_v2`` (docs/benchmarks_generate.md): backbone ~0.07 s/crop at
-  ``min_size=128``, ~0.28 s at 256, ~0.9 s at 400, ~4.6 s at 800 (1333x667).
+* cost: the backbone and RPN scale with the pixel count. Measured on a 2-core CPU
+  (docs/benchmarks_generate.md): the Mask R-CNN v2 backbone+FPN takes ~0.07 s/crop at
+  ``min_size=128``, ~0.28 s at 256, ~0.9 s at 400, ~4.6 s at 800 (1333x667); both models
+  end to end run ~2.2x more crops/s at 256 than at 800 (6-8 vs 18-21 CPU-s per crop).
 
 Default: ``min_size=256`` (4x for 64-px-wide crops) and ``max_size=768`` (keeps crops up
-to 3:1 uncapped). 128 (person ~220 px) would also be well inside the anchors' range but
-leaves less margin for narrower crops (MSMT17/CUHK03 widths vary); 800 reproduces
-torchvision's evaluation setting at ~5-7x the backbone cost. The quality trade-off could
-not be measured here (no pretrained weights offline); users with weights can compare with
-``min_size=800``. At small input sizes the heads, not the backbone, dominate: the v2 box
-head (4 convs) runs on every RPN proposal (``rpn_post_nms_top_n``, 1000 by default as in
-torchvision); lowering it to ~300 is the next speed knob for crops with 1-3 people.
+to 3:1 uncapped). 128 (person ~220 px, 256x128 input) would also sit inside the anchors'
+range, but at these sizes the backbone is not the bottleneck (the heads are, see below),
+so 256 costs only ~0.2 s/crop more on CPU while keeping the scale closer to what the
+models were trained on (COCO at a 640-800 px short side) and giving bystanders and
+partly visible people, which the target-person rule must see, twice the pixels. 800
+reproduces torchvision's evaluation setting at ~7x the pixels (measured ~16x backbone
+time, ~2.2x end to end). The quality trade-off could not be measured here (no pretrained
+weights offline); users with weights can compare with ``min_size=800``.
+
+At small input sizes the heads, not the backbone, dominate: the v2 box head (4 convs +
+FC) runs on every RPN proposal (``rpn_post_nms_top_n``, 1000 by default as in torchvision,
+~230 GFLOP per image whatever the input size). 300 proposals gave 2.2x the CPU throughput
+at ``min_size=256``; for crops with 1-3 people it is the next speed knob, left at
+torchvision's value by default because its effect on quality is unmeasured here.
 
 Batching, devices
 -----------------

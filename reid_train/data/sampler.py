@@ -8,9 +8,10 @@ When the number of identities is not a multiple of P, the last group is complete
 identities drawn from the ones already used this epoch, so every batch has exactly
 P x K images (a constant batch shape for BatchNorm, cudnn and DDP). An epoch therefore
 has ``ceil(num_ids / P)`` batches -- e.g. Market-1501: 751 ids, P=24 -> 32 batches.
-This is the epoch of MGN-pytorch's sampler, whose schedule MMGA's "900 epochs" follows
-(torchreid's RandomIdentitySampler instead visits every *image* once per epoch, which
-makes an epoch ~4x longer on Market-1501).
+This is the epoch of MGN-pytorch's identity sampler. The MMGA paper does not define its
+epoch (it follows MGN elsewhere and gives no code), so reading its "900 epochs" this way
+is our assumption; torchreid's RandomIdentitySampler instead visits every *image* once
+per epoch, an epoch ~4x longer on Market-1501.
 
 The order of epoch ``e`` depends only on ``(seed, e)``, so sampling is deterministic and a
 resumed run draws exactly the batches the interrupted run would have drawn; the state is
