@@ -18,3 +18,8 @@ reid-masks generate --dataset market1501 --root "$data" --parsing-dir "$data/par
 echo "== 4. inspect the cache and draw a contact sheet"
 reid-masks inspect "$work/market1501.h5"
 reid-masks preview "$work/market1501.h5" --n 16 --out "$work/preview.png"
+
+echo "== 5. train MMGA (tiny ResNet-18 from random init, a few CPU epochs) and evaluate"
+reid-train fit --config tiny_synthetic --set data.root="$data" --set data.cache="$work/market1501.h5" \
+  --set train.output_dir="$work/run" --set solver.epochs=3 --set data.num_workers=2
+reid-train evaluate --checkpoint "$work/run/checkpoint.pth"
