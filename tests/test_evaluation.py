@@ -377,3 +377,31 @@ def test_re_ranking_blocking_does_not_change_the_result(monkeypatch):
     monkeypatch.setattr(reranking, "_NEIGHBOUR_BLOCK_ELEMENTS", 500)
     monkeypatch.setattr(reranking, "_JACCARD_BLOCK_PAIRS", 100)
     np.testing.assert_array_equal(re_ranking(qg, qq, gg, k1=6, k2=3), expected)
+
+
+def test_auto_mixes_counting_and_sorting(monkeypatch):
+    from reid_train.evaluation import rank
+
+    rng = np.random.default_rng(12)
+    num_g = 2000
+    g_pids = np.zeros(num_g, dtype=np.int64)
+    g_pids[:300] = 1  # one identity with many images: its rows are sorted
+    g_pids[300:400] = np.repeat(np.arange(2, 52), 2)  # the others: counted
+    rng.shuffle(g_pids)
+    g_camids = rng.integers(0, 5, num_g)
+    q_pids = rng.integers(1, 52, 40)
+    q_pids[[3, 20, 39]] = 1
+    q_camids = rng.integers(0, 5, 40)
+    distmat = rng.random((40, num_g))
+    calls = {"sort": 0, "count": 0}
+    for name, key in (("_positions_by_sorting", "sort"), ("_positions_by_counting", "count")):
+        original = getattr(rank, name)
+
+        def spy(*args, _original=original, _key=key):
+            calls[_key] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(rank, name, spy)
+    got = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, chunk_bytes=num_g * 24 * 16)
+    assert calls["sort"] > 0 and calls["count"] > 0
+    _assert_same(got, reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, 50))

@@ -24,8 +24,8 @@ Differences from torchreid, all deliberate:
 How it scales: only the ranks of *same-pid* gallery items are needed for CMC and
 AP. On CPU each such rank is counted directly, ``#{i < j: d_i <= t} +
 #{i > j: d_i < t}`` for the item j at distance t (= its stable-sort position),
-one vectorised pass over the gallery row; that is ~50x cheaper than sorting the
-row when a query has few matches (MSMT17: ~27). Rows with very many matches, and
+one vectorised pass over the gallery row; that is ~20x cheaper than sorting the
+row when a query has few matches (MSMT17: ~27 per query). Rows with very many matches, and
 accelerator inputs, use a stable ``torch.sort`` instead. Queries are processed
 in blocks, so extra memory is bounded by ``chunk_bytes`` however large the
 distance matrix is.
