@@ -114,7 +114,12 @@ def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> 
 
     _setup_logging()
     model, cfg, dataset, device, amp, channels_last, epoch = _load_for_inference(checkpoint, overrides)
-    results = evaluate_model(model, dataset, cfg, device, amp, channels_last)
+    from reid_train.engine import distributed as ddp  # under torchrun: every rank extracts a shard
+
+    device = ddp.init_from_env(device)
+    results = evaluate_model(model.to(device), dataset, cfg, device, amp, channels_last)
+    if ddp.rank() != 0:
+        return
     out = out or checkpoint.parent / "evaluation.json"
     write_json_atomic(out, {
         **results, "dataset": dataset.name, "checkpoint": str(checkpoint), "epoch": epoch,
@@ -137,7 +142,7 @@ def extract(checkpoint: Path, split: str, out: Path, overrides: tuple[str, ...])
 
     _setup_logging()
     model, cfg, dataset, device, amp, channels_last, _ = _load_for_inference(checkpoint, overrides)
-    loader = build_test_loader(dataset, split, cfg, pin_memory=device.type == "cuda")
+    loader = build_test_loader(dataset, split, cfg, pin_memory=device.type == "cuda", region_masks=getattr(model, "region_masks", None))
     feats, pids, camids = extract_features(model, loader, device, cfg.test.flip, amp, channels_last)
     paths = np.asarray([r.path for r in dataset.split(split)], dtype=str)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +152,18 @@ def extract(checkpoint: Path, split: str, out: Path, overrides: tuple[str, ...])
     os.replace(tmp, out)
     click.echo(f"wrote {feats.shape[0]} {split} features of dim {feats.shape[1]} to {out}")
 
+
+def _register_inference_commands() -> None:
+    """export / visualize / curves live in their own modules (torch is imported only when they run)."""
+    from reid_train.curves import curves_command
+    from reid_train.export import export_command
+    from reid_train.visualize import visualize_command
+
+    for command in (export_command, visualize_command, curves_command):
+        main.add_command(command)
+
+
+_register_inference_commands()
 
 if __name__ == "__main__":
     main()

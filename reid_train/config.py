@@ -49,7 +49,7 @@ class DataConfig:
 
     dataset: str = "market1501"  # a reid_masks.datasets.build_dataset name
     root: str = ""  # dataset root folder
-    cache: str = ""  # HDF5 mask cache from 'reid-masks generate' (needed by wmga/dmga/mmga)
+    cache: str = ""  # HDF5 mask cache from 'reid-masks generate' (needed by wmga/dmga/mmga; mgran* also at evaluation)
     options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset options (e.g. folder pattern)
     height: int = field(default=384, metadata=_range(16))
     width: int = field(default=128, metadata=_range(16))
@@ -75,17 +75,23 @@ class ModelConfig:
     whole_dim: int = field(default=1024, metadata=_range(1))
     part_dim: int = field(default=512, metadata=_range(1))
     head_bn: bool = True
+    reduction_dim: int = field(default=0, metadata=_range(0))  # mgran*: shared Linear+BN per branch (0: none, F = branches x 2048)
+    id_head: bool = False  # mgran*: identity softmax on F (our addition; the paper trains with MSML only)
 
 
 @dataclass
 class LossConfig:
-    """MMGALoss: CE_w + CE_l + lambda1 * triplet + lambda2 * (L1w + L2w + lambda0 * (L2u + L2b))."""
+    """MMGALoss: CE_w + CE_l + lambda1 * triplet + lambda2 * (L1w + L2w + lambda0 * (L2u + L2b)).
+
+    mgran*: MGRANLoss = MSML(F; margin) [+ CE on F with model.id_head] (reid_train/losses_mgran.py).
+    """
 
     margin: float = field(default=0.3, metadata=_range(0.0))
     lambda0: float = field(default=0.5, metadata=_range(0.0))
     lambda1: float = field(default=2.0, metadata=_range(0.0))
     lambda2: float = field(default=0.1, metadata=_range(0.0))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.999))
+    msml_normalize: bool = True  # mgran*: MSML on the L2-normalised F (false: on the raw F)
 
 
 @dataclass
@@ -117,6 +123,7 @@ class TrainConfig:
     eval_period: int = field(default=0, metadata=_range(0))  # evaluate every N epochs (0: only after the last)
     log_period: int = field(default=20, metadata=_range(1))  # iterations between progress lines
     tensorboard: bool = True  # also write TensorBoard scalars when tensorboard is installed
+    sync_bn: bool = False  # DDP on CUDA: SyncBatchNorm (BN statistics over all ranks); ignored on CPU / 1 process
 
 
 @dataclass

@@ -110,7 +110,9 @@ class DistributedIdentitySampler(IdentitySampler):
     ``W`` takes identities ``[r * P/W, (r+1) * P/W)`` of each, with all their K images. So
     in one step the ranks see disjoint identities, together exactly the P x K images the
     single-process sampler would yield, and every rank has the same number of steps.
-    ``num_ids`` is the *global* P and must be divisible by the world size.
+    ``num_ids`` is the *global* P and must be divisible by the world size. Losses are
+    computed per rank, so batch-hard triplet mining sees the rank's P/W identities only
+    (docs/distributed.md).
     """
 
     def __init__(

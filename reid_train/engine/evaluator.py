@@ -22,18 +22,30 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from reid_masks.datasets import ReIDDataset
+from reid_masks.errors import UserError
 from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
+from reid_train.engine import distributed as ddp
+from reid_train.models.mgran import region_inputs
 
 __all__ = ["extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
 
-def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory: bool = False) -> DataLoader:
-    """Images of ``split`` in record order with the evaluation transform (no masks)."""
+def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory: bool = False,
+                      region_masks: str | None = None) -> DataLoader:
+    """Images of ``split`` in record order with the evaluation transform (no masks).
+
+    ``region_masks`` (a model's ``region_masks``: MGRAN needs its masks at inference too):
+    items also carry the (4, H, W) masks read from ``data.cache``; images the cache lacks,
+    or whose cache status is ``unreadable``, are a UserError naming the cache file.
+    """
     _, test_tf = build_transforms((cfg.data.height, cfg.data.width), mean=cfg.data.mean, std=cfg.data.std)
-    ds = ReIDImageDataset(dataset, split, test_tf)
+    if region_masks and not cfg.data.cache:
+        raise UserError(f"model.name={cfg.model.name} needs the {region_masks} masks of every query/gallery image: "
+                        f"set data.cache to the HDF5 file of 'reid-masks generate'")
+    ds = ReIDImageDataset(dataset, split, test_tf, cache=cfg.data.cache if region_masks else None, region_masks=region_masks)
     return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=cfg.data.num_workers, pin_memory=pin_memory)
 
 
@@ -57,6 +69,8 @@ def extract_features(
         images = batch["image"].to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if "region_masks" in batch:  # MGRAN: (N, 4, 3, H, W); flipping it flips images and masks alike
+            images = region_inputs(images, batch["region_masks"].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             f = model(images).float()
             if flip:
@@ -123,13 +137,15 @@ def evaluate_model(
     pin = device.type == "cuda"
     feats = {}
     for split in ("query", "gallery"):
-        loader = build_test_loader(dataset, split, cfg, pin_memory=pin)
-        feats[split] = extract_features(model, loader, device, cfg.test.flip, amp_dtype, channels_last)
+        loader = build_test_loader(dataset, split, cfg, pin_memory=pin, region_masks=getattr(model, "region_masks", None))
+        # under DDP each rank extracts a shard of whole batches; all ranks get all features
+        feats[split] = ddp.extract_features_distributed(model, loader, device, cfg.test.flip, amp_dtype, channels_last)
     (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
     if device.type == "cuda" and not cfg.test.rerank:
         qf, gf = qf.to(device), gf.to(device)  # blocked distances on the GPU
     t = cfg.test
-    results = evaluate_features(qf, gf, qp, gp, qc, gc, t.metric, t.rerank, t.k1, t.k2, t.lambda_value)
+    results = evaluate_features(qf, gf, qp, gp, qc, gc, t.metric, t.rerank, t.k1, t.k2, t.lambda_value) if ddp.rank() == 0 else None
+    results = ddp.broadcast_object(results)  # DDP: rank 0 scores, every rank returns its numbers
     logger.info(
         "evaluation on %s: rank-1 %.1f%% rank-5 %.1f%% rank-10 %.1f%% mAP %.1f%% (%d query, %d gallery, %.1fs)",
         dataset.name, 100 * results["rank1"], 100 * results["rank5"], 100 * results["rank10"],

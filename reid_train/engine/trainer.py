@@ -22,8 +22,11 @@ worker seeds are drawn from the restored torch RNG, and evaluation runs with the
 state saved and put back, so evaluating (or not) never changes training.
 
 Multi-GPU: launched by ``torchrun``, the trainer joins the process group (NCCL on CUDA,
-gloo on CPU), wraps the model in DDP and uses :class:`DistributedIdentitySampler`; rank 0
-alone logs, evaluates and writes files.
+gloo on CPU), wraps the model in DDP (optionally with SyncBatchNorm, ``train.sync_bn``)
+and uses :class:`DistributedIdentitySampler`; rank 0 alone logs and writes files; every
+rank extracts a shard of query/gallery for evaluation (gathered, scored like one process).
+Debug: ``$REID_TRAIN_PARAM_CHECKSUM_DIR`` makes every rank dump weight checksums at the end
+of :meth:`Trainer.fit` (see docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -47,9 +50,11 @@ from reid_masks.datasets import ReIDDataset, build_dataset
 from reid_masks.errors import UserError
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
+from reid_train.engine import distributed as ddp
 from reid_train.engine.evaluator import evaluate_model, write_json_atomic
 from reid_train.losses import MMGALoss
-from reid_train.models import build_model
+from reid_train.losses_mgran import build_loss
+from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 
 __all__ = [
     "Trainer", "WarmupStepLR", "build_optimizer", "build_model_from_config", "resolve_device",
@@ -166,6 +171,12 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
 def build_model_from_config(cfg: Config, num_classes: int, pretrained: str | None = "config") -> nn.Module:
     """``build_model`` with the ``model`` section; ``pretrained`` overrides it (checkpoints: None)."""
     m = cfg.model
+    if m.name in MGRAN_VARIANTS:  # MGRAN family: its own options (reid_train/models/mgran.py)
+        return build_model(
+            m.name, num_classes, backbone=m.backbone,
+            pretrained=m.pretrained if pretrained == "config" else pretrained,
+            last_stride=m.last_stride, reduction_dim=m.reduction_dim, id_head=m.id_head,
+        )
     return build_model(
         m.name, num_classes, backbone=m.backbone,
         pretrained=m.pretrained if pretrained == "config" else pretrained,
@@ -263,8 +274,10 @@ class Trainer:
         self.num_classes = self.dataset.num_train_pids
 
         self.model = build_model_from_config(cfg, self.num_classes)
-        self.criterion = MMGALoss(cfg.model.name, cfg.loss.lambda0, cfg.loss.lambda1, cfg.loss.lambda2, cfg.loss.margin, cfg.loss.label_smoothing)
-        needs_masks = bool(self.model.required_masks)
+        self.criterion = build_loss(cfg.model.name, cfg.loss)  # MMGALoss, or MSML for mgran*
+        # MGRAN: (N, 4, H, W) pedestrian/region masks with every image (train and test)
+        self.region_masks: str | None = getattr(self.model, "region_masks", None)
+        needs_masks = bool(self.model.required_masks) or bool(self.region_masks)
         cache = None
         if needs_masks:
             if not d.cache:
@@ -274,10 +287,13 @@ class Trainer:
             logger.info("model.name=%s uses no mask loss: data.cache is not read", cfg.model.name)
 
         train_tf, _ = build_transforms((d.height, d.width), d.flip_prob, d.pad, d.erasing_prob, d.mean, d.std)
-        self.train_set = ReIDImageDataset(self.dataset, "train", train_tf, cache=cache)
+        self.train_set = ReIDImageDataset(self.dataset, "train", train_tf, cache=cache, region_masks=self.region_masks)
         if self.world_size > 1:
             self.sampler: IdentitySampler = DistributedIdentitySampler(
                 self.train_set.pids, d.num_ids, d.num_instances, cfg.train.seed, self.world_size, self.rank)
+            if self.main and d.num_ids // self.world_size < 2:  # batch-hard mining is per rank
+                logger.warning("data.num_ids=%d over %d processes leaves one identity per rank: the triplet "
+                               "loss has no negatives (use P >= 2 x world size)", d.num_ids, self.world_size)
         else:
             self.sampler = IdentitySampler(self.train_set.pids, d.num_ids, d.num_instances, cfg.train.seed)
 
@@ -289,6 +305,7 @@ class Trainer:
         self.channels_last = cfg.train.channels_last and cuda
         if cuda:
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        self.model = ddp.maybe_sync_bn(self.model, cfg.train.sync_bn, self.device, self.world_size)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -321,18 +338,10 @@ class Trainer:
     # ----------------------------------------------------------------- setup
 
     def _init_distributed(self) -> None:
-        import torch.distributed as dist
-
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        device = resolve_device(self.cfg.train.device)
-        if self.world_size > 1:
-            if device.type == "cuda":
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(device)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        self.device = device
+        # torchrun env -> process group (NCCL on CUDA with cuda:LOCAL_RANK, gloo on CPU)
+        self.world_size = ddp.env_world_size()
+        self.rank = ddp.env_rank()
+        self.device = ddp.init_from_env(resolve_device(self.cfg.train.device))
 
     def _tensorboard(self) -> Any:
         try:
@@ -350,7 +359,7 @@ class Trainer:
         old = config_to_dict(config_from_dict(ckpt["config"], str(self.ckpt_path)))
         new = config_to_dict(self.cfg)
         changed = [f"{sec}.{k}: {old[sec][k]!r} -> {new[sec][k]!r}" for sec in new for k in new[sec] if old[sec].get(k) != new[sec][k]]
-        if changed:
+        if changed and self.main:
             logger.warning("resuming with a changed config: %s", "; ".join(changed))
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -366,10 +375,12 @@ class Trainer:
         if self.world_size > 1 and per_rank is not None and len(per_rank) == self.world_size:
             set_rng_state(per_rank[self.rank])
         else:
-            if self.world_size > 1 or per_rank is not None:
+            if self.main and (self.world_size > 1 or per_rank is not None):
                 logger.warning("checkpoint RNG states are from %d process(es), this run has %d: augmentation "
                                "randomness is not resumed exactly", len(per_rank or [0]), self.world_size)
             set_rng_state(ckpt["rng"])
+            if self.world_size > 1:  # no state per rank: re-seed so ranks still augment differently, reproducibly
+                seed_everything(self.cfg.train.seed + self.rank + 7919 * int(ckpt["epoch"]))
         self.start_epoch = int(ckpt["epoch"])
         if self.main and self.metrics_path.exists():  # drop lines of epochs after the checkpoint
             keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
@@ -426,6 +437,8 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             pids = batch["pid"].to(self.device, non_blocking=True)
             masks = batch["masks"].to(self.device, non_blocking=True) if "masks" in batch else None
+            if "region_masks" in batch:  # MGRAN: the 4 Hadamard-product inputs (N, 4, 3, H, W)
+                images = region_inputs(images, batch["region_masks"].to(self.device, non_blocking=True))
             yield images, pids, masks
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -484,6 +497,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the current model on query/gallery (RNG untouched, train mode restored)."""
+        ddp.broadcast_buffers(self.model)  # every rank evaluates rank 0's (checkpointed) model
         with _preserved_rng():
             results = evaluate_model(self.model, self.dataset, self.cfg, self.device, self.amp_dtype, self.channels_last)
         self.net.train()
@@ -502,8 +516,8 @@ class Trainer:
             done = epoch + 1
             period = cfg.train.eval_period
             if done == epochs or (period and done % period == 0):
+                results = self.evaluate()  # collective under DDP: each rank extracts a shard
                 if self.main:
-                    results = self.evaluate()
                     record.update({"rank1": results["rank1"], "rank5": results["rank5"], "rank10": results["rank10"], "mAP": results["mAP"]})
                     write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done, "dataset": self.dataset.name})
                 self._barrier()
@@ -520,6 +534,7 @@ class Trainer:
                 logger.info("epoch %d/%d done: %s", done, epochs, ", ".join(
                     f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
             self._barrier()
+        ddp.dump_param_checksums(self.model, max(self.start_epoch, epochs))  # debug, only with $REID_TRAIN_PARAM_CHECKSUM_DIR
         if self.tb is not None:
             self.tb.close()
         return record
