@@ -1,0 +1,317 @@
+"""``reid-train curves``: training curves (loss terms, rank-1, mAP) from a run's metrics.jsonl.
+
+Drawn with PIL only, in the dark style of :mod:`reid_masks.visual`: a loss panel on top
+(every loss term the trainer logged: ``total`` in white, then ``ce_whole``, ``ce_local``,
+``triplet``, ``att``, ``att_*``...; the command's default is a log scale, since the
+attention terms are ~50x smaller than the CE terms) and, when the log has evaluated epochs, an accuracy
+panel below (rank-1 and mAP in percent, a marker on every evaluated epoch, so a sparse
+``train.eval_period`` shows as dots joined by lines). Both panels share the epoch axis.
+
+Robust reading: blank lines are skipped; when an epoch appears more than once (logs of
+a restarted run appended to each other) the last line wins; non-numeric and non-finite
+values are left out; a line that is not a JSON object, or has no integer ``epoch``, is a
+UserError naming the line.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import click
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from reid_masks import visual
+from reid_masks.errors import UserError
+
+__all__ = ["read_metrics", "loss_keys", "nice_ticks", "Axes", "render_curves", "curves_command", "ACCURACY_KEYS", "SERIES_COLORS"]
+
+ACCURACY_KEYS = ("rank1", "mAP")
+ACCURACY_LABELS = {"rank1": "rank-1", "mAP": "mAP"}
+_NOT_LOSS = {"epoch", "rank1", "rank5", "rank10", "mAP", "images_per_s", "time_s"}
+
+PLOT_BG: visual.Color = visual.CAPTION_BG
+GRID: visual.Color = (72, 72, 72)
+AXIS: visual.Color = (150, 150, 150)
+TOTAL_COLOR: visual.Color = (240, 240, 240)
+#: Line colours (Okabe-Ito, readable on the dark background), assigned in order.
+SERIES_COLORS: tuple[visual.Color, ...] = (
+    (86, 180, 233), (230, 159, 0), (0, 158, 115), (240, 228, 66), (204, 121, 167),
+    (213, 94, 0), (0, 114, 178), (160, 160, 255), (255, 120, 120), (150, 220, 150),
+)
+ACCURACY_COLORS: dict[str, visual.Color] = {"rank1": (86, 180, 233), "mAP": (230, 159, 0)}
+LINE_WIDTH = 2
+MARKER_RADIUS = 3
+PAD = 10
+LEFT = 56  # room for y tick labels
+BOTTOM = 30  # room for x tick labels and the axis name
+TITLE_HEIGHT = 20
+LEGEND_ROW = 16
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, one per epoch (last line of an epoch wins), by epoch."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: metrics log not found (metrics.jsonl of a fit run)")
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{no}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int) or isinstance(rec.get("epoch"), bool):
+            raise UserError(f"{path}:{no}: expected a JSON object with an integer 'epoch'")
+        by_epoch[rec["epoch"]] = {k: v for k, v in rec.items() if k == "epoch" or _finite(v)}
+    if not by_epoch:
+        raise UserError(f"{path}: no epochs logged")
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def loss_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Loss terms in the records: ``total`` first, then in order of first appearance."""
+    keys: list[str] = []
+    for rec in records:
+        for k in rec:
+            if k not in _NOT_LOSS and not k.startswith("lr_") and k not in keys:
+                keys.append(k)
+    return sorted(keys, key=lambda k: (k != "total", keys.index(k)))
+
+
+def series(records: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of the records that have ``key``."""
+    pts = [(r["epoch"], scale * r[key]) for r in records if key in r]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    e, v = zip(*pts)
+    return np.asarray(e, dtype=np.float64), np.asarray(v, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- axes
+
+
+def nice_ticks(lo: float, hi: float, target: int = 6, integer: bool = False) -> tuple[float, float, list[float]]:
+    """(lo', hi', ticks): the range widened to multiples of a 1/2/2.5/5 x 10^k step."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = 0.0, 1.0
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        pad = max(abs(hi) * 0.05, 1.0 if integer else 1e-3)
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / max(target - 1, 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    if integer:
+        step = max(1.0, round(step)) if step >= 1 else 1.0
+    lo2, hi2 = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    ticks = [lo2 + i * step for i in range(int(round((hi2 - lo2) / step)) + 1)]
+    return lo2, hi2, ticks
+
+
+def _log_ticks(lo: float, hi: float) -> tuple[float, float, list[float]]:
+    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    if a == b:
+        b = a + 1
+    ticks = [m * 10.0 ** e for e in range(a, b + 1) for m in ((1, 2, 5) if b - a <= 3 else (1,)) if lo / 1.001 <= m * 10.0 ** e <= hi * 1.001]
+    if len(ticks) < 3:  # a narrow range: linear steps, placed on the log axis
+        ticks = [t for t in nice_ticks(lo, hi, 5)[2] if lo <= t <= hi and t > 0]
+    return lo, hi, ticks or [lo, hi]
+
+
+def _fmt(v: float, step: float) -> str:
+    if abs(v) < 1e-12:
+        return "0"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
+        return f"{v:.0e}"
+    decimals = max(0, -int(math.floor(math.log10(step))) + (1 if step / 10 ** math.floor(math.log10(step)) == 2.5 else 0)) if step > 0 else 2
+    return f"{v:.{min(decimals, 4)}f}"
+
+
+@dataclass(frozen=True)
+class Axes:
+    """A plot box (pixels, inclusive ``x0 y0 x1 y1``) and the data range mapped onto it."""
+
+    box: tuple[int, int, int, int]
+    xlim: tuple[float, float]
+    ylim: tuple[float, float]
+    log: bool = False
+
+    def _fy(self, y: float) -> float:
+        return math.log10(y) if self.log else y
+
+    def to_pixel(self, x: float, y: float) -> tuple[float, float]:
+        """Image (x, y) of data point (x, y) (y grows downwards in the image)."""
+        x0, y0, x1, y1 = self.box
+        fx = (x - self.xlim[0]) / (self.xlim[1] - self.xlim[0])
+        lo, hi = self._fy(self.ylim[0]), self._fy(self.ylim[1])
+        fy = (self._fy(y) - lo) / (hi - lo)
+        return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
+
+
+def _font() -> Any:
+    return ImageFont.load_default()
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, anchor: str = "la", fill: visual.Color = visual.TEXT_COLOR) -> None:
+    draw.text(xy, text, fill=fill, font=_font(), anchor=anchor)
+
+
+def _legend_rows(items: Sequence[tuple[str, visual.Color]], width: int) -> list[list[tuple[str, visual.Color, int]]]:
+    """Legend items flowed into rows of at most ``width`` pixels: (label, colour, x offset)."""
+    rows: list[list[tuple[str, visual.Color, int]]] = [[]]
+    x = 0
+    for label, color in items:
+        w = 18 + int(visual.text_width(label)) + 12
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = 0
+        rows[-1].append((label, color, x))
+        x += w
+    return rows
+
+
+def _panel(draw: ImageDraw.ImageDraw, rect: tuple[int, int, int, int], title: str,
+           lines: Sequence[tuple[str, np.ndarray, np.ndarray, visual.Color, bool]],
+           xlim: tuple[float, float], xticks: Sequence[float], xstep: float, log: bool = False,
+           ylabel_scale: str = "", ybounds: tuple[float, float] | None = None) -> Axes:
+    """Draw one panel (title, legend, grid, ticks, polylines) inside ``rect``; return its axes."""
+    left, top, right, bottom = rect
+    legend = _legend_rows([(name, color) for name, _, _, color, _ in lines], right - left - LEFT)
+    _text(draw, (left + 4, top + 2), title)
+    ly = top + TITLE_HEIGHT
+    for row in legend:
+        for label, color, dx in row:
+            x = left + LEFT + dx
+            draw.line([(x, ly + LEGEND_ROW // 2), (x + 14, ly + LEGEND_ROW // 2)], fill=color, width=3)
+            _text(draw, (x + 18, ly + LEGEND_ROW // 2), label, anchor="lm")
+        ly += LEGEND_ROW
+    box = (left + LEFT, ly + 4, right - PAD, bottom - BOTTOM)
+    values = np.concatenate([v for _, _, v, _, _ in lines]) if lines else np.zeros(0)
+    if log:
+        values = values[values > 0]
+    if len(values) == 0:
+        ylim, yticks = (0.0, 1.0), [0.0, 1.0]
+    elif log:
+        lo, hi, yticks = _log_ticks(float(values.min()) / 1.15, float(values.max()) * 1.15)
+        ylim = (lo, hi)
+    else:
+        vlo, vhi = float(values.min()), float(values.max())
+        pad = 0.05 * (vhi - vlo)
+        lo, hi, yticks = nice_ticks(vlo - pad, vhi + pad, 6)
+        if ybounds is not None:
+            lo, hi = max(lo, min(ybounds[0], vlo)), min(hi, max(ybounds[1], vhi))
+            yticks = [t for t in yticks if lo <= t <= hi]
+        ylim = (lo, hi)
+    axes = Axes(box, xlim, ylim, log)
+    draw.rectangle(box, fill=PLOT_BG)
+    ystep = (yticks[1] - yticks[0]) if len(yticks) > 1 else 1.0
+    for t in yticks:
+        _, py = axes.to_pixel(xlim[0], t)
+        draw.line([(box[0], py), (box[2], py)], fill=GRID)
+        label = f"{t:.4g}" if log else _fmt(t, ystep)  # log ticks: uneven steps, shortest exact text
+        _text(draw, (box[0] - 4, py), label + ylabel_scale, anchor="rm")
+    for t in xticks:
+        px, _ = axes.to_pixel(t, ylim[0])
+        draw.line([(px, box[1]), (px, box[3])], fill=GRID)
+        _text(draw, (px, box[3] + 4), _fmt(t, xstep), anchor="ma")
+    draw.rectangle(box, outline=AXIS)
+    for _, e, v, color, markers in lines:
+        keep = v > 0 if log else np.ones(len(v), dtype=bool)
+        pts = [axes.to_pixel(x, y) for x, y in zip(e[keep], v[keep])]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=LINE_WIDTH, joint="curve")
+        if markers or len(pts) == 1:
+            for px, py in pts:
+                draw.ellipse([px - MARKER_RADIUS, py - MARKER_RADIUS, px + MARKER_RADIUS, py + MARKER_RADIUS], fill=color)
+    return axes
+
+
+def render_curves(records: Sequence[Mapping[str, Any]], size: tuple[int, int] = (960, 640), title: str = "",
+                  log_loss: bool = False) -> tuple[Image.Image, dict[str, Axes]]:
+    """The curves picture (``size`` = (width, height)) and its panels' axes (``loss``, ``accuracy``)."""
+    width, height = int(size[0]), int(size[1])
+    if width < 200 or height < 160:
+        raise UserError(f"curves picture {width}x{height} is too small (at least 200x160)")
+    if not records:
+        raise UserError("no epochs to plot")
+    img = Image.new("RGB", (width, height), visual.SHEET_BG)
+    draw = ImageDraw.Draw(img)
+    _text(draw, (PAD, 4), visual.fit_text(title, width - 2 * PAD))
+    epochs = [float(r["epoch"]) for r in records]
+    emin, emax = min(epochs), max(epochs)
+    xpad = max(0.02 * (emax - emin), 0.25)
+    xlo, xhi = emin - xpad, emax + xpad  # no point on the frame
+    _, _, xticks = nice_ticks(emin, emax, 8, integer=True)
+    xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
+    xticks = [t for t in xticks if xlo <= t <= xhi]
+
+    palette = iter(SERIES_COLORS * 4)
+    loss_lines = []
+    for k in loss_keys(records):
+        e, v = series(records, k)
+        color = TOTAL_COLOR if k == "total" else next(palette)
+        loss_lines.append((k, e, v, color, len(records) <= 40))
+    acc_lines = []
+    for k in ACCURACY_KEYS:
+        e, v = series(records, k, 100.0)
+        if len(e):
+            acc_lines.append((ACCURACY_LABELS[k], e, v, ACCURACY_COLORS[k], True))
+
+    top = TITLE_HEIGHT
+    axes: dict[str, Axes] = {}
+    if acc_lines:
+        split = top + (height - top) * 11 // 20
+        rects = {"loss": (0, top, width, split), "accuracy": (0, split, width, height)}
+    else:
+        rects = {"loss": (0, top, width, height)}
+    axes["loss"] = _panel(draw, rects["loss"], "loss" + (" (log scale)" if log_loss else ""), loss_lines,
+                          (xlo, xhi), xticks, xstep, log=log_loss)
+    if acc_lines:
+        axes["accuracy"] = _panel(draw, rects["accuracy"], "evaluation (%)", acc_lines, (xlo, xhi), xticks, xstep,
+                                  ybounds=(0.0, 100.0))
+    last = axes["accuracy" if acc_lines else "loss"].box
+    _text(draw, ((last[0] + last[2]) / 2, last[3] + 17), "epoch", anchor="ma", fill=AXIS)
+    return img, axes
+
+
+def summary(records: Sequence[Mapping[str, Any]]) -> str:
+    """One line: last epoch, last and best rank-1 / mAP."""
+    last = records[-1]
+    parts = [f"{len(records)} epochs (last {last['epoch']})"]
+    if "total" in last:
+        parts.append(f"loss {last['total']:.4g}")
+    evald = [r for r in records if "rank1" in r]
+    if evald:
+        best = max(evald, key=lambda r: r["rank1"])
+        le = evald[-1]
+        parts.append(f"rank-1 {100 * le['rank1']:.2f}%" + (f" mAP {100 * le['mAP']:.2f}%" if "mAP" in le else "")
+                     + f" at epoch {le['epoch']}; best rank-1 {100 * best['rank1']:.2f}% at epoch {best['epoch']}")
+    return ", ".join(parts)
+
+
+@click.command("curves")
+@click.argument("logfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG to write [default: curves.png next to LOGFILE].")
+@click.option("--width", default=960, show_default=True, type=click.IntRange(200, 8000))
+@click.option("--height", default=640, show_default=True, type=click.IntRange(160, 8000))
+@click.option("--loss-scale", default="log", show_default=True, type=click.Choice(["log", "linear"]),
+              help="Loss axis: log shows the small attention terms next to the CE terms.")
+def curves_command(logfile: Path, out: Path | None, width: int, height: int, loss_scale: str) -> None:
+    """Plot loss terms, rank-1 and mAP against epoch from a run's metrics.jsonl."""
+    records = read_metrics(logfile)
+    text = summary(records)
+    img, _ = render_curves(records, (width, height), f"{logfile}: {text}", log_loss=loss_scale == "log")
+    out = out or logfile.parent / "curves.png"
+    visual.save_png(img, out)
+    click.echo(f"wrote {out} ({width}x{height}): {text}")
