@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from reid_masks.cache import MaskCache, check_cache_matches
 from reid_masks.datasets import ReIDDataset
 from reid_masks.imageio import read_image
 
+from .regions import load_split_region_masks
 from .transforms import PairedTransform
 
 __all__ = ["ReIDImageDataset", "load_split_masks"]
@@ -47,6 +49,12 @@ class ReIDImageDataset(Dataset):
     bottom, transformed with the image -- present only when a cache is given (training of
     mask-guided variants; baselines and evaluation need images only); ``index``: position
     in the split, so features can be matched back to records.
+
+    ``region_masks`` (``"regions"`` or ``"parts"``; MGRAN, needs ``cache``): items carry
+    ``region_masks`` instead of ``masks``, a (4, H, W) uint8 0/1 stack (pedestrian, head,
+    upper, lower; see ``regions.py``) at the image's resolution: the cache's masks are
+    resized to the transform's size with nearest sampling, then moved by the same flip /
+    pad + crop as the image (so MGRAN needs them in training and evaluation alike).
     """
 
     def __init__(
@@ -55,12 +63,16 @@ class ReIDImageDataset(Dataset):
         split: str,
         transform: PairedTransform,
         cache: str | Path | MaskCache | None = None,
+        region_masks: str | None = None,
     ) -> None:
         self.dataset = dataset
         self.split = split
         self.records = dataset.split(split)
         self.transform = transform
-        self.masks = load_split_masks(cache, dataset, split) if cache is not None else None
+        if region_masks is not None and cache is None:
+            raise ValueError(f"region_masks={region_masks!r} needs a mask cache")
+        self.region_masks = load_split_region_masks(cache, dataset, split, region_masks) if region_masks else None
+        self.masks = load_split_masks(cache, dataset, split) if cache is not None and not region_masks else None
         self.pids = [r.pid for r in self.records]
         self.camids = [r.camid for r in self.records]
 
@@ -70,9 +82,15 @@ class ReIDImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         image = read_image(self.dataset.abspath(rec))
+        if self.region_masks is not None:  # MGRAN: full-resolution 0/1 masks, nearest-resized, same geometry
+            full = F.interpolate(self.region_masks[index][None].float(), size=tuple(self.transform.size), mode="nearest-exact")[0]
+            image, full = self.transform(image, full)
+            item: dict[str, Any] = {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index}
+            item["region_masks"] = (full > 0.5).to(torch.uint8)
+            return item
         masks = self.masks[index] if self.masks is not None else None
         image, masks = self.transform(image, masks)
-        item: dict[str, Any] = {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index}
+        item = {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index}
         if masks is not None:
             item["masks"] = masks
         return item

@@ -17,6 +17,7 @@ from reid_masks.errors import UserError
 from .attention import MaskGuidedAttention
 from .backbone import ARCH_CHANNELS, ResNetBackbone, imagenet_weights_file
 from .mmga import ATT_MAP_MASK, MMGA, VARIANTS, VariantSpec, middle_split
+from .mgran import MGRAN, MGRAN_VARIANTS, region_inputs
 
 __all__ = [
     "build_model",
@@ -30,6 +31,9 @@ __all__ = [
     "ATT_MAP_MASK",
     "imagenet_weights_file",
     "middle_split",
+    "MGRAN",
+    "MGRAN_VARIANTS",
+    "region_inputs",
 ]
 
 
@@ -50,6 +54,23 @@ _OPTIONS: dict[str, set[str]] = {
     }
     for name in VARIANTS
 }
+
+
+def _mgran_builder(variant: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, backbone: str = "resnet50", pretrained: str | None = None, **options: Any) -> nn.Module:
+        return MGRAN(num_classes, variant=variant, backbone=backbone, pretrained=pretrained, **options)
+
+    build.__doc__ = f"MGRAN network, variant {variant!r} (reid_train/models/mgran.py)."
+    return build
+
+
+# MGRAN (Zhou & Yu, PAKDD 2020): mgran, mgran_gf (no global feature), mgran_pl (part-level).
+for _name in MGRAN_VARIANTS:
+    _BUILDERS[_name] = _mgran_builder(_name)
+    _OPTIONS[_name] = {
+        p for p in inspect.signature(MGRAN.__init__).parameters
+        if p not in ("self", "num_classes", "variant", "backbone", "pretrained")
+    }
 
 
 def model_names() -> list[str]:
