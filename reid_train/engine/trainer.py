@@ -52,7 +52,6 @@ from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
 from reid_train.engine import distributed as ddp
 from reid_train.engine.evaluator import evaluate_model, write_json_atomic
-from reid_train.losses import MMGALoss
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 

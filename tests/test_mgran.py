@@ -1,0 +1,405 @@
+"""MGRAN: MSML, region inputs from the cache, shared batched backbone, ablations, masks at inference, CPU fit."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from cache_helpers import split_rows
+from reid_masks.cache import STATUS, write_cache
+from reid_masks.datasets import build_dataset
+from reid_masks.derive import HEAD_LABELS, LOWER_LABELS, UPPER_ONLY_LABELS
+from reid_masks.errors import UserError
+from reid_masks.generate import GenerateConfig, generate
+from reid_masks.imageio import read_image, read_label_png
+from reid_train.cli import main
+from reid_train.config import load_config, packaged_configs
+from reid_train.data import PairedTransform, ReIDImageDataset
+from reid_train.data.regions import load_split_region_masks, part_masks, part_rows
+from reid_train.engine.evaluator import evaluate_model
+from reid_train.losses import MMGALoss
+from reid_train.losses_mgran import MGRANLoss, build_loss, msml_loss
+from reid_train.models import MGRAN, ResNetBackbone, build_model, region_inputs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_clean_logging():
+    """One torch thread (tiny convs, busy 2-core box); undo the CLI's logging setup afterwards."""
+    n = torch.get_num_threads()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def market_root(synth_dataset) -> Path:
+    return synth_dataset("market1501", ids=4)
+
+
+@pytest.fixture(scope="module")
+def market(market_root):
+    return build_dataset("market1501", market_root)
+
+
+def _generate(root: Path, out: Path, person_size: tuple[int, int]) -> Path:
+    """The real mask stage on the synthetic set's parsing PNGs (no detector, no keypoints)."""
+    if not out.exists():
+        generate(GenerateConfig(dataset="market1501", root=root, out=out, parsing_dir=root / "parsing",
+                                backend="none", workers=0, person_size=person_size))
+    return out
+
+
+@pytest.fixture(scope="module")
+def native_cache(market_root, tmp_path_factory) -> Path:
+    """person_size = the synthetic images' own size (128x64): regions equal derive's output pixel for pixel."""
+    return _generate(market_root, tmp_path_factory.mktemp("mgran") / "native.h5", (128, 64))
+
+
+@pytest.fixture(scope="module")
+def small_cache(market_root, tmp_path_factory) -> Path:
+    """person_size 64x32: half the training resolution, so the dataset must upsample (nearest)."""
+    return _generate(market_root, tmp_path_factory.mktemp("mgran") / "small.h5", (64, 32))
+
+
+def _no_aug(size=(128, 64), flip_prob=0.0, pad=0) -> PairedTransform:
+    return PairedTransform(size=size, train=True, flip_prob=flip_prob, pad=pad, erasing_prob=0.0)
+
+
+# --------------------------------------------------------------------------- MSML
+
+
+def _msml_brute_force(features: torch.Tensor, labels: torch.Tensor, margin: float) -> float:
+    pos, neg = [], []
+    for i, j in itertools.combinations(range(len(labels)), 2):
+        d = float(torch.linalg.vector_norm(features[i].double() - features[j].double()))
+        (pos if labels[i] == labels[j] else neg).append(d)
+    if not pos or not neg:
+        return 0.0
+    return max(0.0, max(pos) - min(neg) + margin)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_msml_matches_a_brute_force_reference_over_all_pairs(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n_ids, k = 2 + seed % 3, 1 + seed % 4
+    labels = torch.arange(n_ids).repeat_interleave(k)[torch.randperm(n_ids * k, generator=g)]
+    feats = torch.randn(len(labels), 7, generator=g) * (0.2 + seed)
+    for margin in (0.0, 0.3, 5.0):
+        assert float(msml_loss(feats, labels, margin)) == pytest.approx(_msml_brute_force(feats, labels, margin), abs=1e-5)
+        normed = F.normalize(feats, dim=1)
+        assert float(msml_loss(feats, labels, margin, normalize=True)) == pytest.approx(
+            _msml_brute_force(normed, labels, margin), abs=1e-5)
+
+
+def test_msml_mines_one_pair_per_batch_and_degenerate_batches_are_zero() -> None:
+    feats = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0], [10.0, 10.0]], requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1])
+    loss, d_pos, d_neg = msml_loss(feats, labels, 0.5, return_pair=True)
+    # hardest positive: pair (2, 3) = |(10, 9)|; hardest negative: pair (0, 2) = 1
+    assert float(d_pos) == pytest.approx(float(np.hypot(10, 9))) and float(d_neg) == pytest.approx(1.0)
+    assert float(loss.detach()) == pytest.approx(np.hypot(10, 9) - 1.0 + 0.5)
+    loss.backward()
+    assert feats.grad[1].abs().sum() == 0  # only the samples of the two mined pairs get a gradient; sample 1 is in neither
+    for labels in (torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 2, 3])):
+        z = msml_loss(feats, labels, 0.3)
+        assert float(z.detach()) == 0.0 and z.requires_grad
+
+
+def test_loss_dispatch_and_id_head() -> None:
+    cfg = load_config("mgran_market1501").loss
+    assert isinstance(build_loss("mmga", cfg), MMGALoss) and isinstance(build_loss("baseline", cfg), MMGALoss)
+    for name in ("mgran", "mgran_gf", "mgran_pl"):
+        assert isinstance(build_loss(name, cfg), MGRANLoss)
+    torch.manual_seed(0)
+    x = torch.randn(4, 4, 3, 32, 16)
+    labels = torch.tensor([0, 0, 1, 1])
+    plain = build_model("mgran", 3, backbone="resnet18")
+    _, terms = build_loss("mgran", cfg)(plain(x), labels)
+    assert set(terms) == {"msml", "msml_pos", "msml_neg", "total"}
+    with_id = build_model("mgran", 3, backbone="resnet18", id_head=True)
+    out = with_id(x)
+    assert out["logits"].shape == (4, 3)
+    _, terms = build_loss("mgran", cfg)(out, labels)
+    assert terms["total"] == pytest.approx(terms["msml"] + terms["ce"], rel=1e-6)
+
+
+# --------------------------------------------------------------------------- region inputs
+
+
+def test_region_inputs_equal_the_image_inside_each_mask_and_zero_outside(market, native_cache) -> None:
+    ds = ReIDImageDataset(market, "train", _no_aug(), cache=native_cache, region_masks="regions")
+    flipped = ReIDImageDataset(market, "train", _no_aug(flip_prob=1.0), cache=native_cache, region_masks="regions")
+    assert "masks" not in ds[0]
+    for i in range(0, len(ds), 5):
+        item = ds[i]
+        img, m = item["image"], item["region_masks"]
+        assert m.dtype == torch.uint8 and m.shape == (4, 128, 64)
+        # synthetic ground truth: the parsing PNG the image was rendered with
+        parsing = torch.from_numpy(read_label_png((market.root / "parsing" / market.train[i].path).with_suffix(".png")).astype(np.int64))
+        person = parsing > 0
+        assert torch.equal(m[0].bool(), person)
+        assert torch.equal(m[1].bool(), torch.isin(parsing, torch.tensor(HEAD_LABELS)))
+        assert bool(m[2].bool()[torch.isin(parsing, torch.tensor(UPPER_ONLY_LABELS))].all())
+        assert bool(m[3].bool()[torch.isin(parsing, torch.tensor(LOWER_LABELS))].all())
+        assert torch.equal(m[1:].sum(0).bool(), person) and int(m[1:].sum(0).max()) == 1  # a partition of the person
+        x = region_inputs(img[None], m[None])[0]  # (4, 3, H, W)
+        for k in range(4):
+            inside = m[k].bool()
+            assert bool((x[k][:, ~inside] == 0).all())
+            assert torch.equal(x[k][:, inside], img[:, inside])
+        # under a horizontal flip the region input is the flip of the unflipped one
+        f_item = flipped[i]
+        assert torch.equal(f_item["region_masks"], m.flip(-1))
+        assert torch.allclose(region_inputs(f_item["image"][None], f_item["region_masks"][None])[0], x.flip(-1), atol=1e-6)
+
+
+def test_cache_masks_are_nearest_resized_to_the_training_size_and_follow_pad_crop(market, small_cache) -> None:
+    src = load_split_region_masks(small_cache, market, "query", "regions")
+    assert src.size == (64, 32)
+    ds = ReIDImageDataset(market, "query", _no_aug(), cache=small_cache, region_masks="regions")
+    for i in range(len(ds)):
+        expected = src[i].repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # exact 2x nearest
+        assert torch.equal(ds[i]["region_masks"], expected)
+    # pad + crop (random): the masks move with the image; an all-ones image shows where the image went
+    padded = ReIDImageDataset(market, "query", _no_aug(pad=10, flip_prob=0.5), cache=small_cache, region_masks="regions")
+    padded.transform.mean, padded.transform.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        item = padded[0]
+        torch.manual_seed(seed)
+        ref_img, ref_masks = padded.transform(torch.ones(3, 128, 64), src[0][None].float().repeat_interleave(2, -2).repeat_interleave(2, -1)[0])
+        assert torch.equal(item["region_masks"], (ref_masks > 0.5).to(torch.uint8))
+        assert bool((item["region_masks"].bool() <= (ref_img[0] > 0)).all())  # masks only where the image is
+
+
+def test_masks_are_joined_by_path_whatever_the_cache_row_order(market, tmp_path) -> None:
+    splits, shuffled = {}, {}
+    for split in ("train", "query", "gallery"):
+        rows = split_rows(market, split)
+        rows.keypoints[:, [5, 6, 11, 12], 2] = 1.0
+        rows.keypoints[:, [5, 6], 1] = np.arange(len(rows))[:, None] % 40 + 20.0  # per-image shoulder rows
+        rows.keypoints[:, [11, 12], 1] = 90.0
+        perm = np.random.default_rng(1).permutation(len(rows))
+        other = rows.take(perm)
+        other.index = np.arange(len(rows))  # the cache's row i holds record perm[i]
+        splits[split], shuffled[split] = (len(rows), rows), (len(rows), other)
+    write_cache(tmp_path / "a.h5", splits, {"dataset": "market1501"})
+    write_cache(tmp_path / "b.h5", shuffled, {"dataset": "market1501"})
+    for kind in ("regions", "parts"):
+        a = load_split_region_masks(tmp_path / "a.h5", market, "gallery", kind)
+        b = load_split_region_masks(tmp_path / "b.h5", market, "gallery", kind)
+        assert np.array_equal(a.codes, b.codes)
+        if kind == "parts":
+            assert np.array_equal(a.parts, b.parts) and len(np.unique(a.parts[:, 1])) > 1
+
+
+# --------------------------------------------------------------------------- model
+
+
+def test_one_parameter_set_shared_by_the_four_branches() -> None:
+    model = build_model("mgran", 5, backbone="resnet18")
+    ref = ResNetBackbone("resnet18")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    assert {id(p) for p in model.parameters()} == backbone_ids
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 64, 32)
+    grads = []
+    for k in range(4):  # the gradient of each branch's feature alone lands on the one shared tensor set
+        model.zero_grad(set_to_none=True)
+        model(x)["branch_features"][k].sum().backward()
+        touched = {id(p) for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert touched == backbone_ids
+        grads.append(model.backbone.conv1.weight.grad.clone())
+    for a, b in itertools.combinations(grads, 2):
+        assert not torch.allclose(a, b)  # four different inputs, one weight tensor
+
+
+@pytest.mark.parametrize("name, branches", [("mgran", 4), ("mgran_gf", 3), ("mgran_pl", 4)])
+def test_one_batched_backbone_call_per_forward(name: str, branches: int) -> None:
+    model = build_model(name, 5, backbone="resnet18")
+    calls: list[int] = []
+    model.backbone.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    conv_calls: list[int] = []
+    model.backbone.conv1.register_forward_hook(lambda mod, inp, out: conv_calls.append(inp[0].shape[0]))
+    n = 3
+    x = torch.randn(n, 4, 3, 64, 32)
+    out = model(x)
+    assert calls == [branches * n] and conv_calls == [branches * n]
+    assert out["features"].shape == (n, branches * 512)
+    model.eval()
+    feat = model(x)
+    assert calls == [branches * n, branches * n]
+    # inference: the L2-normalised concat, in branch order (global, head, upper, lower)
+    with torch.no_grad():
+        parts = [model.backbone(x[:, b])[2].mean(dim=(2, 3)) for b in model.spec.branches]
+    assert torch.allclose(feat, F.normalize(torch.cat(parts, dim=1), dim=1), atol=1e-5)
+    assert torch.allclose(feat.norm(dim=1), torch.ones(n), atol=1e-5)
+
+
+def test_feature_dimensions() -> None:
+    assert build_model("mgran", 10).feature_dim == 4 * 2048
+    assert build_model("mgran_gf", 10).feature_dim == 3 * 2048
+    assert build_model("mgran_pl", 10).feature_dim == 4 * 2048
+    gf = build_model("mgran_gf", 10, backbone="resnet18")
+    assert gf.feature_dim == 3 * 512 and gf.branches == ("head", "upper", "lower")
+    gf.eval()
+    assert gf(torch.randn(2, 4, 3, 64, 32)).shape == (2, 3 * 512)
+    reduced = build_model("mgran_gf", 10, backbone="resnet18", reduction_dim=64)
+    assert reduced.feature_dim == 3 * 64 and reduced(torch.randn(2, 4, 3, 64, 32))["features"].shape == (2, 192)
+    with pytest.raises(UserError, match="unknown option"):
+        build_model("mgran", 10, whole_dim=3)
+
+
+# --------------------------------------------------------------------------- MGRAN-PL parts
+
+
+def test_part_rows_from_keypoints_with_fallbacks() -> None:
+    person = np.zeros((64, 32), bool)
+    person[8:60, 10:22] = True
+    person[30:40, 4:10] = True  # an arm: widens the box to x in [4, 22)
+    regions = np.zeros((64, 32), np.uint8)
+    regions[8:20][person[8:20]] = 1
+    regions[20:36][person[20:36]] = 2
+    regions[36:60][person[36:60]] = 3
+    kps = np.zeros((17, 3), np.float32)
+    # image 128x64 (2x the cache): shoulders at y 33 and 35 -> 34 -> 17 in cache rows; hips 90/94 -> 46
+    kps[5], kps[6], kps[11], kps[12] = (20, 33, 0.9), (40, 35, 0.8), (22, 90, 0.9), (38, 94, 0.9)
+    rows = part_rows(person, regions, kps, np.array([128, 64]))
+    assert rows == (8, 17, 46, 60, 4, 22)
+    parts = part_masks(rows, (64, 32))
+    assert parts[0, 8:17, 4:22].all() and parts[1, 17:46, 4:22].all() and parts[2, 46:60, 4:22].all()
+    assert parts.sum() == (60 - 8) * (22 - 4)  # stripes tile the box: rectangles, background included
+    assert parts[2, 50, 4] == 1 and not person[50, 4]
+    # a low-confidence hip: the hip row comes from the regions (first row whose majority label is lower)
+    kps[11, 2] = 0.1
+    assert part_rows(person, regions, kps, np.array([128, 64])) == (8, 17, 36, 60, 4, 22)
+    # no keypoints at all: both rows from the regions
+    assert part_rows(person, regions, np.zeros((17, 3), np.float32), np.array([128, 64])) == (8, 20, 36, 60, 4, 22)
+    # no keypoints, no region labels: fixed fractions of the box (0.18, 0.5)
+    assert part_rows(person, np.zeros_like(regions), np.zeros((17, 3), np.float32), np.array([128, 64])) == (8, 17, 34, 60, 4, 22)
+
+
+def test_mgran_pl_dataset_parts_come_from_the_cached_keypoints(market, tmp_path) -> None:
+    splits = {}
+    for split in ("train", "query", "gallery"):
+        rows = split_rows(market, split)  # person/regions at 64x32, image_size = the real 128x64
+        rows.keypoints[:, [5, 6], 1] = 40.0  # shoulders at image row 40 -> cache row 20
+        rows.keypoints[:, [11, 12], 1] = 80.0  # hips at image row 80 -> cache row 40
+        rows.keypoints[:, [5, 6, 11, 12], 2] = 1.0
+        splits[split] = (len(rows), rows)
+    cache = tmp_path / "kp.h5"
+    write_cache(cache, splits, {"dataset": "market1501"})
+    src = load_split_region_masks(cache, market, "query", "parts")
+    person = src[0][0].numpy().astype(bool)
+    ys, xs = np.nonzero(person)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    assert tuple(src.parts[0]) == (y0, 20, 40, y1, x0, x1)
+    ds = ReIDImageDataset(market, "query", _no_aug(), cache=cache, region_masks="parts")
+    m = ds[0]["region_masks"]  # at 128x64: every cache row/column doubled
+    assert torch.equal(m[0].bool(), torch.from_numpy(person).repeat_interleave(2, 0).repeat_interleave(2, 1))
+    for k, (a, b) in enumerate(((y0, 20), (20, 40), (40, y1))):
+        expected = torch.zeros(128, 64, dtype=torch.uint8)
+        expected[2 * a : 2 * b, 2 * x0 : 2 * x1] = 1
+        assert torch.equal(m[k + 1], expected)
+    model = build_model("mgran_pl", 4, backbone="resnet18")
+    assert model.region_masks == "parts" and build_model("mgran", 4, backbone="resnet18").region_masks == "regions"
+
+
+# --------------------------------------------------------------------------- masks at inference
+
+
+def _tiny_cfg(root: Path, cache: Path, out: Path, *extra: str):
+    return load_config("tiny_synthetic", [
+        f"data.root={root}", f"data.cache={cache}", f"train.output_dir={out}", "model.name=mgran",
+        "data.height=64", "data.width=32", "data.num_workers=0", "data.num_ids=4", "data.num_instances=2",
+        "train.log_period=50", *extra,
+    ])
+
+
+def test_evaluation_refuses_images_without_masks(market, market_root, small_cache, tmp_path) -> None:
+    splits = {}
+    for split in ("train", "query", "gallery"):
+        rows = split_rows(market, split)
+        if split == "query":
+            rows = rows.take(np.arange(len(rows) - 1))  # the last query image has no row
+        splits[split] = (len(rows), rows)
+    lacking = tmp_path / "lacking_query.h5"
+    write_cache(lacking, splits, {"dataset": "market1501"})
+    model = build_model("mgran", market.num_train_pids, backbone="resnet18")
+    cfg = _tiny_cfg(market_root, lacking, tmp_path / "run")
+    with pytest.raises(UserError) as err:
+        evaluate_model(model, market, cfg, torch.device("cpu"))
+    assert str(lacking) in str(err.value) and "query" in str(err.value) and market.query[-1].path in str(err.value)
+    with pytest.raises(UserError, match="set data.cache"):
+        evaluate_model(model, market, _tiny_cfg(market_root, "", tmp_path / "run"), torch.device("cpu"))
+    # unreadable rows (all-zero masks) are refused too, naming the cache and the first image
+    splits["query"] = (len(market.query), split_rows(market, "query"))
+    splits["query"][1].status[2] = STATUS["unreadable"]
+    unreadable = tmp_path / "unreadable.h5"
+    write_cache(unreadable, splits, {"dataset": "market1501"})
+    with pytest.raises(UserError) as err:
+        evaluate_model(model, market, _tiny_cfg(market_root, unreadable, tmp_path / "run"), torch.device("cpu"))
+    assert str(unreadable) in str(err.value) and "unreadable" in str(err.value) and market.query[2].path in str(err.value)
+
+
+def test_fit_evaluate_extract_end_to_end_on_cpu(market, market_root, small_cache, tmp_path) -> None:
+    out = tmp_path / "run"
+    runner = CliRunner()
+    sets = [f"data.root={market_root}", f"data.cache={small_cache}", f"train.output_dir={out}", "model.name=mgran",
+            "solver.epochs=3", "data.height=64", "data.width=32", "solver.step_size=100"]
+    res = runner.invoke(main, ["fit", "--config", "tiny_synthetic", *[a for s in sets for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    assert "rank-1" in res.stdout and "rank-5" in res.stdout
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all("msml" in r and "ce_whole" not in r for r in log)
+    ckpt = out / "checkpoint.pth"
+
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval.json")])
+    assert res.exit_code == 0, res.output
+    assert "rank-1" in res.stdout and "rank-5" in res.stdout
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["num_query"] == len(market.query) and results["num_gallery"] == len(market.gallery)
+    train_eval = json.loads((out / "evaluation.json").read_text())
+    assert train_eval["rank1"] == pytest.approx(results["rank1"]) and train_eval["mAP"] == pytest.approx(results["mAP"])
+
+    feats = tmp_path / "gallery.npz"
+    res = runner.invoke(main, ["extract", "--checkpoint", str(ckpt), "--split", "gallery", "--out", str(feats)])
+    assert res.exit_code == 0, res.output
+    with np.load(feats) as z:
+        assert z["features"].shape == (len(market.gallery), 4 * 512)
+        assert np.allclose(np.linalg.norm(z["features"], axis=1), 1.0, atol=1e-5)
+
+    # the evaluation needs the masks: a cache without them is refused with the file's name
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--set", f"data.cache={tmp_path / 'none.h5'}"])
+    assert res.exit_code == 2 and "none.h5" in res.stderr
+
+
+def test_packaged_mgran_configs() -> None:
+    names = packaged_configs()
+    expected = {"mgran_market1501": ("mgran", "market1501"), "mgran_dukemtmc": ("mgran", "dukemtmc"),
+                "mgran_cuhk03_labeled": ("mgran", "cuhk03"), "mgran_cuhk03_detected": ("mgran", "cuhk03"),
+                "mgran_gf_market1501": ("mgran_gf", "market1501"), "mgran_pl_market1501": ("mgran_pl", "market1501")}
+    for n, (model, dataset) in expected.items():
+        assert n in names
+        cfg = load_config(n)
+        assert (cfg.model.name, cfg.data.dataset) == (model, dataset)
+        assert cfg.model.backbone == "resnet50" and cfg.model.pretrained == "imagenet" and cfg.data.cache
+        assert cfg.model.id_head is False and cfg.model.reduction_dim == 0 and cfg.loss.msml_normalize
+    assert load_config("mgran_cuhk03_labeled").data.options == {"variant": "labeled"}
+    assert load_config("mgran_cuhk03_detected").data.options == {"variant": "detected"}
+    assert load_config("mgran_cuhk03_detected").data.cache != load_config("mgran_cuhk03_labeled").data.cache
