@@ -61,7 +61,6 @@ docstring for the cost/benefit, and pass ``min_size=256`` (``--min-size``) for s
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -76,6 +75,7 @@ import torch
 
 from reid_masks.backends.base import Instances
 from reid_masks.errors import UserError
+from reid_masks.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +118,6 @@ def detectron2_cache_dir() -> Path:
         return Path(os.path.expanduser(os.getenv("FVCORE_CACHE", "~/.torch/iopath_cache")))
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a weights file, cached per (path, size, mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 @dataclass

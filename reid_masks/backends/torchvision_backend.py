@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
 import os
 import types
@@ -108,6 +107,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from reid_masks.backends.base import Instances
 from reid_masks.errors import UserError
+from reid_masks.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +173,6 @@ def _resolve_all(wanted: list[tuple[str, Any, str | os.PathLike | None, str]]) -
     return found
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a weights file, cached per (path, size, mtime): checkpoints are ~170 MB."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def _load_checkpoint(model: nn.Module, path: Path, what: str) -> None:

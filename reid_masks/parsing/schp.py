@@ -59,7 +59,6 @@ who want to compare); labels are still produced on the crop's own pixel grid.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -72,6 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reid_masks.errors import UserError
+from reid_masks.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -399,21 +399,6 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / SCHP_LIP_FILENAME
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a weights file, cached per (path, size, mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 # --------------------------------------------------------------------------- geometry
