@@ -23,3 +23,23 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pat
         return made[key]
 
     return make
+
+
+@pytest.fixture()
+def one_thread_and_clean_logging():
+    """One torch thread (tiny convs on a busy 2-core box); undo the CLI's logging set-up afterwards."""
+    import logging
+
+    import torch
+
+    n = torch.get_num_threads()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)

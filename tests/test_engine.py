@@ -30,13 +30,7 @@ def tiny_cfg(root: Path, out: Path, epochs: int, *extra: str) -> Config:
     ])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions gain nothing from threads, and lose a lot on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_and_clean_logging")
 
 
 @pytest.fixture(scope="module")

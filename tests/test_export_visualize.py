@@ -27,20 +27,7 @@ from reid_train.visualize import QUERY_FRAME, RankingLayout, query_distances, ra
 HW = (64, 32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_clean_logging():
-    """One torch thread (tiny convs, busy 2-core box); undo logging handlers the trainer's setup adds."""
-    n = torch.get_num_threads()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-    for h in root.handlers[:]:
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("one_thread_and_clean_logging")
 
 
 @pytest.fixture(scope="module")
