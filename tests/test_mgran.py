@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from reid_masks.datasets import build_dataset
 from reid_masks.derive import HEAD_LABELS, LOWER_LABELS, UPPER_ONLY_LABELS
 from reid_masks.errors import UserError
 from reid_masks.generate import GenerateConfig, generate
-from reid_masks.imageio import read_image, read_label_png
+from reid_masks.imageio import read_label_png
 from reid_train.cli import main
 from reid_train.config import load_config, packaged_configs
 from reid_train.data import PairedTransform, ReIDImageDataset
@@ -26,7 +25,7 @@ from reid_train.data.regions import load_split_region_masks, part_masks, part_ro
 from reid_train.engine.evaluator import evaluate_model
 from reid_train.losses import MMGALoss
 from reid_train.losses_mgran import MGRANLoss, build_loss, msml_loss
-from reid_train.models import MGRAN, ResNetBackbone, build_model, region_inputs
+from reid_train.models import ResNetBackbone, build_model, region_inputs
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_clean_logging")

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cache_helpers import make_cache
