@@ -23,3 +23,8 @@ echo "== 5. train MMGA (tiny ResNet-18 from random init, a few CPU epochs) and e
 reid-train fit --config tiny_synthetic --set data.root="$data" --set data.cache="$work/market1501.h5" \
   --set train.output_dir="$work/run" --set solver.epochs=3 --set data.num_workers=2
 reid-train evaluate --checkpoint "$work/run/checkpoint.pth"
+
+echo "== 6. pictures: ranked retrievals with attention maps, training curves"
+reid-train visualize --checkpoint "$work/run/checkpoint.pth" --n 4 --topk 5 --out "$work/vis"
+reid-train curves "$work/run/metrics.jsonl" --out "$work/curves.png"
+echo "done: look at $work/preview.png, $work/vis/index.png and $work/curves.png"
