@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import resource
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_train.evaluation import evaluate_from_features, evaluate_rank  # noqa: E402
+from machine import describe_machine as machine
 
 GB = 1e9
 MiB = 2**20
@@ -206,23 +206,6 @@ def timed(fn: Callable[[], object]) -> Tuple[float, object]:
 # ---------------------------------------------------------------------- runs
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM{gpu}; python "
-        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), numpy {np.__version__}"
-    )
 
 
 def bench_market(args: argparse.Namespace) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_masks.backends.torchvision_backend import TorchvisionBackend  # noqa: E402
 from reid_masks.synth.render import render_person, sample_identity  # noqa: E402
+from machine import cpu_name
 
 PARTS = ("backbone", "rpn", "roi_heads", "postprocess")
 
@@ -142,14 +142,6 @@ def time_batched(backend: TorchvisionBackend, crops: list[np.ndarray], batch: in
     return time.perf_counter() - t, time.process_time() - c, found
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: Optional[list[str]] = None) -> None:

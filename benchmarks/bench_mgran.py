@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,27 +45,14 @@ from reid_train.config import load_config  # noqa: E402
 from reid_train.engine.trainer import build_model_from_config, build_optimizer  # noqa: E402
 from reid_train.losses_mgran import build_loss  # noqa: E402
 from reid_train.models import region_inputs  # noqa: E402
+from machine import describe_machine as machine
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks_mgran.md"
 RECIPES = {"mgran": "mgran_market1501", "mmga": "mmga_market1501"}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
-def machine(device: torch.device) -> str:
-    parts = [f"{platform.system()} {platform.machine()}", f"{cpu_name()} ({os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()})"]
-    if device.type == "cuda":
-        parts.append(f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})")
-    parts.append(f"torch {torch.__version__}")
-    return "; ".join(parts)
 
 
 def sync(device: torch.device) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,26 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_masks.parsing.schp import SCHPParser, affine_sample  # noqa: E402
+from machine import describe_machine as machine
 
 log = logging.getLogger("bench_parser")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
-def machine(device: torch.device) -> str:
-    parts = [f"{platform.system()} {platform.machine()}", f"{cpu_name()} ({os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()})"]
-    if device.type == "cuda":
-        parts.append(torch.cuda.get_device_name(device))
-    parts.append(f"torch {torch.__version__}")
-    return "; ".join(parts)
 
 
 def sync(device: torch.device) -> None:

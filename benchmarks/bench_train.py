@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -63,6 +62,7 @@ from reid_train.data import IdentitySampler, ReIDImageDataset, build_transforms 
 from reid_train.engine.trainer import build_optimizer  # noqa: E402
 from reid_train.losses import MMGALoss  # noqa: E402
 from reid_train.models import build_model, model_names  # noqa: E402
+from machine import describe_machine as machine
 
 K = 4  # images per identity in a P x K batch (MMGA: P=24, K=4)
 MARKET_TRAIN_IDS = 751
@@ -73,22 +73,6 @@ TARGET_OVERHEAD = 10.0
 # ------------------------------------------------------------------ machine
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, {mem:.0f} GiB RAM{gpu}; python {platform.python_version()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    )
 
 
 def sync(device: torch.device) -> None:
