@@ -512,11 +512,12 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: 
             batch = results.get()
             if batch is None:
                 return
+            if failure:
+                continue  # keep draining so the producer never blocks on a full queue
             try:
                 finish(batch)
             except BaseException as exc:  # surfaced in the main thread
                 failure.append(exc)
-                return
 
     writer = threading.Thread(target=consumer, name="derive-and-write", daemon=True)
     writer.start()
