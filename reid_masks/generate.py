@@ -245,14 +245,17 @@ class Progress:
 
     def __init__(self, total: int, label: str = "generate", every: float = 2.0):
         self.total, self.label, self.every = total, label, every
-        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+        self.done, self.start, self.last = 0, time.monotonic(), time.monotonic()
+        self.base: int | None = None  # the first batch carries the workers' start-up: rate counts from it
 
     def update(self, n: int) -> None:
         self.done += n
         now = time.monotonic()
+        if self.base is None:
+            self.base, self.start = self.done, now
         if now - self.last >= self.every or self.done == self.total:
             self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
+            rate = (self.done - self.base) / max(now - self.start, 1e-9) if self.done > self.base else self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             sys.stderr.write(f"\r{self.label}: {self.done}/{self.total} images  {rate:.1f} img/s  ETA {format_seconds(eta)}   ")
             if self.done == self.total:
