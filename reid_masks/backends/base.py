@@ -5,6 +5,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+
+from reid_masks.errors import UserError
 
 
 @dataclass
@@ -44,3 +47,14 @@ class Backend(Protocol):
 
     def predict(self, images: list[np.ndarray]) -> list[Instances]:
         """Instances for each RGB uint8 HxWx3 image of a batch (sizes may differ)."""
+
+
+def parse_device(device: str, who: str) -> torch.device:
+    """``device`` as a torch.device; an unknown name or CUDA without a GPU is a one-line UserError."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"{who}: unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{who}: device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+    return dev

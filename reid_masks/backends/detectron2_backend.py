@@ -73,7 +73,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from reid_masks.backends.base import Instances
+from reid_masks.backends.base import Instances, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -175,12 +175,7 @@ class Detectron2Backend:
             raise UserError(f"score threshold must be in [0, 1], got {score_threshold}")
         if (min_size is not None and int(min_size) < 1) or (max_size is not None and int(max_size) < 1):
             raise UserError(f"bad input size: min_size={min_size} max_size={max_size}")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as e:
-            raise UserError(f"unknown device {device!r}: {e}") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+        self.device = parse_device(device, "detectron2 backend")
         self.d2 = import_detectron2()
         self.random_weights = bool(random_weights)
         self.score_threshold = float(score_threshold)

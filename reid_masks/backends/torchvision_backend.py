@@ -105,7 +105,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reid_masks.backends.base import Instances
+from reid_masks.backends.base import Instances, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -376,12 +376,7 @@ class TorchvisionBackend:
             raise UserError(f"score threshold must be in [0, 1], got {score_threshold}")
         if random_weights and (mask_weights is not None or keypoint_weights is not None):
             raise UserError("random weights and a weights file were both requested; choose one")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as e:
-            raise UserError(f"unknown device {device!r}: {e}") from e
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+        self.device = parse_device(device, "torchvision backend")
         if self.device.type not in ("cpu", "cuda"):
             raise UserError(f"device {device!r} is not supported by the torchvision backend (use cpu or cuda)")
         if amp and self.device.type != "cuda":

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reid_masks.backends.base import parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -526,12 +527,7 @@ class SCHPParser:
     ) -> None:
         if random_weights and weights is not None:
             raise UserError("SCHP parser: random weights and a weights file were both requested; choose one")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as e:
-            raise UserError(f"SCHP parser: unknown device {device!r} ({e})") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"SCHP parser: device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+        self.device = parse_device(device, "SCHP parser")
         self.input_size = (int(input_size[0]), int(input_size[1]))
         if min(self.input_size) < 32:
             raise UserError(f"SCHP parser: input size {self.input_size} is too small (at least 32x32; SCHP uses 473x473)")
