@@ -42,7 +42,7 @@ float32. torchvision's masks are soft probabilities, but ``reid_masks.derive`` b
 every mask at 0.5, so both backends yield the same kind of person mask.
 
 Keypoints come from the second model, matched to the mask model's instances by box IoU
-with the torchvision backend's greedy one-to-one :func:`match_instances` (IoU >=
+with the shared greedy one-to-one :func:`reid_masks.backends.base.match_instances` (IoU >=
 ``match_iou``); an unmatched instance gets all-zero keypoints. The keypoint model runs
 at half the score threshold, since its detections are only match candidates.
 Keypoint scores: detectron2's ``pred_keypoints[..., 2]`` is a spatial-softmax score (its
@@ -73,7 +73,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from reid_masks.backends.base import Instances, parse_device
+from reid_masks.backends.base import Instances, attach_keypoints, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -376,14 +376,10 @@ class Detectron2Backend:
                 masks = m.pred_masks.float().numpy().astype(np.float32).reshape(-1, h, w)
             else:
                 masks = np.zeros((len(scores), h, w), np.float32)
-            keypoints = np.zeros((len(scores), 17, 3), np.float32)
             if len(k) and len(scores):
-                from reid_masks.backends.torchvision_backend import match_instances
-
-                kp = self._keypoints(k)
-                match = match_instances(boxes, k.pred_boxes.tensor.numpy(), self.match_iou)
-                hit = match >= 0
-                keypoints[hit] = kp[match[hit]]
+                keypoints = attach_keypoints(boxes, k.pred_boxes.tensor.numpy(), self._keypoints(k), self.match_iou)
+            else:
+                keypoints = np.zeros((len(scores), 17, 3), np.float32)
             results.append(Instances(boxes, scores, masks, keypoints))
         return results
 

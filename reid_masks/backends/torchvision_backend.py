@@ -105,7 +105,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reid_masks.backends.base import Instances, parse_device
+from reid_masks.backends.base import Instances, attach_keypoints, box_iou_np, match_instances, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -286,44 +286,6 @@ def build_keypoint_model(
 
 
 # --------------------------------------------------------------------------- matching
-
-
-def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)) of xyxy boxes; 0 where a union is empty."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def match_instances(mask_boxes: np.ndarray, keypoint_boxes: np.ndarray, min_iou: float = 0.5) -> np.ndarray:
-    """For each mask-model instance, the index of its keypoint-model instance, or -1.
-
-    Greedy one-to-one matching on box IoU: repeatedly pair the two unmatched instances
-    with the highest IoU, stopping below ``min_iou``; ties go to the earlier (higher
-    scoring, as both lists are score-sorted) instance. With the 1-3 people of a re-ID
-    crop this equals the optimal (Hungarian) assignment in practice and needs no scipy.
-    """
-    n = len(np.asarray(mask_boxes).reshape(-1, 4))
-    out = np.full(n, -1, dtype=np.int64)
-    iou = box_iou_np(mask_boxes, keypoint_boxes)
-    if iou.size == 0:
-        return out
-    iou = iou.copy()
-    while True:
-        flat = int(np.argmax(iou))
-        i, j = divmod(flat, iou.shape[1])
-        if not iou[i, j] >= min_iou or iou[i, j] <= 0:
-            break
-        out[i] = j
-        iou[i, :] = -1.0
-        iou[:, j] = -1.0
-    return out
 
 
 # --------------------------------------------------------------------------- backend
@@ -514,12 +476,7 @@ class TorchvisionBackend:
             if m is not None:
                 boxes, scores = m["boxes"], m["scores"]
                 masks = m["masks"].reshape(-1, h, w) if "masks" in m else np.zeros((len(scores), h, w), np.float32)
-                keypoints = None
-                if k is not None:
-                    keypoints = np.zeros((len(scores), 17, 3), np.float32)
-                    match = match_instances(boxes, k["boxes"], self.match_iou)
-                    hit = match >= 0
-                    keypoints[hit] = k["keypoints"][match[hit]]
+                keypoints = attach_keypoints(boxes, k["boxes"], k["keypoints"], self.match_iou) if k is not None else None
                 results.append(Instances(boxes, scores, masks, keypoints))
             else:
                 assert k is not None
