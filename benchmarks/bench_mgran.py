@@ -29,7 +29,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -42,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_train.config import load_config  # noqa: E402
-from reid_train.engine.trainer import build_model_from_config, build_optimizer  # noqa: E402
+from reid_train.engine.trainer import build_model_from_config, build_optimizer, train_step  # noqa: E402
 from reid_train.losses_mgran import build_loss  # noqa: E402
 from reid_train.models import region_inputs  # noqa: E402
 from machine import describe_machine as machine
@@ -119,15 +118,7 @@ class Runner:
             images = region_inputs(images, self.host["region_masks"].to(dev, non_blocking=nb))
         else:
             masks = self.host["masks"].to(dev, non_blocking=nb)
-        with torch.autocast(dev.type, dtype=self.amp, enabled=self.amp is not None):
-            outputs = self.model(images)
-        loss, terms = self.criterion(outputs, pids, masks)
-        if not math.isfinite(terms["total"]):
-            raise FloatingPointError(f"{self.name}: loss {terms['total']}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        train_step(self.model, self.criterion, self.optimizer, self.scaler, images, pids, masks, self.amp, where=f"{self.name}: ")
 
     def run(self, iters: int) -> float:
         """Seconds per step over ``iters`` steps."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -59,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_train.config import Config  # noqa: E402
 from reid_train.data import IdentitySampler, ReIDImageDataset, build_transforms  # noqa: E402
-from reid_train.engine.trainer import build_optimizer  # noqa: E402
+from reid_train.engine.trainer import build_optimizer, train_step  # noqa: E402
 from reid_train.losses import MMGALoss  # noqa: E402
 from reid_train.models import build_model, model_names  # noqa: E402
 from machine import describe_machine as machine
@@ -136,15 +135,8 @@ class StepBench:
 
     def step(self) -> float:
         b = self._to_device(self.host) if self.h2d else self.batch
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            outputs = self.model(b["image"])
-        loss, terms = self.criterion(outputs, b["pid"], b["masks"])
-        if not math.isfinite(terms["total"]):  # the trainer's check (one host sync per step)
-            raise FloatingPointError(f"{self.name}: loss is {terms['total']}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        terms = train_step(self.model, self.criterion, self.optimizer, self.scaler, b["image"], b["pid"], b["masks"],
+                           self.amp_dtype, where=f"{self.name}: ")
         return terms["total"]
 
     def run(self, iters: int) -> float:

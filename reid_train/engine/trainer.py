@@ -244,6 +244,33 @@ def _format_eta(seconds: float) -> str:
 # --------------------------------------------------------------------------- trainer
 
 
+def train_step(
+    net: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    pids: torch.Tensor,
+    masks: torch.Tensor | None,
+    amp_dtype: torch.dtype | None,
+    where: str = "",
+) -> dict[str, float]:
+    """One optimisation step (autocast forward, loss, finite check, scaled backward, SGD step).
+
+    Shared by the trainer and the benchmarks so that what is timed is what trains.
+    """
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        outputs = net(images)
+    loss, terms = criterion(outputs, pids, masks)
+    if not math.isfinite(terms["total"]):  # one host sync per step
+        raise FloatingPointError(f"{where}loss is {terms['total']} ({terms})")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return terms
+
+
 class Trainer:
     """Builds data, model, loss and optimizer from a :class:`Config` and runs :meth:`fit`.
 
@@ -457,15 +484,8 @@ class Trainer:
         iters = len(self.sampler)
         start = time.perf_counter()
         for it, (images, pids, masks) in enumerate(self._batches(self._loader())):
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                outputs = self.net(images)
-            loss, terms = self.criterion(outputs, pids, masks)
-            if not math.isfinite(terms["total"]):
-                raise FloatingPointError(f"epoch {epoch + 1} iteration {it + 1}: loss is {terms['total']} ({terms})")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            terms = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, pids, masks,
+                               self.amp_dtype, where=f"epoch {epoch + 1} iteration {it + 1}: ")
             n = images.shape[0]
             seen += n
             for k, v in terms.items():
