@@ -39,6 +39,7 @@ UPPER_LABELS = HEAD_LABELS + UPPER_ONLY_LABELS  # MMGA's upper body includes the
 BOTTOM_LABELS = LOWER_LABELS
 KP_L_SHOULDER, KP_R_SHOULDER, KP_L_HIP, KP_R_HIP = 5, 6, 11, 12
 KEYPOINT_MIN_SCORE = 0.3  # keypoints below this score are treated as absent for the cuts
+SHOULDER_FRACTION, HIP_FRACTION = 0.18, 0.5  # line estimates, as fractions of the person's height from its top
 PRIOR_BOX = (0.25, 0.05, 0.75, 0.95)  # x0, y0, x1, y1 fractions for the no-person prior
 
 
@@ -124,7 +125,7 @@ def hip_line_from_parsing(parsing: np.ndarray, person: np.ndarray) -> np.ndarray
     if len(upper_clothes):
         return flat(float(upper_clothes[-1] + 1), width)
     top, bottom = person_extent(person)
-    return flat((top + bottom) / 2, width)
+    return flat(top + HIP_FRACTION * (bottom - top), width)
 
 
 def shoulder_line_estimate(parsing: np.ndarray | None, person: np.ndarray) -> np.ndarray:
@@ -137,7 +138,7 @@ def shoulder_line_estimate(parsing: np.ndarray | None, person: np.ndarray) -> np
         if len(head):
             return flat(float(head[-1] + 1), width)
     top, bottom = person_extent(person)
-    return flat(top + 0.18 * (bottom - top), width)
+    return flat(top + SHOULDER_FRACTION * (bottom - top), width)
 
 
 def below(line: np.ndarray, height: int) -> np.ndarray:
@@ -195,7 +196,7 @@ def derive(obs: Observation) -> Derived:
         bottom = np.isin(obs.parsing, BOTTOM_LABELS) | (split & low)
     else:
         top, bot = person_extent(whole)
-        hip_cut = hips if hips is not None else flat((top + bot) / 2, w)
+        hip_cut = hips if hips is not None else flat(top + HIP_FRACTION * (bot - top), w)
         low = below(hip_cut, h)
         upper, bottom = whole & ~low, whole & low
 

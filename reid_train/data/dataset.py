@@ -82,15 +82,13 @@ class ReIDImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         image = read_image(self.dataset.abspath(rec))
+        extra: dict[str, Any] = {}
         if self.region_masks is not None:  # MGRAN: full-resolution 0/1 masks, nearest-resized, same geometry
             full = F.interpolate(self.region_masks[index][None].float(), size=tuple(self.transform.size), mode="nearest-exact")[0]
             image, full = self.transform(image, full)
-            item: dict[str, Any] = {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index}
-            item["region_masks"] = (full > 0.5).to(torch.uint8)
-            return item
-        masks = self.masks[index] if self.masks is not None else None
-        image, masks = self.transform(image, masks)
-        item = {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index}
-        if masks is not None:
-            item["masks"] = masks
-        return item
+            extra["region_masks"] = (full > 0.5).to(torch.uint8)
+        else:
+            image, masks = self.transform(image, self.masks[index] if self.masks is not None else None)
+            if masks is not None:
+                extra["masks"] = masks
+        return {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index, **extra}

@@ -56,14 +56,14 @@ from torch import Tensor
 
 from reid_masks.cache import MaskCache, check_cache_matches
 from reid_masks.datasets import ReIDDataset
+from reid_masks.derive import (  # the mask stage's own cut rules: one definition
+    HIP_FRACTION, KEYPOINT_MIN_SCORE, KP_L_HIP, KP_L_SHOULDER, KP_R_HIP, KP_R_SHOULDER, SHOULDER_FRACTION,
+)
 from reid_masks.errors import UserError
 
 __all__ = ["REGION_KINDS", "SplitRegionMasks", "load_split_region_masks", "part_rows", "part_masks"]
 
 REGION_KINDS = ("regions", "parts")
-KEYPOINT_MIN_SCORE = 0.3
-KP_L_SHOULDER, KP_R_SHOULDER, KP_L_HIP, KP_R_HIP = 5, 6, 11, 12
-SHOULDER_FRACTION, HIP_FRACTION = 0.18, 0.5
 _BLOCK = 1024  # rows read from the cache at a time
 
 
