@@ -7,7 +7,6 @@ root) and in the dataset adapter's order. See README.md, "The mask cache".
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from reid_masks.errors import UserError
+from reid_masks.fileio import atomic_path
 
 SCHEMA_VERSION = 1
 MASK_HW = (24, 8)
@@ -77,29 +77,22 @@ def write_cache(path: str | Path, splits: dict[str, tuple[int, Rows]], attrs: di
     """
     import h5py
 
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["status_names"] = json.dumps(STATUS_NAMES)
-            f.attrs["region_names"] = json.dumps(REGION_NAMES)
-            for split, (n, rows) in splits.items():
-                order = np.argsort(rows.index, kind="stable")
-                rows = rows.take(order)
-                if not partial and (len(rows) != n or not np.array_equal(rows.index, np.arange(n))):
-                    raise ValueError(f"split {split}: rows do not cover 0..{n - 1} exactly once")
-                group = f.create_group(split)
-                write_group(group, rows)
-                group.attrs["num_rows"] = n
-                if partial:
-                    group.create_dataset("index", data=rows.index.astype(np.int64))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["status_names"] = json.dumps(STATUS_NAMES)
+        f.attrs["region_names"] = json.dumps(REGION_NAMES)
+        for split, (n, rows) in splits.items():
+            order = np.argsort(rows.index, kind="stable")
+            rows = rows.take(order)
+            if not partial and (len(rows) != n or not np.array_equal(rows.index, np.arange(n))):
+                raise ValueError(f"split {split}: rows do not cover 0..{n - 1} exactly once")
+            group = f.create_group(split)
+            write_group(group, rows)
+            group.attrs["num_rows"] = n
+            if partial:
+                group.create_dataset("index", data=rows.index.astype(np.int64))
 
 
 def write_group(group: Any, rows: Rows) -> None:

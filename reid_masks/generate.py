@@ -30,6 +30,7 @@ from reid_masks.cache import COLUMNS, STATUS, DEFAULT_PERSON_HW, MaskCache, Rows
 from reid_masks.datasets import SPLITS, Record, ReIDDataset, build_dataset
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
+from reid_masks.fileio import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 256
@@ -230,9 +231,8 @@ class ChunkStore:
 
     def save(self, g: int, by_split: dict[str, Rows]) -> None:
         arrays = {f"{s}.{k}": v for s, rows in by_split.items() for k, v in rows.to_npz().items()}
-        tmp = self.folder / f".chunk-{g:06d}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.path(g))
+        with atomic_path(self.path(g), suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
 
     def load(self, g: int) -> dict[str, Rows]:
         with np.load(self.path(g), allow_pickle=False) as data:
@@ -469,10 +469,7 @@ def prepare_partial(partial: Path, meta: dict) -> None:
             what = ", ".join(k for k in meta if old.get(k) != json.loads(json.dumps(meta))[k])
             raise UserError(f"{partial}: an interrupted run with other inputs or options ({what}) is here; remove this folder to start over")
         return
-    partial.mkdir(parents=True, exist_ok=True)
-    tmp = partial / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    write_json_atomic(meta_path, meta)
 
 
 def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: dict[int, list[int]], store: ChunkStore, backend: Any, parser: Any, progress: Progress) -> None:

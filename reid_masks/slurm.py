@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import click
 
 from reid_masks.errors import UserError
+from reid_masks.fileio import write_text_atomic
 from reid_masks.generate import shard_path
 
 JOBS_FILE = "jobs.json"
@@ -119,14 +120,6 @@ def queued_jobs(job_ids: Sequence[str]) -> list[dict[str, str]]:
     keys = ("id", "array_job", "task", "state", "reason")
     rows = [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.count("|") == 4]
     return [r for r in rows if r["array_job"] in ids or r["id"] in ids]
-
-
-def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    if mode is not None:
-        tmp.chmod(mode)
-    os.replace(tmp, path)
 
 
 def command_text(cmd: Sequence[str], head: int = 2, indent: str = "    ") -> str:

@@ -11,12 +11,13 @@ about the cache, so ``reid-masks preview`` and ``reid-train``'s retrieval sheets
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from reid_masks.fileio import atomic_path
 
 Color = tuple[int, int, int]
 ImageLike = Union[np.ndarray, Image.Image]
@@ -248,13 +249,7 @@ def legend(items: Sequence[tuple[str, Color]], width: int, height: int = CAPTION
 def save_png(image: ImageLike, path: str | Path) -> Path:
     """Write ``image`` as a PNG atomically (a temporary file renamed over ``path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     img = image if isinstance(image, Image.Image) else Image.fromarray(as_array(image))
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from reid_masks.cli import Group
+from reid_masks.fileio import atomic_path
 
 _SET_HELP = "Override a config key, e.g. --set solver.epochs=120 --set data.root=/data/market1501 (repeatable)."
 
@@ -110,7 +111,8 @@ def _load_for_inference(checkpoint: Path, overrides: tuple[str, ...]):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON [default: evaluation.json next to the checkpoint].")
 def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> None:
     """Rank-1/5/10 and mAP of a checkpoint on its dataset's query/gallery (flip-averaged features)."""
-    from reid_train.engine.evaluator import evaluate_model, write_json_atomic
+    from reid_masks.fileio import write_json_atomic
+    from reid_train.engine.evaluator import evaluate_model
 
     _setup_logging()
     model, cfg, dataset, device, amp, channels_last, epoch = _load_for_inference(checkpoint, overrides)
@@ -145,11 +147,8 @@ def extract(checkpoint: Path, split: str, out: Path, overrides: tuple[str, ...])
     loader = build_test_loader(dataset, split, cfg, pin_memory=device.type == "cuda", region_masks=getattr(model, "region_masks", None))
     feats, pids, camids = extract_features(model, loader, device, cfg.test.flip, amp, channels_last)
     paths = np.asarray([r.path for r in dataset.split(split)], dtype=str)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, features=feats.numpy(), pids=pids, camids=camids, paths=paths)
-    os.replace(tmp, out)
     click.echo(f"wrote {feats.shape[0]} {split} features of dim {feats.shape[1]} to {out}")
 
 

@@ -23,7 +23,6 @@ largest absolute difference exceeds ``atol`` (default 1e-4 on unit-norm features
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import click
 import numpy as np
 
 from reid_masks.errors import UserError
+from reid_masks.fileio import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:  # torch is imported when used, so that 'reid-train --help' stays fast
     import torch
@@ -247,12 +247,6 @@ def parity_check(graph: nn.Module, fmt: str, path: Path, hw: tuple[int, int],
     return diffs
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def export_model(
     checkpoint: str | Path,
     fmt: str = "onnx",
@@ -305,11 +299,9 @@ def export_model(
         raise UserError(f"{cfg.model.name} does not run on {hw[0]}x{hw[1]} inputs ({str(exc).splitlines()[0]}); "
                         f"use the training size {cfg.data.height}x{cfg.data.width} or a multiple of 16") from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     exporter = ("torch.onnx dynamo" if dynamo else "torch.onnx torchscript (dynamo=False)") if fmt == "onnx" else "torch.jit.trace"
     metadata = _metadata(ckpt, cfg, model, hw, fmt, flip, opset if fmt == "onnx" else None, exporter, checkpoint)
-    try:
+    with atomic_path(out) as tmp:
         with torch.no_grad():
             if fmt == "onnx":
                 _export_onnx(graph, example, tmp, opset, dynamo)
@@ -332,12 +324,8 @@ def export_model(
             _embed_onnx_metadata(tmp, metadata)
         else:
             _save_torchscript(traced, tmp, metadata)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     meta_path = sidecar_path(out)
-    _write_json_atomic(meta_path, metadata)
+    write_json_atomic(meta_path, metadata)
     return ExportResult(out, meta_path, metadata, diffs, atol)
 
 

@@ -303,7 +303,8 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
 
     from reid_masks.imageio import read_image
     from reid_train.data import ReIDImageDataset, build_transforms
-    from reid_train.engine.evaluator import build_test_loader, extract_features, write_json_atomic
+    from reid_masks.fileio import write_json_atomic
+    from reid_train.engine.evaluator import build_test_loader, extract_features
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     model, cfg, dataset, device = _load(checkpoint, overrides)

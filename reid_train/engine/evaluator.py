@@ -8,11 +8,8 @@ k-reciprocal re-ranked distance when re-ranking is on (which needs the full matr
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from reid_masks.datasets import ReIDDataset
 from reid_masks.errors import UserError
+from reid_masks.fileio import write_json_atomic
 from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
 from reid_train.engine import distributed as ddp
@@ -154,10 +152,3 @@ def evaluate_model(
     return results
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file renamed over ``path`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

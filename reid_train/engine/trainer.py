@@ -48,10 +48,11 @@ from torch.utils.data import DataLoader
 
 from reid_masks.datasets import ReIDDataset, build_dataset
 from reid_masks.errors import UserError
+from reid_masks.fileio import atomic_path, write_json_atomic, write_text_atomic
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
 from reid_train.engine import distributed as ddp
-from reid_train.engine.evaluator import evaluate_model, write_json_atomic
+from reid_train.engine.evaluator import evaluate_model
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 
@@ -186,17 +187,10 @@ def build_model_from_config(cfg: Config, num_classes: int, pretrained: str | Non
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -410,9 +404,7 @@ class Trainer:
         self.start_epoch = int(ckpt["epoch"])
         if self.main and self.metrics_path.exists():  # drop lines of epochs after the checkpoint
             keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
-            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, self.metrics_path)
+            write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in keep))
         logger.info("resumed from %s at epoch %d", self.ckpt_path, self.start_epoch)
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
