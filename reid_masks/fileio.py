@@ -1,29 +1,105 @@
-"""Atomic writes: every result file appears complete under its final name, or not at all."""
+"""Atomic writes: every result file appears complete under its final name, or not at all.
+
+A temporary file is named ``.<name>.tmp-<host>-<pid><suffix>`` beside its target, so the
+leftovers of a process killed mid-write (``kill -9``, an out-of-memory kill, a node crash)
+can be told apart from a live writer's and removed by :func:`remove_dead_temps`, on local
+disks and on shared storage written from several hosts.
+"""
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+HOST = socket.gethostname().replace("-", "_") or "localhost"
+
+
+def temp_name(path: Path, suffix: str = "", pid: int | None = None) -> Path:
+    return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid() if pid is None else pid}{suffix}")
 
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary sibling of ``path`` to write; renamed over ``path`` when the block succeeds,
-    removed when it fails (a crash mid-write leaves at most a hidden ``.tmp`` file).
+    removed when it fails (a crash mid-write leaves at most a hidden ``.tmp`` file, which the
+    next run removes with :func:`remove_dead_temps`).
 
     ``suffix`` ends the temporary name, for writers that add an extension (``np.savez``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    tmp = temp_name(path, suffix)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[^-/]+)-(?P<pid>\d+)(?P<suffix>\.[A-Za-z0-9]+)?$")
+
+
+def remove_dead_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary files that processes of this host left in ``folder`` when they died.
+
+    Only files named by :func:`atomic_path` whose writer (same host, same pid) is no longer
+    running are removed; with ``name``, only the temporaries of that target file. Temporaries
+    of other hosts are left alone (their processes cannot be checked from here). Returns
+    the removed paths.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if not m or (name is not None and m["name"] != name) or m["host"] != HOST:
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except OSError:
+            continue
+        log.info("removed %s (%d bytes), left by process %d that is no longer running", p, size, pid)
+        removed.append(p)
+    return removed
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for 'no space left' / 'quota exceeded' errors, however deep h5py or numpy wrapped them."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc).lower()
+        if "no space left" in text or "disk quota exceeded" in text or "errno = 28" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> None:

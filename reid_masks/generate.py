@@ -31,6 +31,7 @@ from reid_masks.datasets import SPLITS, Record, ReIDDataset, build_dataset
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path, write_json_atomic
+from reid_masks.progress import Progress
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 256
@@ -238,37 +239,6 @@ class ChunkStore:
         with np.load(self.path(g), allow_pickle=False) as data:
             splits = {k.split(".")[0] for k in data.files}
             return {s: Rows.from_npz({f: data[f"{s}.{f}"] for f in COLUMNS}) for s in splits}
-
-
-class Progress:
-    """A one-line progress report on stderr: images done, images/s, ETA."""
-
-    def __init__(self, total: int, label: str = "generate", every: float = 2.0):
-        self.total, self.label, self.every = total, label, every
-        self.done, self.start, self.last = 0, time.monotonic(), time.monotonic()
-        self.base: int | None = None  # the first batch carries the workers' start-up: rate counts from it
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.base is None:
-            self.base, self.start = self.done, now
-        if now - self.last >= self.every or self.done == self.total:
-            self.last = now
-            rate = (self.done - self.base) / max(now - self.start, 1e-9) if self.done > self.base else self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            sys.stderr.write(f"\r{self.label}: {self.done}/{self.total} images  {rate:.1f} img/s  ETA {format_seconds(eta)}   ")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def format_seconds(s: float) -> str:
-    if s == float("inf"):
-        return "?"
-    m, s = divmod(int(s), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 # --- the command ------------------------------------------------------------------------------
