@@ -27,17 +27,18 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--layout", required=True, type=click.Choice(["market1501", "dukemtmc", "cuhk03", "msmt17"]), help="Real dataset layout to imitate.")
+@click.option("--layout", required=True, type=click.Choice(["market1501", "dukemtmc", "cuhk03", "msmt17", "occluded_duke", "occluded_reid", "partial_reid", "partial_ilids"]), help="Real dataset layout to imitate.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset root to write.")
 @click.option("--ids", default=8, show_default=True, type=click.IntRange(2, 1000), help="Identities in train and in test.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
-def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: bool) -> None:
+@click.option("--occlusion-rate", type=click.FloatRange(0, 1), help="Share of images with an occluder (pole, bag, obstacle, car, person); default: the layout's rule.")
+def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: bool, occlusion_rate: float | None) -> None:
     """Write a small synthetic dataset in a real layout, with LIP parsing PNGs under OUT/parsing/."""
     from reid_masks.synth.layouts import synthesize
 
-    manifest = synthesize(layout, out, ids=ids, seed=seed, workers=workers, overwrite=overwrite)
+    manifest = synthesize(layout, out, ids=ids, seed=seed, workers=workers, overwrite=overwrite, occlusion_rate=occlusion_rate)
     if "splits" in manifest and manifest["layout"] != "cuhk03":
         parts = [f"{s} {v['images']} imgs/{v['ids']} ids" for s, v in manifest["splits"].items()]
     else:
@@ -47,7 +48,7 @@ def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: 
 
 
 @main.command()
-@click.option("--dataset", required=True, help="market1501, dukemtmc, cuhk03 or msmt17.")
+@click.option("--dataset", required=True, help="market1501, dukemtmc, cuhk03, msmt17, occluded_duke, occluded_reid, partial_reid or partial_ilids.")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path), help="Facts to check against instead of the packaged ones (e.g. a synthetic copy's manifest.json).")
 @click.option("--check-images", is_flag=True, help="Also decode every image (finds truncated files).")
@@ -84,7 +85,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @main.command()
-@click.option("--dataset", required=True, help="market1501, dukemtmc, cuhk03, msmt17 (or cuhk03_labeled / cuhk03_detected).")
+@click.option("--dataset", required=True, help="market1501, dukemtmc, cuhk03, msmt17 (or cuhk03_labeled / cuhk03_detected), occluded_duke, occluded_reid, partial_reid, partial_ilids.")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Cache file to write (.h5).")
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs: <dir>/<image path>.png.")

@@ -8,6 +8,7 @@ from reid_masks.datasets.cuhk03 import read_split_mat
 from reid_masks.datasets.folders import compile_pattern, list_images, resolve_root
 from reid_masks.datasets.msmt17 import find_base, image_dir, read_list
 from reid_masks.datasets.records import SPLITS, Record
+from reid_masks.datasets.testsets import TEST_SPLITS, find_test_base, scan_split
 from reid_masks.errors import UserError
 
 MAX_LISTED = 3
@@ -113,6 +114,24 @@ def check_cuhk03(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[
     return problems, seen
 
 
+def check_test_folders(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[tuple[Path, Record]]]:
+    """Test-only sets: each query/gallery folder exists, names parse, counts match."""
+    base = find_test_base(root, manifest)
+    problems, seen = [], []
+    for split in TEST_SPLITS:
+        spec = manifest["splits"][split]
+        try:
+            recs, bad = scan_split(base, manifest, split)
+        except UserError as exc:
+            problems.append(f"{split}: {exc}")
+            continue
+        if bad:
+            problems.append(f"{split}: {len(bad)} file name(s) do not match {manifest['filename']['pattern']} (first: {', '.join(bad[:MAX_LISTED])})")
+        problems += compare_counts(split, spec, {"images": len(recs), "ids": len({r.pid for r in recs})})
+        seen += [(base / r.path, r) for r in recs]
+    return problems, seen
+
+
 def unreadable_images(paths: list[Path], workers: int = 2) -> list[str]:
     """Lines for images that fail to decode completely (truncated or not an image)."""
     from joblib import Parallel, delayed
@@ -140,7 +159,7 @@ def validate_dataset(
         raise UserError(f"{root}: dataset root not found")
     if manifest["name"] != name:
         raise UserError(f"manifest is for {manifest['name']!r}, not {name!r}")
-    checker = {"folders": check_folders, "lists": check_lists, "cuhk03": check_cuhk03}[manifest["layout"]]
+    checker = {"folders": check_folders, "lists": check_lists, "cuhk03": check_cuhk03, "test_folders": check_test_folders}[manifest["layout"]]
     problems, seen = checker(manifest, root)
     if check_images:
         problems += unreadable_images([p for p, _ in seen], workers)

@@ -14,6 +14,7 @@ from reid_masks.datasets.folders import load_folder_dataset, load_manifest_folde
 from reid_masks.datasets.manifest import DATASET_NAMES, load_manifest, read_manifest_file
 from reid_masks.datasets.msmt17 import load_msmt17
 from reid_masks.datasets.records import SPLITS, Record, ReIDDataset, relabel
+from reid_masks.datasets.testsets import load_test_folders
 from reid_masks.errors import UserError
 
 __all__ = [
@@ -48,6 +49,8 @@ def build_dataset(name: str, root: str | Path, **options: Any) -> ReIDDataset:
         return load_manifest_folders(manifest, root)
     if manifest["layout"] == "lists":
         return load_msmt17(manifest, root)
+    if manifest["layout"] == "test_folders":
+        return load_test_folders(manifest, root)
     return load_cuhk03(manifest, root, **options)
 
 

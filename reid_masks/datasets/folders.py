@@ -25,13 +25,15 @@ def resolve_root(root: str | Path, manifest: dict[str, Any], marker: str) -> Pat
     return root
 
 
-def compile_pattern(pattern: str, origin: str) -> re.Pattern:
+def compile_pattern(pattern: str, origin: str, groups: tuple[str, ...] = ("pid", "camid")) -> re.Pattern:
+    """The file-name regex; it must have the named ``groups`` (test-only sets carry no camera)."""
     try:
         regex = re.compile(pattern)
     except re.error as exc:
         raise UserError(f"{origin}: invalid file-name regex {pattern!r} ({exc})") from None
-    if not {"pid", "camid"} <= set(regex.groupindex):
-        raise UserError(f"{origin}: the file-name regex needs named groups (?P<pid>...) and (?P<camid>...)")
+    if not set(groups) <= set(regex.groupindex):
+        needed = " and ".join(f"(?P<{g}>...)" for g in groups)
+        raise UserError(f"{origin}: the file-name regex needs named groups {needed}")
     return regex
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from reid_masks.errors import UserError
 
-DATASET_NAMES = ("market1501", "dukemtmc", "cuhk03", "msmt17")
+DATASET_NAMES = ("market1501", "dukemtmc", "cuhk03", "msmt17", "occluded_duke", "occluded_reid", "partial_reid", "partial_ilids")
 
 
 def load_manifest(name: str) -> dict[str, Any]:

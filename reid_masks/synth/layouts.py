@@ -20,22 +20,29 @@ from PIL import Image
 
 from reid_masks.datasets.manifest import load_manifest
 from reid_masks.errors import UserError
-from reid_masks.synth.render import Identity, camera_background, render_person, sample_identity
+from reid_masks.synth.render import OCCLUDER_KINDS, Identity, camera_background, render_person, sample_identity
 
-LAYOUTS = ("market1501", "dukemtmc", "cuhk03", "msmt17")
+LAYOUTS = ("market1501", "dukemtmc", "cuhk03", "msmt17", "occluded_duke", "occluded_reid", "partial_reid", "partial_ilids")
 PARSING_DIR = "parsing"
 SECOND_PERSON_RATE = 0.2
 
 
 @dataclass(frozen=True)
 class Job:
-    """One image to render: ``identity`` None draws a junk crop (background only)."""
+    """One image to render: ``identity`` None draws a junk crop (background only).
+
+    ``occlusion_rate`` None keeps the renderer's default rate and kinds; a number draws
+    any of :data:`OCCLUDER_KINDS` at that rate. ``keep`` < 1 crops the image (and its
+    parsing) to its top ``keep`` fraction: a partial-body image as in Partial-REID.
+    """
 
     path: str
     identity: Identity | None
     camid: int
     height: int = 128
     width: int = 64
+    occlusion_rate: float | None = None
+    keep: float = 1.0
 
 
 def render_job(job: Job, seed: int, index: int, identities: list[Identity]) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +52,11 @@ def render_job(job: Job, seed: int, index: int, identities: list[Identity]) -> t
     other = identities[int(rng.integers(len(identities)))] if rng.random() < SECOND_PERSON_RATE else None
     if other == job.identity:
         other = None
-    image, parsing, _ = render_person(job.identity, job.camid, rng, job.height, job.width, second_person=other)
+    occlusion = {} if job.occlusion_rate is None else {"occlusion_rate": job.occlusion_rate, "occluders": OCCLUDER_KINDS}
+    image, parsing, _ = render_person(job.identity, job.camid, rng, job.height, job.width, second_person=other, **occlusion)
+    if job.keep < 1.0:
+        rows = max(1, int(round(job.height * job.keep)))
+        image, parsing = image[:rows], parsing[:rows]
     return image, parsing
 
 
@@ -247,12 +258,22 @@ def write_split_mat(out: Path, variant: str, names: list[str], labels: list[int]
     return {"train": split_facts(train_idx), "query": split_facts(query_idx), "gallery": split_facts(gallery_idx)}
 
 
-def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, workers: int = 2, overwrite: bool = False) -> dict[str, Any]:
-    """Write a synthetic copy of ``layout`` at ``out``; returns its manifest."""
+def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, workers: int = 2, overwrite: bool = False,
+               occlusion_rate: float | None = None) -> dict[str, Any]:
+    """Write a synthetic copy of ``layout`` at ``out``; returns its manifest.
+
+    ``occlusion_rate``: share of images with an occluder of any kind (None: the renderer's
+    default); the occluded layouts' own rules (e.g. every Occluded-Duke query) still apply.
+    """
     if layout not in LAYOUTS:
         raise UserError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if ids < 2:
         raise UserError(f"--ids {ids}: expected at least 2 identities per split")
+    if occlusion_rate is not None and not 0.0 <= occlusion_rate <= 1.0:
+        raise UserError(f"--occlusion-rate {occlusion_rate}: expected a fraction in [0, 1]")
+    if occlusion_rate is not None and layout == "cuhk03":
+        raise UserError("--occlusion-rate: not available for the cuhk03 layout (its images are stored in a .mat file)")
+    from reid_masks.synth.occluded_layouts import TEST_LAYOUTS, occlude_jobs, test_jobs, test_pid
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -269,8 +290,16 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
 
     manifest = copy.deepcopy(load_manifest(layout))
     manifest.update(synthetic=True, seed=seed, ids_per_split=ids)
-    if layout in ("market1501", "dukemtmc"):
-        jobs, counts = folder_jobs(layout, ids, rng, ident)
+    if layout in TEST_LAYOUTS:
+        jobs, _ = test_jobs(layout, ids, rng, ident, occlusion_rate)
+        write_jobs(out, jobs, seed, list(cache.values()), workers)
+        for split in ("query", "gallery"):
+            spec = manifest["splits"][split]
+            paths = [j.path for j in jobs if j.path.startswith(spec["dirs"][0] + "/")]
+            spec.update(images=len(paths), ids=len({test_pid(layout, p) for p in paths}))
+    elif layout in ("market1501", "dukemtmc", "occluded_duke"):
+        jobs, counts = folder_jobs("dukemtmc" if layout == "occluded_duke" else layout, ids, rng, ident)
+        jobs = occlude_jobs(layout, jobs, occlusion_rate)
         write_jobs(out, jobs, seed, list(cache.values()), workers)
         for split, per_pid in counts.items():
             junk = per_pid.get(manifest["junk_pid"], 0) if manifest["junk_pid"] is not None else 0
@@ -281,6 +310,7 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
                 spec.update(files=sum(per_pid.values()), junk=junk, distractors=kept.get(manifest["distractor_pid"], 0))
     elif layout == "msmt17":
         jobs, lists = msmt_jobs(ids, rng, ident)
+        jobs = occlude_jobs(layout, jobs, occlusion_rate)
         write_jobs(out, jobs, seed, list(cache.values()), workers)
         for name, lines in lists.items():
             (out / name).write_text("".join(line + "\n" for line in lines))

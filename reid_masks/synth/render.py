@@ -39,6 +39,7 @@ __all__ = [
     "LIP_PALETTE",
     "RENDERED_LABELS",
     "COCO_KEYPOINTS",
+    "OCCLUDER_KINDS",
 ]
 
 LIP_LABELS: tuple[str, ...] = (
@@ -61,6 +62,13 @@ LIP_PALETTE.setflags(write=False)
 
 #: Labels the renderer can emit (glove 3, socks 8 and jumpsuits 10 are never used).
 RENDERED_LABELS: frozenset[int] = frozenset({0, 1, 2, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19})
+
+#: Occluder kinds render_person can draw in front of the main person.
+OCCLUDER_KINDS: tuple[str, ...] = ("pole", "bag", "obstacle", "car", "person")
+#: The kinds and rate used unless the caller asks otherwise (kept so existing seeds render the same images).
+DEFAULT_OCCLUDERS: tuple[str, ...] = ("pole", "bag", "obstacle")
+DEFAULT_OCCLUSION_RATE = 0.3
+BOX_OCCLUDERS = ("pole", "bag", "obstacle")
 
 COCO_KEYPOINTS: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -639,7 +647,8 @@ def _keypoints(J: dict[str, tuple[float, float]], facing: str, H: float) -> np.n
 
 
 def render_person(identity: Identity, camid: int, rng: np.random.Generator, height: int = 128, width: int = 64,
-                  second_person: Optional[Identity] = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                  second_person: Optional[Identity] = None, occlusion_rate: float = DEFAULT_OCCLUSION_RATE,
+                  occluders: tuple[str, ...] = DEFAULT_OCCLUDERS) -> tuple[np.ndarray, np.ndarray, dict]:
     """Render one crop of ``identity`` seen by camera ``camid``.
 
     Returns ``(image, parsing, info)``: an ``HxWx3`` uint8 RGB image, the ``HxW`` uint8
@@ -648,7 +657,16 @@ def render_person(identity: Identity, camid: int, rng: np.random.Generator, heig
     ((x0, y0, x1, y1) ints, end-exclusive, of the main person's full silhouette),
     ``occluded`` (bool), ``occluder_box`` (or None), ``other_parsing`` (``HxW`` uint8
     parsing of the visible part of ``second_person``; all 0 when there is none),
-    ``facing`` ('front' | 'back'), ``camid``, ``person_height`` (pixels).
+    ``facing`` ('front' | 'back'), ``camid``, ``person_height`` (pixels),
+    ``occluder_kind`` (one of :data:`OCCLUDER_KINDS`, or None), ``occluder_mask`` (``HxW``
+    bool, the occluder's pixels; all False when not occluded) and ``occluder_parsing``
+    (``HxW`` uint8 LIP labels of an occluding person, else all 0).
+
+    With probability ``occlusion_rate`` an object of a kind drawn from ``occluders`` is
+    painted in front of the main person (only kept when it hides some of it); the parsing
+    marks its pixels 0 (not the person) and keypoints under it get visibility 1. A second
+    person (``second_person``) stands *behind* the main person; an occluding person
+    (kind ``'person'``) stands in front, off-centre as a passer-by in a re-ID crop is.
     """
     h, w = int(height), int(width)
     st = _cam_style(camid)
@@ -692,24 +710,30 @@ def render_person(identity: Identity, camid: int, rng: np.random.Generator, heig
 
     occ_box = None
     occluded = False
-    if rows.size and rng.random() < 0.3:
-        occ_box = _occluder(rng, box, H, h, w)
-        x0, y0, x1, y1 = occ_box
-        region = (slice(y0, y1), slice(x0, x1))
-        covered = int(mm[region].sum())
+    occ_kind: Optional[str] = None
+    occ_mask = np.zeros((h, w), dtype=bool)
+    occ_parsing = np.zeros((h, w), dtype=np.uint8)
+    if rows.size and rng.random() < occlusion_rate:
+        kind = occluders[int(rng.integers(len(occluders)))]
+        layer = _occluder_layer(kind, rng, box, H, h, w, st)
+        covered = int((mm & (layer.lab > 0)).sum())
         if covered > 0:
-            occluded = True
-            kind_col = st.clutter[int(rng.integers(len(st.clutter)))] * float(rng.uniform(0.6, 1.1))
-            ww = x1 - x0
-            u = (np.arange(ww, dtype=np.float32) + 0.5 - ww / 2) / max(ww / 2, 1.0)
-            shade = (1.0 - 0.25 * u * u)[None, :, None]
-            img[region] = np.clip(kind_col, 0, 255)[None, None, :] * shade
-            parsing[region] = 0
-            other_parsing[region] = 0
-            inside = (kp[:, 0] >= x0) & (kp[:, 0] < x1) & (kp[:, 1] >= y0) & (kp[:, 1] < y1) & (kp[:, 2] > 0)
-            kp[inside, 2] = 1.0
-        else:
-            occ_box = None
+            occluded, occ_kind = True, kind
+            occ_mask = layer.lab > 0
+            if kind in BOX_OCCLUDERS:
+                _colour_box(layer, rng, st)
+            img[occ_mask] = layer.col[occ_mask]
+            parsing[occ_mask] = 0
+            other_parsing[occ_mask] = 0
+            if kind == "person":
+                occ_parsing = layer.lab.copy()
+            ys, xs = np.nonzero(occ_mask)
+            occ_box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            kx, ky = np.floor(kp[:, 0]).astype(np.int64), np.floor(kp[:, 1]).astype(np.int64)
+            ok = (kp[:, 2] > 0) & (kx >= 0) & (kx < w) & (ky >= 0) & (ky < h)
+            hidden = np.zeros(17, dtype=bool)
+            hidden[ok] = occ_mask[ky[ok], kx[ok]]
+            kp[hidden, 2] = 1.0
 
     # Lighting (gain/contrast), camera colour cast, sensor noise.
     gain = float(rng.uniform(0.75, 1.2))
@@ -728,20 +752,22 @@ def render_person(identity: Identity, camid: int, rng: np.random.Generator, heig
         "facing": facing,
         "camid": int(camid),
         "person_height": float(H),
+        "occluder_kind": occ_kind,
+        "occluder_mask": occ_mask,
+        "occluder_parsing": occ_parsing,
     }
     return image, parsing, info
 
 
-def _occluder(rng: np.random.Generator, box: tuple[int, int, int, int], H: float, h: int, w: int) -> tuple[int, int, int, int]:
+def _box_occluder(kind: str, rng: np.random.Generator, box: tuple[int, int, int, int], H: float, h: int, w: int) -> tuple[int, int, int, int]:
     """An occluding rectangle (pole, bag or low obstacle) overlapping the person box."""
     bx0, by0, bx1, by1 = box
     bw = bx1 - bx0
-    kind = int(rng.integers(3))
-    if kind == 0:  # vertical pole
+    if kind == "pole":
         pw = int(rng.integers(3, 8))
         x0 = int(rng.integers(bx0, max(bx0 + 1, bx1 - pw)))
         return (x0, 0, min(x0 + pw, w), h)
-    if kind == 1:  # bag held at one side
+    if kind == "bag":  # held at one side
         ow, oh = int(0.16 * H * rng.uniform(0.8, 1.4)), int(0.15 * H * rng.uniform(0.8, 1.3))
         yc = by0 + int((by1 - by0) * rng.uniform(0.45, 0.6))
         if rng.random() < 0.5:
@@ -750,10 +776,58 @@ def _occluder(rng: np.random.Generator, box: tuple[int, int, int, int], H: float
             x0 = bx1 - 2 * ow // 3
         x0 = max(x0, 0)
         return (x0, max(yc - oh // 2, 0), min(x0 + ow, w), min(yc + oh // 2, h))
-    # low obstacle (bench / car / railing) hiding the feet and shins
+    # low obstacle (bench / railing) hiding the feet and shins
     oh = int((by1 - by0) * rng.uniform(0.08, 0.3))
     x0 = int(rng.integers(0, max(1, bw // 2)))
     return (x0, max(by1 - oh, 0), w, h)
+
+
+def _colour_box(layer: _Layer, rng: np.random.Generator, st: _CamStyle) -> None:
+    """A box occluder's colour: a clutter colour of the camera, shaded across its width."""
+    ys, xs = np.nonzero(layer.lab)
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    color = np.clip(st.clutter[int(rng.integers(len(st.clutter)))] * float(rng.uniform(0.6, 1.1)), 0, 255)
+    u = (np.arange(x1 - x0, dtype=np.float32) + 0.5 - (x1 - x0) / 2) / max((x1 - x0) / 2, 1.0)
+    layer.col[y0:y1, x0:x1] = color[None, None, :] * (1.0 - 0.25 * u * u)[None, :, None]
+
+
+def _occluder_layer(kind: str, rng: np.random.Generator, box: tuple[int, int, int, int], H: float, h: int, w: int,
+                    st: _CamStyle) -> _Layer:
+    """The occluder of ``kind`` as a painted layer (label > 0 on its pixels)."""
+    layer = _Layer(h, w)
+    if kind in BOX_OCCLUDERS:  # coloured by _colour_box once it is known to hide the person
+        x0, y0, x1, y1 = _box_occluder(kind, rng, box, H, h, w)
+        layer.lab[y0:y1, x0:x1] = 1
+        return layer
+    if kind == "car":  # a parked car across the lower body: body, roof with windows, wheels
+        bx0, by0, bx1, by1 = box
+        body_h = (by1 - by0) * float(rng.uniform(0.25, 0.4))
+        y_bottom = by1 + float(rng.uniform(0.0, 0.04)) * h
+        color = np.asarray(_CLOTH_COLORS[int(rng.integers(len(_CLOTH_COLORS)))], np.float32)
+        x_a = float(rng.uniform(-0.5, 0.1)) * w
+        x_b = x_a + float(rng.uniform(1.1, 1.6)) * w
+        body_top = y_bottom - body_h
+        layer.paint(_polygon([(x_a, body_top), (x_b, body_top), (x_b, y_bottom), (x_a, y_bottom)], h, w), 1, color)
+        roof_h = body_h * float(rng.uniform(0.35, 0.6))
+        inset = 0.2 * (x_b - x_a)
+        layer.paint(_polygon([(x_a + inset, body_top - roof_h), (x_b - inset, body_top - roof_h),
+                              (x_b - 0.6 * inset, body_top), (x_a + 0.6 * inset, body_top)], h, w), 1, color * 0.9)
+        layer.paint(_polygon([(x_a + 1.15 * inset, body_top - 0.8 * roof_h), (x_b - 1.15 * inset, body_top - 0.8 * roof_h),
+                              (x_b - 0.9 * inset, body_top - 0.1 * roof_h), (x_a + 0.9 * inset, body_top - 0.1 * roof_h)], h, w),
+                    1, np.array([60.0, 75.0, 90.0], np.float32))
+        for xw in (x_a + 0.2 * (x_b - x_a), x_b - 0.2 * (x_b - x_a)):
+            layer.paint(_ellipse(xw, y_bottom - 0.1 * body_h, 0.22 * body_h, 0.22 * body_h, h, w), 1,
+                        np.array([25.0, 25.0, 28.0], np.float32))
+        return layer
+    if kind == "person":  # a passer-by in front: closer (taller), off-centre, cut by a side border
+        side = -1.0 if rng.random() < 0.5 else 1.0
+        H3 = H * float(rng.uniform(1.0, 1.15))
+        cx3 = w * (0.5 + side * float(rng.uniform(0.42, 0.55)))
+        top3 = float(box[3]) + float(rng.uniform(0.0, 0.08)) * h - H3
+        _draw_person(layer, sample_identity(rng), H3, cx3, top3, _sample_pose(rng),
+                     "front" if rng.random() < 0.5 else "back", rng)
+        return layer
+    raise ValueError(f"unknown occluder kind {kind!r}; expected one of {OCCLUDER_KINDS}")
 
 
 def colorize_parsing(parsing: np.ndarray) -> np.ndarray:
