@@ -110,24 +110,25 @@ def _load_for_inference(checkpoint: Path, overrides: tuple[str, ...]):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP + " E.g. test.rerank=true, data.root=...")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON [default: evaluation.json next to the checkpoint].")
 def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> None:
-    """Rank-1/5/10 and mAP of a checkpoint on its dataset's query/gallery (flip-averaged features)."""
+    """Rank-1/5/10 and mAP of a checkpoint on its dataset's query/gallery, or on each of data.test_sets (flip-averaged features)."""
     from reid_masks.fileio import write_json_atomic
-    from reid_train.engine.evaluator import evaluate_model
+    from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
 
     _setup_logging()
     model, cfg, dataset, device, amp, channels_last, epoch = _load_for_inference(checkpoint, overrides)
     from reid_train.engine import distributed as ddp  # under torchrun: every rank extracts a shard
 
     device = ddp.init_from_env(device)
-    results = evaluate_model(model.to(device), dataset, cfg, device, amp, channels_last)
+    results = evaluate_test_sets(model.to(device), build_test_sets(cfg, dataset), device, amp, channels_last)
     if ddp.rank() != 0:
         return
     out = out or checkpoint.parent / "evaluation.json"
     write_json_atomic(out, {
-        **results, "dataset": dataset.name, "checkpoint": str(checkpoint), "epoch": epoch,
+        **results, "checkpoint": str(checkpoint), "epoch": epoch,
         "metric": cfg.test.metric, "rerank": cfg.test.rerank, "flip": cfg.test.flip,
     })
-    click.echo(f"{dataset.name} ({results['num_query']} query, {results['num_gallery']} gallery): {_percent_line(results)}")
+    for r in results["test_sets"]:  # each test set it is given (data.test_sets), else the training dataset
+        click.echo(f"{r['dataset']} ({r['num_query']} query, {r['num_gallery']} gallery): {_percent_line(r)}")
     click.echo(f"results: {out}")
 
 

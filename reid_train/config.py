@@ -33,6 +33,7 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MODEL_NAMES = tuple(model_names())
 BACKBONES = tuple(ARCH_CHANNELS)
+TEST_SET_KEYS = ("dataset", "root", "cache", "options")  # one entry of data.test_sets
 
 
 def _choices(*values: Any) -> dict[str, Any]:
@@ -51,6 +52,8 @@ class DataConfig:
     root: str = ""  # dataset root folder
     cache: str = ""  # HDF5 mask cache from 'reid-masks generate' (needed by wmga/dmga/mmga; mgran* also at evaluation)
     options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset options (e.g. folder pattern)
+    # evaluate on these instead of data.dataset's query/gallery: [{dataset, root, cache, options}] (engine/test_sets.py)
+    test_sets: list[dict[str, Any]] = field(default_factory=list)
     height: int = field(default=384, metadata=_range(16))
     width: int = field(default=128, metadata=_range(16))
     num_ids: int = field(default=24, metadata=_range(1))  # P identities per batch
@@ -157,9 +160,10 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp) or (
-        "a list of numbers" if typing.get_origin(tp) is list else "a mapping"
-    )
+    if typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
+        return "a list of mappings" if item is dict or typing.get_origin(item) is dict else "a list of numbers"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp) or "a mapping"
 
 
 def _convert(value: Any, tp: Any, where: str, from_text: bool) -> Any:
@@ -286,6 +290,16 @@ def _validate(cfg: Config, origin: str) -> Config:
             raise UserError(f"{origin}: data.{key} must have 3 values (R, G, B), got {value}")
     if min(cfg.data.std) <= 0:
         raise UserError(f"{origin}: data.std values must be > 0, got {cfg.data.std}")
+    for i, entry in enumerate(cfg.data.test_sets):
+        where = f"{origin}: data.test_sets[{i}]"
+        unknown = set(entry) - set(TEST_SET_KEYS)
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(TEST_SET_KEYS)}")
+        for key in ("dataset", "root"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise UserError(f"{where}: '{key}' is required (a string), e.g. {{dataset: occluded_reid, root: /data/Occluded_REID}}")
+        if not isinstance(entry.get("cache", ""), str) or not isinstance(entry.get("options") or {}, Mapping):
+            raise UserError(f"{where}: 'cache' must be a path string and 'options' a mapping")
     return cfg
 
 

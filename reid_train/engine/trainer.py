@@ -11,7 +11,8 @@ One :class:`Trainer` per run. Everything a run produces lives in ``train.output_
 * ``metrics.jsonl`` one JSON object per epoch (see :meth:`Trainer.train_epoch`), plus
   ``rank1 rank5 rank10 mAP`` on the epochs that were evaluated;
 * ``evaluation.json`` the latest evaluation (``{rank1, rank5, rank10, mAP, num_query,
-  num_gallery, epoch, dataset}``, fractions in [0, 1]);
+  num_gallery, epoch, dataset}``, fractions in [0, 1], of the first test set; every
+  set of ``data.test_sets`` under ``test_sets``, see ``test_sets.py``);
 * ``log.txt`` the progress log (written by the CLI);
 * ``tb/`` TensorBoard scalars, when ``tensorboard`` is installed and ``train.tensorboard``.
 
@@ -52,7 +53,7 @@ from reid_masks.fileio import atomic_path, write_json_atomic, write_text_atomic
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
 from reid_train.engine import distributed as ddp
-from reid_train.engine.evaluator import evaluate_model
+from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 
@@ -292,6 +293,7 @@ class Trainer:
         if not self.dataset.train:
             raise UserError(f"{d.dataset} at {d.root}: the train split is empty")
         self.num_classes = self.dataset.num_train_pids
+        self.test_sets = build_test_sets(cfg, self.dataset)  # data.test_sets: cross-dataset evaluation
 
         self.model = build_model_from_config(cfg, self.num_classes)
         self.criterion = build_loss(cfg.model.name, cfg.loss)  # MMGALoss, or MSML for mgran*
@@ -510,7 +512,7 @@ class Trainer:
         """Evaluate the current model on query/gallery (RNG untouched, train mode restored)."""
         ddp.broadcast_buffers(self.model)  # every rank evaluates rank 0's (checkpointed) model
         with _preserved_rng():
-            results = evaluate_model(self.model, self.dataset, self.cfg, self.device, self.amp_dtype, self.channels_last)
+            results = evaluate_test_sets(self.model, self.test_sets, self.device, self.amp_dtype, self.channels_last)
         self.net.train()
         return results
 
@@ -530,7 +532,7 @@ class Trainer:
                 results = self.evaluate()  # collective under DDP: each rank extracts a shard
                 if self.main:
                     record.update({"rank1": results["rank1"], "rank5": results["rank5"], "rank10": results["rank10"], "mAP": results["mAP"]})
-                    write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done, "dataset": self.dataset.name})
+                    write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done})
                 self._barrier()
             rank_rng = self._rank_rng_states()
             if self.main:
