@@ -84,3 +84,14 @@ def test_test_sets_config_checks_and_per_set_cache(synth_dataset, tmp_path):
         load_config("tiny_synthetic", ["data.test_sets=occluded_reid"])
     with pytest.raises(UserError, match=r"dataset root not found"):
         build_test_sets(load_config("tiny_synthetic", [f"data.test_sets=[{{dataset: partial_reid, root: '{tmp_path / 'no'}'}}]"]))
+
+
+def test_packaged_occluded_configs():
+    for model in ("mmga", "mgran"):
+        cfg = load_config(f"{model}_occluded_duke")
+        assert (cfg.model.name, cfg.data.dataset, cfg.data.test_sets) == (model, "occluded_duke", [])
+        for target in ("occluded_reid", "partial_reid"):
+            cfg = load_config(f"{model}_market1501_to_{target}")
+            assert cfg.model.name == model and cfg.data.dataset == "market1501"
+            assert [(t["dataset"], bool(t["cache"])) for t in cfg.data.test_sets] == [(target, True)]
+            assert cfg.train.output_dir.endswith(f"{model}_market1501_to_{target}")
