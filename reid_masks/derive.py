@@ -11,8 +11,10 @@ Rules (documented in README, "How masks are derived"):
 * Upper / bottom: LIP label groups (``UPPER_LABELS``, ``BOTTOM_LABELS``); dress and
   jumpsuit pixels are split at the hip line. Without parsing, the person mask is cut at
   the hip line. Hip line: through the two hip keypoints when both are confident; else
-  the top of the pants/skirt labels; else the bottom of the upper clothes; else half the
-  person's height.
+  the top of the pants/skirt labels; else the bottom of the upper clothes; without parsing,
+  scaled from confident shoulders by the body proportions (``HIP_FRACTION /
+  SHOULDER_FRACTION`` of the head-to-shoulder distance, so an occluder hiding the legs
+  does not move it); else half the person's height.
 * MGRAN regions: the pedestrian mask (the instance mask when a detector ran, else the
   parsing foreground or mask PNG) cut along the line through both shoulders (head |
   upper) and both hips (upper | lower). Without keypoints the cuts come from the parsing
@@ -128,6 +130,17 @@ def hip_line_from_parsing(parsing: np.ndarray, person: np.ndarray) -> np.ndarray
     return flat(top + HIP_FRACTION * (bottom - top), width)
 
 
+def hip_line_estimate(person: np.ndarray, shoulders: np.ndarray | None) -> np.ndarray:
+    """Hip line without confident hips: scaled from the shoulder line by the body proportions
+    when the shoulders are confident (an occluder hiding the legs shortens the visible
+    extent, not the head-to-shoulder distance), else half the visible height."""
+    top, bottom = person_extent(person)
+    width = person.shape[1]
+    if shoulders is not None and float(shoulders.mean()) > top:
+        return flat(top + (float(shoulders.mean()) - top) * HIP_FRACTION / SHOULDER_FRACTION, width)
+    return flat(top + HIP_FRACTION * (bottom - top), width)
+
+
 def shoulder_line_estimate(parsing: np.ndarray | None, person: np.ndarray) -> np.ndarray:
     width = person.shape[1]
     if parsing is not None:
@@ -195,8 +208,7 @@ def derive(obs: Observation) -> Derived:
         upper = np.isin(obs.parsing, UPPER_LABELS) | (split & ~low)
         bottom = np.isin(obs.parsing, BOTTOM_LABELS) | (split & low)
     else:
-        top, bot = person_extent(whole)
-        hip_cut = hips if hips is not None else flat(top + HIP_FRACTION * (bot - top), w)
+        hip_cut = hips if hips is not None else hip_line_estimate(whole, shoulders)
         low = below(hip_cut, h)
         upper, bottom = whole & ~low, whole & low
 
