@@ -136,3 +136,38 @@ def test_validate_reports_real_counts_and_bad_names(synth_dataset, tmp_path, lay
     assert any("do not match" in p and "x" + bad.name in p for p in problems), problems
     with pytest.raises(UserError, match=r"1 query file name\(s\) do not match"):
         build_dataset(layout, root)
+
+
+def test_generate_shards_merge_inspect_preview_on_a_test_only_set(synth_dataset, tmp_path):
+    """The mask stage on a set with no train split: shards, merge, inspect and a preview of the occluded queries."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from reid_masks.cache import MaskCache
+    from reid_masks.cli import main
+
+    root = synth_dataset("occluded_reid")
+    runner = CliRunner()
+    shards = []
+    for i in range(2):
+        out = tmp_path / "occ.h5"
+        res = runner.invoke(main, ["generate", "--dataset", "occluded_reid", "--root", str(root), "--out", str(out),
+                                   "--parsing-dir", str(root / "parsing"), "--workers", "0", "--shard", f"{i}/2", "--chunk-rows", "8"])
+        assert res.exit_code == 0, res.output
+        shards.append(str(tmp_path / f"occ.shard{i}of2.h5"))
+    res = runner.invoke(main, ["merge", *shards, "--out", str(tmp_path / "occ.h5")])
+    assert res.exit_code == 0, res.output
+    ds = build_dataset("occluded_reid", root)
+    with MaskCache(tmp_path / "occ.h5") as cache:
+        assert cache.num_rows("train") == 0
+        assert list(cache.column("query", "path")) == [r.path for r in ds.query]
+        assert list(cache.column("gallery", "pid")) == [r.pid for r in ds.gallery]
+    res = runner.invoke(main, ["inspect", str(tmp_path / "occ.h5"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["splits"]["query"]["rows"] == len(ds.query)
+    res = runner.invoke(main, ["preview", str(tmp_path / "occ.h5"), "--split", "query", "--n", "4", "--out", str(tmp_path / "q.png")])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "q.png").size[0] > 0
