@@ -65,10 +65,11 @@ RENDERED_LABELS: frozenset[int] = frozenset({0, 1, 2, 4, 5, 6, 7, 9, 11, 12, 13,
 
 #: Occluder kinds render_person can draw in front of the main person.
 OCCLUDER_KINDS: tuple[str, ...] = ("pole", "bag", "obstacle", "car", "person")
+#: Occluders that are plain rectangles.
+BOX_OCCLUDERS: tuple[str, ...] = ("pole", "bag", "obstacle")
 #: The kinds and rate used unless the caller asks otherwise (kept so existing seeds render the same images).
-DEFAULT_OCCLUDERS: tuple[str, ...] = ("pole", "bag", "obstacle")
+DEFAULT_OCCLUDERS: tuple[str, ...] = BOX_OCCLUDERS
 DEFAULT_OCCLUSION_RATE = 0.3
-BOX_OCCLUDERS = ("pole", "bag", "obstacle")
 
 COCO_KEYPOINTS: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
