@@ -56,7 +56,7 @@ class Rows:
     def to_npz(self) -> dict[str, np.ndarray]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["path"] = np.asarray(self.path, dtype=str)
-        out["fingerprint"] = np.asarray(self.fingerprint, dtype="S16")  # drops h5py's dtype metadata
+        out["fingerprint"] = np.asarray(self.fingerprint).astype("S16")  # drops h5py's dtype metadata
         return out
 
     @staticmethod
