@@ -363,3 +363,16 @@ def test_progress_never_reports_a_rate_it_cannot_measure():
     p.update(10)
     line = buf.getvalue().strip().split("\r")[-1]
     assert "20/30 images" in line and " 5.0 img/s" in line and "ETA 0m02s" in line
+
+
+def test_merge_of_shards_from_different_image_sets_says_so(market, tmp_path):
+    root = tmp_path / "m"
+    shutil.copytree(market, root)
+    victim = sorted((root / "bounding_box_test").glob("0*.jpg"))[0]
+    victim.unlink()
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert gen(market, a, "--shard", "0/2", "--chunk-rows", "16")[0] == 0
+    assert gen(root, b, "--shard", "1/2", "--chunk-rows", "16")[0] == 0
+    code, msg = run("merge", tmp_path / "a.shard0of2.h5", tmp_path / "b.shard1of2.h5", "--out", tmp_path / "m.h5")
+    assert code == 2 and "made from different image sets" in msg and msg.count("\n") == 1
+    assert not (tmp_path / "m.h5").exists()
