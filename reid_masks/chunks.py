@@ -18,6 +18,7 @@ from reid_masks.cache import COLUMNS, Rows
 from reid_masks.fileio import atomic_path
 
 log = logging.getLogger(__name__)
+COMPRESS_LEVEL = 3
 
 
 class BadChunk(Exception):
@@ -39,7 +40,12 @@ class ChunkStore:
     def save(self, g: int, by_split: dict[str, Rows]) -> None:
         arrays = {f"{s}.{k}": v for s, rows in by_split.items() for k, v in rows.to_npz().items()}
         with atomic_path(self.path(g), suffix=".npz") as tmp:
-            np.savez_compressed(tmp, **arrays)
+            # an .npz np.load reads; deflate level 3 costs half of np.savez_compressed's level 6
+            # (measured on 256 rows) and keeps the folder below the cache's own size
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+                for name, value in arrays.items():
+                    with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+                        np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
     def load(self, g: int, expected: dict[str, np.ndarray] | None = None) -> dict[str, Rows]:
         """The chunk's rows per split; :class:`BadChunk` unless it is whole and holds exactly
