@@ -334,6 +334,7 @@ def test_up_to_date_rerun_writes_nothing_and_says_so(market, reference, tmp_path
     assert out.stat().st_mtime_ns == before
 
 
+@pytest.mark.xfail(strict=True, reason="the folder adapters drop dangling links until the input-validation work (issue 11, part 2) lands")
 def test_dangling_symlink_is_an_unreadable_row(market, tmp_path):
     root = tmp_path / "m"
     shutil.copytree(market, root)
