@@ -21,22 +21,9 @@ import pytest
 from reid_masks.cache import STATUS, MaskCache
 from reid_masks.errors import UserError
 from reid_masks.fileio import HOST, OutputLock
-from test_generate import assert_same_cache, gen, run
+from test_generate import assert_same_cache, gen, market, reference, run  # noqa: F401  (fixtures)
 
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture(scope="module")
-def market(synth_dataset) -> Path:
-    return synth_dataset("market1501", ids=6, seed=1)
-
-
-@pytest.fixture(scope="module")
-def reference(market, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "market.h5"
-    code, msg = gen(market, out)
-    assert code == 0, msg
-    return out
 
 
 def cli(root: Path, out: Path, *extra: str) -> list[str]:
