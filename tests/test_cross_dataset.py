@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_and_clean_logging")
 
 def mask_cache(name: str, root, out):
     """The real mask stage on the synthetic parsing PNGs (no detector)."""
-    return generate(GenerateConfig(dataset=name, root=root, out=out, parsing_dir=root / "parsing", workers=0, backend="none"))
+    return generate(GenerateConfig(dataset=name, root=root, out=out, parsing_dir=root / "parsing", workers=0, backend="none")).path
 
 
 def test_market_to_occluded_reid_and_partial_reid(synth_dataset, tmp_path):
