@@ -83,6 +83,13 @@ def test_verdicts_overhead_and_bounding_stage(gc):
     assert gc.bounding_stage(10.0, {"detector": 4.0, "decode+derive+write": 5.0})[0] == "mixed"
 
 
+def test_shard_rows_are_the_chunks_of_the_shard(gc):
+    counts = {"train": 3, "query": 2, "gallery": 2}  # rows 0-2, 3-4, 5-6 of one sequence
+    assert gc.shard_rows(counts, (1, 2)) == {"train": [1], "query": [0], "gallery": [0]}
+    assert gc.shard_rows(counts, (0, 3), chunk_rows=2) == {"train": [0, 1], "query": [], "gallery": [1]}
+    assert gc.shard_rows(counts, None) == {"train": [0, 1, 2], "query": [0, 1], "gallery": [0, 1]}
+
+
 def test_failures_are_isolated_dependencies_and_budget_skip(gc, tmp_path):
     ran = []
 
@@ -102,10 +109,11 @@ def test_failures_are_isolated_dependencies_and_budget_skip(gc, tmp_path):
 
     jobs = [job("a", None), job("b", None, needs=("a",)), job("c", None), job("d", "n/a on cpu"),
             job("slow", None), job("e", None, min_s=1e6)]
+    jobs[2].late = True  # runs last, shown in its place
     ctx = gc.Ctx("cpu", True, tmp_path, gc.SMOKE)
     rows = {rid: gc.Row(rid, what) for j in jobs for rid, what in j.rows}
     gc.run_jobs(ctx, jobs, gc.select(jobs, None), time.monotonic() + 1000, runner, rows)
-    assert ran == ["a", "c", "slow"]
+    assert ran == ["a", "slow", "c"]
     assert rows["a"].status == "fail" and "illegal memory access" in rows["a"].error
     assert "exit code 1: RuntimeError: CUDA error" in rows["a"].detail
     assert rows["b"].status == "skipped: needs a"
