@@ -66,7 +66,7 @@ def main() -> None:
 def fit(config_name: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Train a model; checkpoints, metrics.jsonl and evaluation.json go to train.output_dir."""
     from reid_train.config import load_config
-    from reid_train.engine.preemption import Stopped
+    from reid_train.engine.preemption import Stopped, continue_command
     from reid_train.engine.trainer import Trainer
 
     cfg = load_config(config_name, overrides)
@@ -76,7 +76,7 @@ def fit(config_name: str, overrides: tuple[str, ...], resume: bool) -> None:
         record = trainer.fit()
     except Stopped as stopped:  # SIGTERM / SIGUSR1 / Ctrl-C: checkpoint written; 128 + signal number
         if int(os.environ.get("RANK", "0")) == 0:
-            logging.getLogger("reid_train").warning("%s", stopped)
+            logging.getLogger("reid_train").warning("%s; continue with: %s", stopped, continue_command())
         sys.exit(stopped.exit_status)
     finally:
         _close_file_logs()

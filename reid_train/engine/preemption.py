@@ -18,7 +18,6 @@ the iteration in progress with it.
 """
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import signal
@@ -28,8 +27,6 @@ from types import FrameType
 from typing import Any
 
 __all__ = ["STOP_SIGNALS", "StopSignals", "Stopped", "exit_status", "ignore_stop_signals", "continue_command"]
-
-logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -68,10 +65,8 @@ class StopSignals:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
+        if self.signum is None:  # no logging here: the run logs one line when it has stopped
             self.signum = signum
-            logger.warning("received %s: finishing the current iteration, then saving a checkpoint and stopping "
-                           "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
         elif signum == signal.SIGINT:  # the user insists
             raise KeyboardInterrupt
 

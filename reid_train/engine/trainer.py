@@ -66,7 +66,7 @@ from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDIma
 from reid_train.data.cache_check import check_cache_images
 from reid_train.engine import distributed as ddp
 from reid_train.engine.evaluator import evaluate_model
-from reid_train.engine.preemption import StopSignals, Stopped, continue_command, ignore_stop_signals
+from reid_train.engine.preemption import StopSignals, Stopped, ignore_stop_signals
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 
@@ -598,8 +598,8 @@ class Trainer:
             self._barrier()
         name = stop.name or "a stop signal on another rank"
         where = f"iteration {iteration}/{len(self.sampler)} of epoch {epoch + 1}" if iteration else f"epoch {epoch}"
-        raise Stopped(f"stopped by {name} after {where}: {self.ckpt_path} keeps the run up to there; "
-                      f"continue with: {continue_command()}", stop.signum or signal.SIGTERM)
+        raise Stopped(f"stopped by {name} after {where}: {self.ckpt_path} keeps the run up to there",
+                      stop.signum or signal.SIGTERM)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to ``solver.epochs``; returns the last epoch's record.
