@@ -113,13 +113,14 @@ class ImageSource:
     def load(self, split: str, index: int, rec: Record) -> Item:
         from PIL import Image
 
-        from reid_masks.imageio import read_label_png
+        from reid_masks.imageio import read_label_png, read_parsing_png
 
         path = self.root / rec.path
         try:
             data = path.read_bytes()
         except OSError as exc:
-            return Item(split, index, rec, b"missing", None, None, None, error=f"{path}: cannot read image ({exc.strerror})")
+            log.warning("%s: cannot read image (%s); recorded as unreadable", path, exc.strerror)  # e.g. a dangling symlink
+            return Item(split, index, rec, b"missing", None, None, None)
         item = Item(split, index, rec, fingerprint(data), None, None, None)
         try:
             with Image.open(io.BytesIO(data)) as im:
@@ -130,7 +131,7 @@ class ImageSource:
         h, w = item.image.shape[:2]
         try:
             if self.parsing_dir is not None:
-                item.parsing = self._label(read_label_png, (self.parsing_dir / rec.path).with_suffix(".png"), h, w, "parsing")
+                item.parsing = self._label(read_parsing_png, (self.parsing_dir / rec.path).with_suffix(".png"), h, w, "parsing")
             mpath = self.mask_png_path(rec.path)
             if mpath is not None:
                 item.mask_png = self._label(read_label_png, mpath, h, w, "person mask") > 0
