@@ -67,13 +67,15 @@ def validate(dataset: str, dataset_option: tuple[str, ...], root: Path, manifest
     manifest = read_manifest_file(manifest_path) if manifest_path else None
     problems = validate_dataset(dataset, root, manifest, check_images=check_images, workers=workers, options=options)
     base = resolve_dataset(dataset, options)[0]
-    source = manifest_path or (f"data_manifests/{base}.json" if base in DATASET_NAMES else f"a readable {base} dataset")
+    source = manifest_path or f"data_manifests/{base}.json"
+    has_facts = manifest is not None or base in DATASET_NAMES  # else: only what its adapter reads
     if problems:
-        click.echo(f"{root}: {len(problems)} difference(s) from {source}:", err=True)
+        head = f"{len(problems)} difference(s) from {source}" if has_facts else f"{len(problems)} problem(s) reading it as {base}"
+        click.echo(f"{root}: {head}:", err=True)
         for line in problems:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
-    click.echo(f"{root}: matches {source}" if manifest or base in DATASET_NAMES else f"{root}: the {base} adapter reads it and every listed image is a readable file")
+    click.echo(f"{root}: matches {source}" if has_facts else f"{root}: reads as {base}; every listed image is a readable file")
 
 
 def command_line(ctx: click.Context) -> str:
