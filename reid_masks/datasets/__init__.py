@@ -73,8 +73,7 @@ def check_dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def dataset_options(name: str) -> dict[str, str]:
     """``{option: how its value is written}`` for a dataset (aliases resolved)."""
-    base = ALIASES.get(name, (name, {}))[0]
-    fixed = ALIASES.get(name, (name, {}))[1]
+    base, fixed = ALIASES.get(name, (name, {}))
     return {k: describe(h) for k, (h, _) in loader_options(dataset_loader(base)).items() if k not in fixed}
 
 
