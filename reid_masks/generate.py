@@ -284,17 +284,28 @@ def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]
     }
 
 
-def hash_files(root: Path, rows: list[tuple[str, int, Record]], workers: int) -> list[bytes]:
+def hash_files(paths: list[Path], workers: int, progress: Progress | None = None) -> list[bytes]:
+    """:func:`fingerprint` of every file (``b"missing"`` for one that cannot be read), in threads.
+
+    blake2b and file reads release the GIL, so threads scale on local disks and hide the
+    latency of network file systems (rates: docs/benchmarks.md, "Fingerprint check").
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(rec: Record) -> bytes:
+    def one(path: Path) -> bytes:
         try:
-            return fingerprint((root / rec.path).read_bytes())
+            return fingerprint(path.read_bytes())
         except OSError:
             return b"missing"
 
+    out: list[bytes] = []
+    step = 1024
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(one, [r for _, _, r in rows], chunksize=256))
+        for start in range(0, len(paths), step):
+            out.extend(pool.map(one, paths[start : start + step]))
+            if progress is not None:
+                progress.update(len(paths[start : start + step]))
+    return out
 
 
 def compare_with_existing(out: Path, ds: ReIDDataset, rows: list[tuple[str, int, Record]], prov: dict, workers: int) -> tuple[list[bool], MaskCache]:
@@ -305,7 +316,7 @@ def compare_with_existing(out: Path, ds: ReIDDataset, rows: list[tuple[str, int,
     old_prov = dict(old.attrs.get("provenance", {}))
     if strip_volatile(old_prov) != strip_volatile(prov):
         raise UserError(f"{out}: existing cache was made with other options ({diff_keys(old_prov, prov)}); remove it or choose another --out")
-    current = hash_files(ds.root, rows, workers)
+    current = hash_files([ds.root / r.path for _, _, r in rows], workers)
     known = {s: dict(zip(old.column(s, "path"), old.column(s, "fingerprint"))) for s in old.splits}
     same = [known.get(s, {}).get(r.path) == fp for (s, _, r), fp in zip(rows, current)]
     return same, old
