@@ -117,7 +117,7 @@ class ImageSource:
     def load(self, split: str, index: int, rec: Record) -> Item:
         from PIL import Image
 
-        from reid_masks.imageio import read_label_png
+        from reid_masks.imageio import read_label_png, read_parsing_png
 
         path = self.root / rec.path
         try:
@@ -134,7 +134,7 @@ class ImageSource:
         h, w = item.image.shape[:2]
         try:
             if self.parsing_dir is not None:
-                item.parsing = self._label(read_label_png, (self.parsing_dir / rec.path).with_suffix(".png"), h, w, "parsing")
+                item.parsing = self._label(read_parsing_png, (self.parsing_dir / rec.path).with_suffix(".png"), h, w, "parsing")
             mpath = self.mask_png_path(rec.path)
             if mpath is not None:
                 item.mask_png = self._label(read_label_png, mpath, h, w, "person mask") > 0
@@ -427,8 +427,23 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             raise Interrupted(f"interrupted by {signal.Signals(signum).name}: {kept} finished chunk(s) kept in {partial}; rerun the same command to resume", signum) from None
 
 
+def check_images_exist(ds: ReIDDataset, rows: list[tuple[str, int, Record]], sample: int = 64) -> None:
+    """Refuse a root where none of a spread-out sample of the listed images exists.
+
+    A missing file is recorded as an ``unreadable`` row (never dropped); but when none of the
+    sample is there, the root is wrong (e.g. MSMT17 list files found, images elsewhere) and a
+    cache full of unreadable rows would only waste the run.
+    """
+    if not rows:
+        return
+    picks = [rows[i][2] for i in np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)]
+    if not any((ds.root / r.path).exists() for r in picks):
+        raise UserError(f"{ds.root}: none of {len(picks)} images listed by the {ds.name} adapter exists there (first: {picks[0].path}); is --root the dataset's folder?")
+
+
 def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path) -> GenerateResult:
     rows = work_rows(ds)
+    check_images_exist(ds, rows)
     backend = make_backend(cfg)
     parser = make_parser(cfg)
     prov = provenance(cfg, backend, parser)
