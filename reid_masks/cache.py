@@ -16,12 +16,17 @@ import numpy as np
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the `cuts` column (which source placed each region cut)
 MASK_HW = (24, 8)
 DEFAULT_PERSON_HW = (256, 128)
 STATUS_NAMES = ("ok", "no_person", "no_keypoints", "unreadable")
 STATUS = {name: code for code, name in enumerate(STATUS_NAMES)}
 REGION_NAMES = ("background", "head", "upper", "lower")
+#: Where a region cut (the shoulder line head | upper, the hip line upper | lower) came from:
+#: none (unreadable image), the target's two keypoints, the parsing labels, fixed fractions
+#: of the person's height, or the no-person prior. README, "How masks are derived".
+CUT_NAMES = ("none", "keypoints", "parsing", "estimate", "prior")
+CUT = {name: code for code, name in enumerate(CUT_NAMES)}
 ROW_CHUNK = 256
 
 
@@ -42,6 +47,7 @@ class Rows:
     masks: np.ndarray  # (n, 3, 24, 8) float32 in [0, 1]: whole, upper, bottom
     person: np.ndarray  # (n, H, W) uint8 0/1 at the cache's person size
     regions: np.ndarray  # (n, H, W) uint8: 0 bg, 1 head, 2 upper, 3 lower
+    cuts: np.ndarray  # (n, 2) uint8, CUT codes of the shoulder line and the hip line
 
     def __len__(self) -> int:
         return len(self.index)
@@ -83,6 +89,7 @@ def write_cache(path: str | Path, splits: dict[str, tuple[int, Rows]], attrs: di
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["status_names"] = json.dumps(STATUS_NAMES)
         f.attrs["region_names"] = json.dumps(REGION_NAMES)
+        f.attrs["cut_names"] = json.dumps(CUT_NAMES)
         for split, (n, rows) in splits.items():
             order = np.argsort(rows.index, kind="stable")
             rows = rows.take(order)
@@ -102,7 +109,7 @@ def write_group(group: Any, rows: Rows) -> None:
     str_dt = h5py.string_dtype("utf-8")
     group.create_dataset("path", data=np.asarray(rows.path, dtype=object), dtype=str_dt)
     group.create_dataset("fingerprint", data=np.asarray(rows.fingerprint, dtype="S16"))
-    for name in ("pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions"):
+    for name in ("pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions", "cuts"):
         data = getattr(rows, name)
         big = data.ndim > 1 and n > 0
         chunks = (min(n, ROW_CHUNK if data.ndim < 3 else 64),) + data.shape[1:] if big else None
