@@ -148,7 +148,7 @@ def shoulder_line_estimate(parsing: np.ndarray | None, person: np.ndarray) -> tu
 
 
 def has_keypoints(kps: np.ndarray | None) -> bool:
-    """Whether ``kps`` (17, 3) holds at least one keypoint the cuts would use (score >= KEYPOINT_MIN_SCORE)."""
+    """Whether ``kps`` (17, 3) has a keypoint with score >= KEYPOINT_MIN_SCORE: the line between ``ok`` and ``no_keypoints``."""
     return kps is not None and bool((kps[:, 2] >= KEYPOINT_MIN_SCORE).any())
 
 
