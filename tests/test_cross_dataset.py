@@ -55,7 +55,7 @@ def test_market_to_occluded_reid_and_partial_reid(synth_dataset, tmp_path):
     for split in ("query", "gallery"):
         path = tmp_path / f"{split}.npz"
         res = runner.invoke(main, ["extract", "--checkpoint", str(ckpt), "--split", split, "--out", str(path),
-                                   "--set", "data.dataset=occluded_reid", "--set", f"data.root={occ}"])
+                                   "--set", "data.dataset=occluded_reid", "--set", f"data.root={occ}", "--set", f"data.cache={occ_cache}"])
         assert res.exit_code == 0, res.output
         with np.load(path) as z:
             feats[split] = (z["features"], z["pids"])

@@ -85,8 +85,8 @@ def test_hip_line_from_the_shoulders_when_the_legs_are_hidden():
     person[10:70, 20:44] = True  # head at row 10, everything below row 70 hidden by a car
     shoulders = np.full(64, 28.0, np.float32)
     expected = 10 + 18 * HIP_FRACTION / SHOULDER_FRACTION  # = 60: the legs' length does not enter
-    assert np.allclose(hip_line_estimate(person, shoulders), expected)
-    assert np.allclose(hip_line_estimate(person, None), 10 + HIP_FRACTION * 60)  # no shoulders: half the visible height
+    assert np.allclose(hip_line_estimate(person, shoulders)[0], expected)
+    assert np.allclose(hip_line_estimate(person, None)[0], 10 + HIP_FRACTION * 60)  # no shoulders: half the visible height
 
 
 def test_scores_against_an_independent_computation():
