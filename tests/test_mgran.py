@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from click.testing import CliRunner
 
 from cache_helpers import split_rows
@@ -19,7 +20,7 @@ from reid_masks.errors import UserError
 from reid_masks.generate import GenerateConfig, generate
 from reid_masks.imageio import read_label_png
 from reid_train.cli import main
-from reid_train.config import load_config, packaged_configs
+from reid_train.config import READ_WHEN, config_to_dict, load_config, packaged_configs, unread_keys
 from reid_train.data import PairedTransform, ReIDImageDataset
 from reid_train.data.regions import load_split_region_masks, part_masks, part_rows
 from reid_train.engine.evaluator import evaluate_model
@@ -310,8 +311,8 @@ def test_mgran_pl_dataset_parts_come_from_the_cached_keypoints(market, tmp_path)
 
 
 def _tiny_cfg(root: Path, cache: Path, out: Path, *extra: str):
-    return load_config("tiny_synthetic", [
-        f"data.root={root}", f"data.cache={cache}", f"train.output_dir={out}", "model.name=mgran",
+    return load_config("tiny_synthetic_mgran", [
+        f"data.root={root}", f"data.cache={cache}", f"train.output_dir={out}",
         "data.height=64", "data.width=32", "data.num_workers=0", "data.num_ids=4", "data.num_instances=2",
         "train.log_period=50", *extra,
     ])
@@ -346,9 +347,9 @@ def test_evaluation_refuses_images_without_masks(market, market_root, small_cach
 def test_fit_evaluate_extract_end_to_end_on_cpu(market, market_root, small_cache, tmp_path) -> None:
     out = tmp_path / "run"
     runner = CliRunner()
-    sets = [f"data.root={market_root}", f"data.cache={small_cache}", f"train.output_dir={out}", "model.name=mgran",
+    sets = [f"data.root={market_root}", f"data.cache={small_cache}", f"train.output_dir={out}",
             "solver.epochs=3", "data.height=64", "data.width=32", "solver.step_size=100"]
-    res = runner.invoke(main, ["fit", "--config", "tiny_synthetic", *[a for s in sets for a in ("--set", s)]])
+    res = runner.invoke(main, ["fit", "--config", "tiny_synthetic_mgran", *[a for s in sets for a in ("--set", s)]])
     assert res.exit_code == 0, res.output
     assert "rank-1" in res.stdout and "rank-5" in res.stdout
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -389,3 +390,33 @@ def test_packaged_mgran_configs() -> None:
     assert load_config("mgran_cuhk03_labeled").data.options == {"variant": "labeled"}
     assert load_config("mgran_cuhk03_detected").data.options == {"variant": "detected"}
     assert load_config("mgran_cuhk03_detected").data.cache != load_config("mgran_cuhk03_labeled").data.cache
+
+
+def test_a_key_the_model_does_not_read_is_refused(tmp_path) -> None:
+    # every packaged config loads: none sets a key its model ignores (the MGRAN ones used to
+    # inherit loss.lambda0/1/2 and solver.lr from the MMGA recipe)
+    for name in packaged_configs():
+        load_config(name)
+    assert unread_keys(load_config("mgran_market1501"), READ_WHEN) == [
+        "model.stage4_input", "model.whole_dim", "model.part_dim", "model.head_bn",
+        "loss.lambda0", "loss.lambda1", "loss.lambda2", "loss.label_smoothing", "solver.lr"]
+    with pytest.raises(UserError, match=r"^--set: loss.lambda1 is not read by model.name=mgran"):
+        load_config("mgran_market1501", ["loss.lambda1=3"])
+    with pytest.raises(UserError, match=r"^--set: solver.lr is not read by model.name=mgran"):
+        load_config("mgran_market1501", ["solver.lr=0.2"])
+    # solver.lr has a parameter group to act on once the model has non-backbone weights
+    assert load_config("mgran_market1501", ["model.id_head=true", "solver.lr=0.2"]).solver.lr == 0.2
+    assert load_config("mgran_market1501", ["model.reduction_dim=256", "solver.lr=0.2"]).solver.lr == 0.2
+    with pytest.raises(UserError, match=r"^--set: model.reduction_dim is not read by model.name=mmga"):
+        load_config("mmga_market1501", ["model.reduction_dim=256"])
+    # a file that sets one: the message names the file that sets it
+    (tmp_path / "bad.yaml").write_text("_base_: mgran_market1501\nloss:\n  lambda2: 0.1\n")
+    with pytest.raises(UserError, match=r"bad.yaml: loss.lambda2 is not read by model.name=mgran"):
+        load_config(tmp_path / "bad.yaml")
+    # switching an MMGA config to MGRAN: the MMGA file's own keys are refused, naming that file
+    with pytest.raises(UserError, match=r"mmga_market1501.yaml: loss.lambda0 is not read by model.name=mgran"):
+        load_config("tiny_synthetic", ["model.name=mgran"])
+    # a run's config.yaml keeps only the keys its model reads, so it loads back
+    cfg = load_config("tiny_synthetic_mgran", ["model.name=mgran_pl"])
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config_to_dict(cfg, read_only=True)))
+    assert config_to_dict(load_config(tmp_path / "run.yaml")) == config_to_dict(cfg)
