@@ -23,14 +23,16 @@ __all__ = [
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Names ``build_dataset`` accepts (``cuhk03`` takes ``variant='labeled'|'detected'``)."""
+    """Names ``build_dataset`` accepts (``cuhk03`` takes ``variant``, ``protocol``, ``split_id``)."""
     return DATASET_NAMES + ("cuhk03_labeled", "cuhk03_detected", "folder")
 
 
 def build_dataset(name: str, root: str | Path, **options: Any) -> ReIDDataset:
     """Load a dataset's train/query/gallery records.
 
-    Options: ``variant`` for cuhk03 (``labeled`` default, or ``detected``); for
+    Options: for cuhk03 ``variant`` (``labeled`` default, or ``detected``), ``protocol``
+    (``new`` default: CUHK03-NP; ``classic``: the 20 splits of ``cuhk-03.mat``) and
+    ``split_id`` (0-19, classic only); for
     ``folder``: ``pattern`` (regex with named groups ``pid`` and ``camid``),
     ``train_dir``/``query_dir``/``gallery_dir``, ``extensions``, ``junk_pid``,
     ``camera_base``.
@@ -40,7 +42,7 @@ def build_dataset(name: str, root: str | Path, **options: Any) -> ReIDDataset:
     if name == "folder":
         return _build_folder(root, **options)
     manifest = load_manifest(name)
-    allowed = {"cuhk03": {"variant"}}.get(name, set())
+    allowed = {"cuhk03": {"variant", "protocol", "split_id"}}.get(name, set())
     unknown = set(options) - allowed
     if unknown:
         raise UserError(f"{name}: unknown option(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed)) or 'none'})")

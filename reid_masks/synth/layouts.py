@@ -202,10 +202,33 @@ def write_cuhk03(out: Path, ids: int, seed: int, rng: np.random.Generator, ident
             top = mat.create_dataset(variant, data=np.array([pair_refs], dtype=h5py.ref_dtype))
             top.attrs["MATLAB_class"] = np.bytes_("cell")
             facts[variant] = write_split_mat(out, variant, names, labels, ids, rng, scipy.io)
+        facts["classic"] = write_testsets(mat, refs, per_pair, rng)
     with open(tmp, "r+b") as fh:  # the 128-byte MATLAB header inside the userblock
         fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: reid-masks synth".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
     os.replace(tmp, raw)
     return facts
+
+
+CLASSIC_SPLITS = 20
+
+
+def write_testsets(mat: Any, refs: Any, per_pair: dict[int, list[int]], rng: np.random.Generator) -> dict:
+    """The classic protocol's ``testsets``: a (20 x 1) MATLAB cell of (n x 2) doubles
+    ``[camera pair, person in pair]`` (1-based), n = a quarter of the people (>= 2)."""
+    import h5py
+
+    people = [(p + 1, col + 1) for p in range(5) for col in range(len(per_pair[p]))]
+    n_test = max(2, len(people) // 4)
+    split_refs = []
+    for k in range(CLASSIC_SPLITS):
+        chosen = sorted(rng.choice(len(people), size=n_test, replace=False).tolist())
+        data = np.asarray([people[i] for i in chosen], np.float64).T  # MATLAB (n x 2), stored transposed
+        ds = refs.create_dataset(f"testset{k}", data=data)
+        ds.attrs["MATLAB_class"] = np.bytes_("double")
+        split_refs.append(ds.ref)
+    top = mat.create_dataset("testsets", data=np.array([split_refs], dtype=h5py.ref_dtype))
+    top.attrs["MATLAB_class"] = np.bytes_("cell")
+    return {"splits": CLASSIC_SPLITS, "ids": len(people), "test_ids": n_test, "train_ids": len(people) - n_test}
 
 
 def save_parsing_only(out: Path, rel: str, parsing: np.ndarray) -> None:
@@ -291,6 +314,7 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
         for i in range(2 * ids):
             ident(i)
         facts = write_cuhk03(out, ids, seed, rng, ident, list(cache.values()), workers)
+        manifest["classic"].update(facts.pop("classic"))
         for variant, splits in facts.items():
             manifest["variants"][variant]["splits"] = splits
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
