@@ -195,19 +195,32 @@ class MaskCache:
         return {p: i for i, p in enumerate(self.column(split, "path"))}
 
 
-def check_cache_matches(cache: MaskCache, dataset: Any, splits: Iterable[str] = ("train", "query", "gallery")) -> dict[str, np.ndarray]:
-    """Row of each dataset record in the cache, per split; a clear error when they do not match."""
+def locate_records(cache: MaskCache, dataset: Any, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Where the records of ``dataset``'s ``split`` are in the cache, matched by path.
+
+    Returns ``[(cache split, positions in the record list, rows in that cache split)]``.
+    A record is looked up in the cache split of the same name first, then in the others:
+    CUHK03's classic splits regroup the images of a cache made for the new protocol
+    (``reid-masks generate --dataset cuhk03_labeled``). A record in no split, or a cache of
+    another dataset, is a UserError naming the cache file.
+    """
     name = cache.dataset
     if name and name != dataset.name:
         raise UserError(f"{cache.path}: cache is for dataset {name!r}, not {dataset.name!r}")
-    out = {}
-    for split in splits:
-        if split not in cache.splits:
-            raise UserError(f"{cache.path}: no '{split}' group (expected a cache of all of {dataset.name})")
-        index = cache.path_index(split)
-        recs = dataset.split(split)
-        missing = [r.path for r in recs if r.path not in index]
-        if missing:
-            raise UserError(f"{cache.path}: {len(missing)} {split} image(s) of {dataset.root} are not in the cache (first: {missing[0]}); regenerate it for this dataset")
-        out[split] = np.asarray([index[r.path] for r in recs], dtype=np.int64)
-    return out
+    recs = dataset.split(split)
+    where = np.full(len(recs), -1, dtype=np.int64)
+    rows = np.zeros(len(recs), dtype=np.int64)
+    order = [split] + [s for s in cache.splits if s != split] if split in cache.splits else cache.splits
+    for k, cache_split in enumerate(order):
+        todo = np.flatnonzero(where < 0)
+        if not len(todo):
+            break
+        index = cache.path_index(cache_split)
+        for i in todo:
+            row = index.get(recs[i].path)
+            if row is not None:
+                where[i], rows[i] = k, row
+    missing = np.flatnonzero(where < 0)
+    if len(missing):
+        raise UserError(f"{cache.path}: {len(missing)} {split} image(s) of {dataset.root} are not in the cache (first: {recs[missing[0]].path}); regenerate it for this dataset")
+    return [(order[k], np.flatnonzero(where == k), rows[where == k]) for k in range(len(order)) if np.any(where == k)]

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reid_masks.cache import MaskCache, check_cache_matches
+from reid_masks.cache import MaskCache, locate_records
 from reid_masks.datasets import ReIDDataset
 from reid_masks.derive import (  # the mask stage's own cut rules: one definition
     HIP_FRACTION, KEYPOINT_MIN_SCORE, KP_L_HIP, KP_L_SHOULDER, KP_R_HIP, KP_R_SHOULDER, SHOULDER_FRACTION,
@@ -144,40 +144,44 @@ class SplitRegionMasks:
 def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str, kind: str = "regions") -> SplitRegionMasks:
     """MGRAN masks of ``dataset``'s ``split`` in record order (module docstring).
 
-    Records the cache lacks are a UserError naming the cache file (``check_cache_matches``),
-    and so are rows whose status is ``unreadable``.
+    Records the cache lacks are a UserError naming the cache file (``locate_records``: by
+    path, in any split of the cache), and so are rows whose status is ``unreadable``.
     """
     if kind not in REGION_KINDS:
         raise ValueError(f"region mask kind must be one of {REGION_KINDS}, got {kind!r}")
     own = not isinstance(cache, MaskCache)
     mc = MaskCache(cache) if own else cache
     try:
-        rows = check_cache_matches(mc, dataset, [split])[split]
+        groups = locate_records(mc, dataset, split)
         status_names = list(mc.attrs.get("status_names", []))
-        status = mc.column(split, "status")[rows] if len(rows) else np.zeros(0, np.uint8)
-        if "unreadable" in status_names:
-            bad = np.nonzero(status == status_names.index("unreadable"))[0]
+        for cache_split, positions, rows in groups:
+            if "unreadable" not in status_names:
+                break
+            bad = positions[mc.column(cache_split, "status")[rows] == status_names.index("unreadable")]
             if len(bad):
-                first = dataset.split(split)[int(bad[0])].path
+                first = dataset.split(split)[int(bad.min())].path
                 raise UserError(
                     f"{mc.path}: {len(bad)} {split} image(s) have status 'unreadable' (first: {first}); MGRAN needs their "
                     f"pedestrian and region masks at {'training' if split == 'train' else 'inference'} time -- fix the images "
                     f"and regenerate the cache ('reid-masks generate --update'), or drop them from the dataset"
                 )
-        hw = tuple(mc.rows(split, rows[:1], columns=("person",))["person"].shape[1:])
-        codes = np.zeros((len(rows),) + hw, np.uint8)
-        parts = np.zeros((len(rows), 6), np.int32) if kind == "parts" else None
+        n = len(dataset.split(split))
+        hw = tuple(mc.rows(groups[0][0], groups[0][2][:1], columns=("person",))["person"].shape[1:]) if groups else (1, 1)
+        codes = np.zeros((n,) + hw, np.uint8)
+        parts = np.zeros((n, 6), np.int32) if kind == "parts" else None
         columns = ("person", "regions") + (("keypoints", "image_size") if kind == "parts" else ())
-        order = np.argsort(rows, kind="stable")  # read in file order: each compressed chunk is decoded ~once
-        for start in range(0, len(rows), _BLOCK):
-            dest = order[start : start + _BLOCK]
-            data = mc.rows(split, rows[dest], columns=columns)
-            person = data["person"] > 0
-            regions = np.minimum(data["regions"], 3).astype(np.uint8)
-            codes[dest] = regions | (person.astype(np.uint8) << 2)
-            if parts is not None:
-                for j, d in enumerate(dest):
-                    parts[d] = part_rows(person[j], regions[j], data["keypoints"][j], data["image_size"][j])
+        for cache_split, positions, rows in groups:
+            order = np.argsort(rows, kind="stable")  # read in file order: each compressed chunk is decoded ~once
+            for start in range(0, len(rows), _BLOCK):
+                take = order[start : start + _BLOCK]
+                dest = positions[take]
+                data = mc.rows(cache_split, rows[take], columns=columns)
+                person = data["person"] > 0
+                regions = np.minimum(data["regions"], 3).astype(np.uint8)
+                codes[dest] = regions | (person.astype(np.uint8) << 2)
+                if parts is not None:
+                    for j, d in enumerate(dest):
+                        parts[d] = part_rows(person[j], regions[j], data["keypoints"][j], data["image_size"][j])
     finally:
         if own:
             mc.close()

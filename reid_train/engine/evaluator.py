@@ -98,8 +98,15 @@ def evaluate_features(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
+    cuhk03_metric: bool = False,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """``{rank1, rank5, rank10, mAP, num_query, num_gallery}`` (fractions in [0, 1])."""
+    """``{rank1, rank5, rank10, mAP, num_query, num_gallery}`` (fractions in [0, 1]).
+
+    ``cuhk03_metric``: the CMC of the CUHK03 classic protocol (torchreid's ``eval_cuhk03``:
+    one random gallery image per identity, 10 draws averaged; ``seed`` seeds the draws,
+    see ``evaluate_rank``); mAP is computed over the whole gallery either way.
+    """
     from reid_train.evaluation import compute_distance_matrix, evaluate_from_features, evaluate_rank, re_ranking
 
     max_rank = max(1, min(50, len(g_pids)))  # small (test) galleries: no warning, CMC clipped as evaluate_rank does
@@ -109,9 +116,11 @@ def evaluate_features(
         qq = compute_distance_matrix(qf, qf, metric)
         gg = compute_distance_matrix(gf, gf, metric)
         distmat = re_ranking(qg, qq, gg, k1=k1, k2=k2, lambda_value=lambda_value)
-        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                                 use_metric_cuhk03=cuhk03_metric, seed=seed)
     else:
-        cmc, mAP = evaluate_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=max_rank)
+        cmc, mAP = evaluate_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=max_rank,
+                                          use_metric_cuhk03=cuhk03_metric, seed=seed)
     return {
         "rank1": _cmc_at(cmc, 1),
         "rank5": _cmc_at(cmc, 5),
@@ -130,7 +139,12 @@ def evaluate_model(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> dict[str, Any]:
-    """Extract query and gallery features with ``cfg.test`` settings and score them."""
+    """Extract query and gallery features with ``cfg.test`` settings and score them.
+
+    The dataset's protocol picks the metric: CUHK03's classic splits (``data.options.protocol:
+    classic``) are scored with the CUHK03 single-shot CMC, its draws seeded with
+    ``train.seed``; the results name the protocol (and the classic ``split_id``).
+    """
     start = time.perf_counter()
     pin = device.type == "cuda"
     feats = {}
@@ -142,11 +156,18 @@ def evaluate_model(
     if device.type == "cuda" and not cfg.test.rerank:
         qf, gf = qf.to(device), gf.to(device)  # blocked distances on the GPU
     t = cfg.test
-    results = evaluate_features(qf, gf, qp, gp, qc, gc, t.metric, t.rerank, t.k1, t.k2, t.lambda_value) if ddp.rank() == 0 else None
+    classic = dataset.info.get("protocol") == "classic"
+    results = None
+    if ddp.rank() == 0:
+        results = evaluate_features(qf, gf, qp, gp, qc, gc, t.metric, t.rerank, t.k1, t.k2, t.lambda_value,
+                                    cuhk03_metric=classic, seed=cfg.train.seed)
+        results["protocol"] = "cuhk03_classic" if classic else "standard"
+        if classic:
+            results["split_id"] = int(dataset.info["split_id"])
     results = ddp.broadcast_object(results)  # DDP: rank 0 scores, every rank returns its numbers
     logger.info(
-        "evaluation on %s: rank-1 %.1f%% rank-5 %.1f%% rank-10 %.1f%% mAP %.1f%% (%d query, %d gallery, %.1fs)",
-        dataset.name, 100 * results["rank1"], 100 * results["rank5"], 100 * results["rank10"],
+        "evaluation on %s (%s protocol): rank-1 %.1f%% rank-5 %.1f%% rank-10 %.1f%% mAP %.1f%% (%d query, %d gallery, %.1fs)",
+        dataset.name, results["protocol"], 100 * results["rank1"], 100 * results["rank5"], 100 * results["rank10"],
         100 * results["mAP"], results["num_query"], results["num_gallery"], time.perf_counter() - start,
     )
     return results
