@@ -387,8 +387,11 @@ def test_packaged_mgran_configs() -> None:
         assert (cfg.model.name, cfg.data.dataset) == (model, dataset)
         assert cfg.model.backbone == "resnet50" and cfg.model.pretrained == "imagenet" and cfg.data.cache
         assert cfg.model.id_head is False and cfg.model.reduction_dim == 0 and cfg.loss.msml_normalize
-    assert load_config("mgran_cuhk03_labeled").data.options == {"variant": "labeled"}
-    assert load_config("mgran_cuhk03_detected").data.options == {"variant": "detected"}
+    # the paper's CUHK03 numbers are classic-protocol ones; CUHK03-NP has its own configs
+    assert load_config("mgran_cuhk03_labeled").data.options == {"variant": "labeled", "protocol": "classic", "split_id": 0}
+    assert load_config("mgran_cuhk03_detected").data.options == {"variant": "detected", "protocol": "classic", "split_id": 0}
+    assert load_config("mgran_cuhk03np_detected").data.options == {"variant": "detected", "protocol": "new", "split_id": 0}
+    assert load_config("mgran_pl_cuhk03_labeled").data.options["protocol"] == "classic"
     assert load_config("mgran_cuhk03_detected").data.cache != load_config("mgran_cuhk03_labeled").data.cache
 
 
