@@ -131,7 +131,7 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    """Evaluation: flip-averaged features, distance, optional k-reciprocal re-ranking."""
+    """Evaluation: flip-averaged features, distance, optional k-reciprocal re-ranking, multi-query."""
 
     batch_size: int = field(default=128, metadata=_range(1))
     flip: bool = True
@@ -140,6 +140,8 @@ class TestConfig:
     k1: int = field(default=20, metadata=_range(1))
     k2: int = field(default=6, metadata=_range(1))
     lambda_value: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    # Market-1501 multiple query: pool each query with its gt_bbox/ images of the same identity and camera
+    multi_query: str = field(default="none", metadata=_choices("none", "mean", "max"))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""MGRAN's evaluation protocols: CUHK03's classic splits (masks, metric, 20-split summary)."""
+"""MGRAN's evaluation protocols: CUHK03's classic splits (masks, metric, 20-split summary) and
+Market-1501's multiple query."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ from reid_train.cli import main
 from reid_train.config import load_config
 from reid_train.data.dataset import load_split_masks
 from reid_train.data.regions import load_split_region_masks
-from reid_train.engine.evaluator import build_test_loader, evaluate_model, extract_features
+from reid_train.engine.evaluator import (
+    build_test_loader, evaluate_features, evaluate_model, extract_features, pool_multi_query,
+)
 from reid_train.evaluation import evaluate_rank
 from reid_train.models import build_model
 from reid_train.summarize import summarize_evaluations
@@ -100,3 +103,57 @@ def test_summarize_reports_mean_and_sample_std_over_splits(tmp_path) -> None:
         summarize_evaluations([json.loads((p / "evaluation.json").read_text()) for p in (runs[0], other)])
     res = CliRunner().invoke(main, ["summarize", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "evaluation file not found" in res.stderr
+
+
+# --------------------------------------------------------------------------- Market-1501 multiple query
+
+
+def test_multi_query_pooling_by_hand() -> None:
+    qf = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    q_pids, q_cams = np.array([5, 5, 9]), np.array([0, 1, 0])
+    mf = torch.tensor([[0.6, 0.8, 0.0], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 1.0], [0.8, 0.0, 0.6]])
+    m_pids, m_cams = np.array([5, 5, 5, 7, 5]), np.array([0, 0, 1, 0, 2])
+    mean = pool_multi_query(qf, q_pids, q_cams, mf, m_pids, m_cams, "mean")
+    # query 0 (id 5, cam 0): rows 0 and 1 -> (0.8, 0.4, 0) / |.| ; query 1 (id 5, cam 1): row 2 only;
+    # query 2 (id 9): no gt_bbox image -> its own feature
+    expected = torch.tensor([[0.8, 0.4, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(mean, expected / expected.norm(dim=1, keepdim=True))
+    top = pool_multi_query(qf, q_pids, q_cams, mf, m_pids, m_cams, "max")
+    expected = torch.tensor([[1.0, 0.8, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(top, expected / expected.norm(dim=1, keepdim=True))
+
+
+@pytest.fixture(scope="module")
+def market_root(synth_dataset):
+    return synth_dataset("market1501")
+
+
+def test_market_gt_bbox_is_the_multi_query_set(market_root, cuhk03_root) -> None:
+    ds = build_dataset("market1501", market_root)
+    manifest = json.loads((market_root / "manifest.json").read_text())
+    assert len(ds.multi_query) == manifest["multi_query"]["images"] > 0
+    assert all(r.path.startswith("gt_bbox/") and r.split == "multi_query" for r in ds.multi_query)
+    assert {(r.pid, r.camid) for r in ds.query} == {(r.pid, r.camid) for r in ds.multi_query}
+    assert ds.split("multi_query") is ds.multi_query
+    assert build_dataset("cuhk03", cuhk03_root).multi_query == []  # no gt_bbox: none
+
+
+def test_multi_query_evaluation_pools_the_query_features(market_root, cuhk03_root, tmp_path) -> None:
+    sets = [f"data.root={market_root}", "data.cache=", "model.name=baseline", "data.height=64", "data.width=32",
+            f"train.output_dir={tmp_path}"]
+    dataset = build_dataset("market1501", market_root)
+    torch.manual_seed(0)
+    model = build_model("baseline", dataset.num_train_pids, backbone="resnet18")
+    single = evaluate_model(model, dataset, load_config("tiny_synthetic", sets), torch.device("cpu"))
+    cfg = load_config("tiny_synthetic", [*sets, "test.multi_query=max"])
+    multi = evaluate_model(model, dataset, cfg, torch.device("cpu"))
+    assert (single["multi_query"], multi["multi_query"]) == ("none", "max")
+    feats = {s: extract_features(model, build_test_loader(dataset, s, cfg), torch.device("cpu"))
+             for s in ("query", "gallery", "multi_query")}
+    (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
+    pooled = pool_multi_query(qf, qp, qc, *feats["multi_query"], mode="max")
+    expected = evaluate_features(pooled, gf, qp, gp, qc, gc)
+    assert {k: multi[k] for k in expected} == pytest.approx(expected)
+    assert multi["rank1"] != single["rank1"] or multi["mAP"] != pytest.approx(single["mAP"])
+    with pytest.raises(UserError, match=r"test.multi_query=max: cuhk03_labeled .* has no multi-query images"):
+        evaluate_model(model, build_dataset("cuhk03", cuhk03_root), cfg, torch.device("cpu"))

@@ -111,10 +111,12 @@ def folder_jobs(layout: str, ids: int, rng: np.random.Generator, ident: Callable
         for cam in visits(rng, cams, 2, 4):
             for _ in range(int(rng.integers(1, 4))):
                 add("train", "bounding_box_train", pid, cam, ident(pid))
+    queried = []
     for pid in test_ids:
         seen = visits(rng, cams, 2, 4)
         for cam in seen[: int(rng.integers(1, 3))]:
             add("query", "query", pid, cam, ident(pid))
+            queried.append((pid, cam))
         for cam in seen:
             for _ in range(int(rng.integers(1, 4))):
                 add("gallery", "bounding_box_test", pid, cam, ident(pid))
@@ -127,6 +129,11 @@ def folder_jobs(layout: str, ids: int, rng: np.random.Generator, ident: Callable
     for pid in extra_ids:
         for cam in visits(rng, cams, 1, 2):
             add("gallery", "bounding_box_test", pid, cam, ident(pid))
+    if market:  # gt_bbox/: 1-3 hand-drawn-like boxes per queried (identity, camera), drawn last
+        counts["multi_query"] = {}
+        for pid, cam in queried:
+            for _ in range(int(rng.integers(1, 4))):
+                add("multi_query", "gt_bbox", pid, cam, ident(pid))
     return jobs, counts
 
 
@@ -295,6 +302,8 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
     if layout in ("market1501", "dukemtmc"):
         jobs, counts = folder_jobs(layout, ids, rng, ident)
         write_jobs(out, jobs, seed, list(cache.values()), workers)
+        if "multi_query" in counts:
+            manifest["multi_query"]["images"] = sum(counts.pop("multi_query").values())
         for split, per_pid in counts.items():
             junk = per_pid.get(manifest["junk_pid"], 0) if manifest["junk_pid"] is not None else 0
             kept = {p: n for p, n in per_pid.items() if p != manifest["junk_pid"]}
