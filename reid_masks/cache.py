@@ -16,12 +16,15 @@ import numpy as np
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the ``parts`` column; version-1 caches are still read (without it)
+READABLE_SCHEMA_VERSIONS = (1, 2)
+COLUMNS_SINCE = {"parts": 2}  # columns a cache of an older schema version does not have
 MASK_HW = (24, 8)
 DEFAULT_PERSON_HW = (256, 128)
 STATUS_NAMES = ("ok", "no_person", "no_keypoints", "unreadable")
 STATUS = {name: code for code, name in enumerate(STATUS_NAMES)}
 REGION_NAMES = ("background", "head", "upper", "lower")
+PART_NAMES = ("background", "head", "torso", "arms", "legs")
 ROW_CHUNK = 256
 
 
@@ -42,6 +45,7 @@ class Rows:
     masks: np.ndarray  # (n, 3, 24, 8) float32 in [0, 1]: whole, upper, bottom
     person: np.ndarray  # (n, H, W) uint8 0/1 at the cache's person size
     regions: np.ndarray  # (n, H, W) uint8: 0 bg, 1 head, 2 upper, 3 lower
+    parts: np.ndarray  # (n, H, W) uint8: PART_NAMES codes (0 bg, 1 head, 2 torso, 3 arms, 4 legs)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -83,6 +87,7 @@ def write_cache(path: str | Path, splits: dict[str, tuple[int, Rows]], attrs: di
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["status_names"] = json.dumps(STATUS_NAMES)
         f.attrs["region_names"] = json.dumps(REGION_NAMES)
+        f.attrs["part_names"] = json.dumps(PART_NAMES)
         for split, (n, rows) in splits.items():
             order = np.argsort(rows.index, kind="stable")
             rows = rows.take(order)
@@ -102,7 +107,7 @@ def write_group(group: Any, rows: Rows) -> None:
     str_dt = h5py.string_dtype("utf-8")
     group.create_dataset("path", data=np.asarray(rows.path, dtype=object), dtype=str_dt)
     group.create_dataset("fingerprint", data=np.asarray(rows.fingerprint, dtype="S16"))
-    for name in ("pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions"):
+    for name in ("pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions", "parts"):
         data = getattr(rows, name)
         big = data.ndim > 1 and n > 0
         chunks = (min(n, ROW_CHUNK if data.ndim < 3 else 64),) + data.shape[1:] if big else None
@@ -123,9 +128,11 @@ class MaskCache:
         except OSError:
             raise UserError(f"{self.path}: not an HDF5 mask cache (unreadable HDF5 file)") from None
         version = self._file.attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             self._file.close()
-            raise UserError(f"{self.path}: cache schema version {version}, this reid-masks reads version {SCHEMA_VERSION} (regenerate the cache)")
+            raise UserError(f"{self.path}: cache schema version {version}, this reid-masks reads versions "
+                            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (regenerate the cache)")
+        self.schema_version = int(version)
 
     def close(self) -> None:
         self._file.close()
@@ -165,7 +172,17 @@ class MaskCache:
         group = self._file[split]
         return group["index"][()] if "index" in group else np.arange(len(group["path"]))
 
+    def has_column(self, name: str) -> bool:
+        """Whether this cache's schema version has column ``name`` (``parts`` needs version 2)."""
+        return self.schema_version >= COLUMNS_SINCE.get(name, 1)
+
+    def _need(self, name: str) -> None:
+        if not self.has_column(name):
+            raise UserError(f"{self.path}: cache schema version {self.schema_version} has no '{name}' column (added in version "
+                            f"{COLUMNS_SINCE[name]}); regenerate the cache with 'reid-masks generate' (without --update)")
+
     def column(self, split: str, name: str) -> np.ndarray:
+        self._need(name)
         data = self._file[split][name][()]
         if name == "path":
             data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in data], dtype=object)
@@ -176,6 +193,7 @@ class MaskCache:
         group = self._file[split]
         out = {}
         for name in columns:
+            self._need(name)
             if name == "index":
                 out[name] = self.row_index(split) if index is None else self.row_index(split)[np.asarray(index, dtype=np.int64)]
             elif index is None:

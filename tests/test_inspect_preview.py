@@ -79,6 +79,7 @@ def make_rows(split: str) -> Rows:
         masks=masks,
         person=person,
         regions=regions,
+        parts=regions.copy(),
     )
 
 
