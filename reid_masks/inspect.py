@@ -19,7 +19,7 @@ PERCENTILES = (5, 25, 50, 75, 95)
 #: Statuses whose rows hold a person (and so masks worth measuring).
 PERSON_STATUSES = ("ok", "no_keypoints")
 MASK_NAMES = ("whole", "upper", "bottom")
-KNOWN_ATTRS = ("schema_version", "dataset", "dataset_root", "person_size", "status_names", "region_names", "provenance")
+KNOWN_ATTRS = ("schema_version", "dataset", "dataset_root", "person_size", "status_names", "region_names", "part_names", "provenance")
 _PERSON_CHUNK = 256
 
 
