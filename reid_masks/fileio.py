@@ -112,3 +112,17 @@ def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> N
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """JSON (indented, newline-terminated) through a temporary file renamed over ``path``."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path, missing: str, expected: str) -> Any:
+    """A JSON file's content; a missing or unparseable file is a one-line UserError:
+    ``"{path}: {missing}"`` or ``"{path}: expected {expected} (reason)"``."""
+    from reid_masks.errors import UserError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {missing}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: expected {expected} ({exc})") from None

@@ -9,7 +9,6 @@ classic split are refused (they would count one split twice).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Sequence
 import click
 
 from reid_masks.errors import UserError
+from reid_masks.fileio import read_json
 
 __all__ = ["METRICS", "read_evaluation", "summarize_evaluations", "summarize_command"]
 
@@ -28,12 +28,8 @@ def read_evaluation(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "evaluation.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: evaluation file not found (run 'reid-train fit' or 'reid-train evaluate' first)") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: expected an evaluation JSON of reid-train ({exc})") from None
+    data = read_json(path, "evaluation file not found (run 'reid-train fit' or 'reid-train evaluate' first)",
+                     "an evaluation JSON of reid-train")
     missing = [k for k in METRICS if not isinstance(data.get(k), (int, float))] if isinstance(data, dict) else list(METRICS)
     if missing:
         raise UserError(f"{path}: not a reid-train evaluation (missing {', '.join(missing)})")

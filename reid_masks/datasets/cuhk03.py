@@ -58,17 +58,23 @@ def read_split_mat(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def extract_images(mat_path: Path, variant: str, out_dir: Path) -> int:
-    """Write every image of ``variant`` as PNG; a temporary folder is renamed when complete."""
+def open_raw_mat(mat_path: Path, purpose: str) -> Any:
+    """``cuhk-03.mat`` opened with h5py (MATLAB v7.3); missing or foreign files are a UserError."""
     import h5py
-    from PIL import Image
 
     if not mat_path.is_file():
-        raise UserError(f"{mat_path}: cuhk-03.mat not found (needed once to extract {out_dir.name}/)")
+        raise UserError(f"{mat_path}: cuhk-03.mat not found ({purpose})")
     try:
-        mat = h5py.File(mat_path, "r")
+        return h5py.File(mat_path, "r")
     except OSError:
         raise UserError(f"{mat_path}: expected the MATLAB v7.3 (HDF5) cuhk-03.mat from cuhk03_release") from None
+
+
+def extract_images(mat_path: Path, variant: str, out_dir: Path) -> int:
+    """Write every image of ``variant`` as PNG; a temporary folder is renamed when complete."""
+    from PIL import Image
+
+    mat = open_raw_mat(mat_path, f"needed once to extract {out_dir.name}/")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -95,15 +101,7 @@ def extract_images(mat_path: Path, variant: str, out_dir: Path) -> int:
 
 def read_testsets(mat_path: Path) -> list[np.ndarray]:
     """The classic protocol's test sets from ``cuhk-03.mat``: (100, 2) int arrays of [pair, person]."""
-    import h5py
-
-    if not mat_path.is_file():
-        raise UserError(f"{mat_path}: cuhk-03.mat not found (the classic protocol reads its 'testsets')")
-    try:
-        mat = h5py.File(mat_path, "r")
-    except OSError:
-        raise UserError(f"{mat_path}: expected the MATLAB v7.3 (HDF5) cuhk-03.mat from cuhk03_release") from None
-    with mat:
+    with open_raw_mat(mat_path, "the classic protocol reads its 'testsets'") as mat:
         if "testsets" not in mat:
             raise UserError(f"{mat_path}: no 'testsets' cell array (the classic protocol's 20 test sets); expected cuhk03_release's cuhk-03.mat")
         out = []
