@@ -40,6 +40,10 @@ import numpy as np
 from reid_masks.backends.base import Instances
 from reid_masks.cache import MASK_HW, PART_NAMES, STATUS
 
+LIP_LABELS = (  # the 20 LIP parsing labels, by value
+    "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
+    "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe",
+)
 HEAD_LABELS = (1, 2, 4, 13)  # hat, hair, sunglasses, face
 UPPER_ONLY_LABELS = (3, 5, 7, 11, 14, 15)  # glove, upper-clothes, coat, scarf, arms
 LOWER_LABELS = (8, 9, 12, 16, 17, 18, 19)  # socks, pants, skirt, legs, shoes

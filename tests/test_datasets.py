@@ -139,7 +139,7 @@ def test_cuhk03_classic_splits_from_the_mat_testsets(synth_dataset, variant):
         build_dataset("cuhk03", root, variant=variant, protocol="classic", split_id=20)
     with pytest.raises(UserError, match=r"split_id=3 needs protocol=classic"):
         build_dataset("cuhk03", root, variant=variant, split_id=3)
-    with pytest.raises(UserError, match=r"unknown protocol 'old'"):
+    with pytest.raises(UserError, match=r"protocol='old': expected one of new, classic"):
         build_dataset("cuhk03", root, protocol="old")
     assert np.array_equal(sorted(r.pid for r in build_dataset("cuhk03", root, variant=variant).query),
                           sorted(r.pid for r in build_dataset("cuhk03", root, variant=variant, protocol="new").query))
@@ -247,5 +247,7 @@ def test_raw_mat_of_wrong_kind(synth_dataset, tmp_path):
 def test_unknown_dataset_and_option(synth_dataset):
     with pytest.raises(UserError, match="unknown dataset 'market'"):
         build_dataset("market", "/tmp")
-    with pytest.raises(UserError, match="unknown option"):
+    with pytest.raises(UserError, match="market1501: unknown dataset option.s. variant; market1501 takes no options"):
         build_dataset("market1501", synth_dataset("market1501"), variant="x")
+    with pytest.raises(UserError, match=r"cuhk03: unknown dataset option.s. pattern; valid: variant \(one of labeled, detected\)"):
+        build_dataset("cuhk03", synth_dataset("market1501"), pattern="x")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -30,8 +30,10 @@ from reid_masks.datasets.folders import compile_pattern, resolve_root
 from reid_masks.datasets.records import Record, ReIDDataset, relabel
 from reid_masks.errors import UserError
 
-VARIANTS = ("labeled", "detected")
-PROTOCOLS = ("new", "classic")
+Variant = Literal["labeled", "detected"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+Protocol = Literal["new", "classic"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 
 def read_split_mat(path: Path) -> dict[str, np.ndarray]:
@@ -114,7 +116,7 @@ def read_testsets(mat_path: Path) -> list[np.ndarray]:
 
 
 def load_cuhk03(
-    manifest: dict[str, Any], root: str | Path, variant: str = "labeled", protocol: str = "new", split_id: int = 0,
+    manifest: dict[str, Any], root: str | Path, *, variant: Variant = "labeled", protocol: Protocol = "new", split_id: int = 0,
 ) -> ReIDDataset:
     if variant not in VARIANTS:
         raise UserError(f"cuhk03: unknown variant {variant!r} (expected labeled or detected)")

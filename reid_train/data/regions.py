@@ -21,14 +21,13 @@ depend on the kind (:data:`CHANNELS`):
     ``parts`` column: a UserError naming the file says to regenerate it.
 
 Status: rows whose cache status is ``unreadable`` have all-zero masks (stage 1 could not
-decode the image), which would turn all four inputs into constant images with identical
-features; they are refused with a :class:`UserError` naming the cache, the split, the
-count and the first path ("regenerate the cache"). ``no_person`` rows (the documented
-prior box) and ``no_keypoints`` rows are used as they are.
+decode the image); callers leave them out through ``indices`` (the rule of
+``reid_train.data.cache_check``: unusable train rows are left out, query/gallery refused).
+``no_person`` rows (the documented prior box) and ``no_keypoints`` rows are used as they are.
 
 Memory: the masks of a split are held in one (N, h, w) uint8 array (the label in the low
-bits, the pedestrian bit above it): 32 KiB per image at 256x128, ~0.4 GB for Market-1501's train split, ~0.65 GB for its
-gallery. It is read from the cache in blocks and shared copy-on-write by DataLoader
+bits, the pedestrian bit above it): 32 KiB per image at 256x128, ~0.4 GB for Market-1501's
+train split, ~0.65 GB for its gallery. It is read from the cache in blocks and shared copy-on-write by DataLoader
 workers (the HDF5 file is closed before they fork).
 """
 
@@ -42,7 +41,6 @@ from torch import Tensor
 
 from reid_masks.cache import MaskCache, locate_records
 from reid_masks.datasets import ReIDDataset
-from reid_masks.errors import UserError
 
 __all__ = ["CHANNELS", "REGION_KINDS", "SplitRegionMasks", "load_split_region_masks"]
 
@@ -77,37 +75,28 @@ class SplitRegionMasks:
         return torch.stack([person.bool(), *labels]).to(torch.uint8)
 
 
-def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str, kind: str = "regions") -> SplitRegionMasks:
+def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str, kind: str = "regions",
+                            indices: np.ndarray | None = None) -> SplitRegionMasks:
     """MGRAN masks of ``dataset``'s ``split`` in record order (module docstring).
 
-    ``kind="parts"`` needs the cache's ``parts`` column (schema version 2); an older cache is
-    a UserError naming the file.
-
-    Records the cache lacks are a UserError naming the cache file (``locate_records``: by
-    path, in any split of the cache), and so are rows whose status is ``unreadable``.
+    ``indices``: the records to load (default all), in that order. ``kind="parts"`` needs
+    the cache's ``parts`` column (schema version 2); an older cache is a UserError naming
+    the file. Records the cache lacks are a UserError naming the cache file
+    (``locate_records``: by path, in any split of the cache).
     """
     if kind not in REGION_KINDS:
         raise ValueError(f"region mask kind must be one of {REGION_KINDS}, got {kind!r}")
     own = not isinstance(cache, MaskCache)
     mc = MaskCache(cache) if own else cache
     try:
-        groups = locate_records(mc, dataset, split)
-        status_names = list(mc.attrs.get("status_names", []))
-        for cache_split, positions, rows in groups:
-            if "unreadable" not in status_names:
-                break
-            bad = positions[mc.column(cache_split, "status")[rows] == status_names.index("unreadable")]
-            if len(bad):
-                first = dataset.split(split)[int(bad.min())].path
-                raise UserError(
-                    f"{mc.path}: {len(bad)} {split} image(s) have status 'unreadable' (first: {first}); MGRAN needs their "
-                    f"pedestrian and region masks at {'training' if split == 'train' else 'inference'} time -- fix the images "
-                    f"and regenerate the cache ('reid-masks generate --update'), or drop them from the dataset"
-                )
-        n = len(dataset.split(split))
-        column = kind  # the cache column of the same name
+        keep = np.arange(len(dataset.split(split))) if indices is None else np.asarray(indices, dtype=np.int64)
+        slot = np.full(len(dataset.split(split)), -1, dtype=np.int64)
+        slot[keep] = np.arange(len(keep))  # record -> position in the output
+        groups = [(cs, slot[pos][slot[pos] >= 0], rows[slot[pos] >= 0]) for cs, pos, rows in locate_records(mc, dataset, split)]
+        groups = [g for g in groups if len(g[1])]
         hw = tuple(mc.rows(groups[0][0], groups[0][2][:1], columns=("person",))["person"].shape[1:]) if groups else (1, 1)
-        codes = np.zeros((n,) + hw, np.uint8)
+        codes = np.zeros((len(keep),) + hw, np.uint8)
+        column = kind  # the cache column of the same name
         limit = len(CHANNELS[kind]) - 1
         for cache_split, positions, rows in groups:
             order = np.argsort(rows, kind="stable")  # read in file order: each compressed chunk is decoded ~once
