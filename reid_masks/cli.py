@@ -110,7 +110,7 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--mask-weights", type=click.Path(dir_okay=False, path_type=Path), help="Mask R-CNN weights file (default: torchvision's cache).")
 @click.option("--keypoint-weights", type=click.Path(dir_okay=False, path_type=Path), help="Keypoint R-CNN weights file (default: torchvision's cache).")
 @click.option("--random-weights", is_flag=True, help="TESTS ONLY: random detector/parser weights (recorded in the provenance).")
-@click.option("--min-size", type=click.IntRange(32, 2000), help="Detector input short side, default 256 (README: speed/quality trade-off).")
+@click.option("--min-size", type=click.IntRange(32, 2000), help="Detector input short side. Default: torchvision 256 (long side <= 768); detectron2 the config's INPUT.MIN_SIZE_TEST (800, long side <= 1333 for the zoo configs). README: speed/quality trade-off; inspect shows the size used.")
 @click.option("--score-threshold", type=click.FloatRange(0, 1), help="Detector person score threshold.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096))

@@ -190,7 +190,8 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
         return dict(
             status=STATUS["unreadable"], score=0.0, box=np.zeros(4, np.float32), keypoints=np.zeros((17, 3), np.float32),
             image_size=np.zeros(2, np.int32), masks=np.zeros((3, 24, 8), np.float32),
-            person=np.zeros((ph, pw), np.uint8), regions=np.zeros((ph, pw), np.uint8), parts=np.zeros((ph, pw), np.uint8),
+            person=np.zeros((ph, pw), np.uint8), regions=np.zeros((ph, pw), np.uint8), cuts=np.zeros(2, np.uint8),
+            parts=np.zeros((ph, pw), np.uint8),
         )
     d = item.derived
     h, w = d.person.shape
@@ -200,7 +201,7 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
 
     return dict(
         status=d.status, score=d.score, box=d.box, keypoints=d.keypoints, image_size=np.array([h, w], np.int32),
-        masks=d.masks, person=nearest(d.person), regions=nearest(d.regions), parts=nearest(d.parts),
+        masks=d.masks, person=nearest(d.person), regions=nearest(d.regions), cuts=d.cuts, parts=nearest(d.parts),
     )
 
 
@@ -218,7 +219,8 @@ def rows_from(items: list[Item], person_hw: tuple[int, int]) -> Rows:
         fingerprint=np.asarray([it.fingerprint for it in items], dtype="S16"),
         status=col("status", np.uint8), score=col("score", np.float32), box=col("box", np.float32),
         keypoints=col("keypoints", np.float32), image_size=col("image_size", np.int32), masks=col("masks", np.float32),
-        person=col("person", np.uint8), regions=col("regions", np.uint8), parts=col("parts", np.uint8),
+        person=col("person", np.uint8), regions=col("regions", np.uint8), cuts=col("cuts", np.uint8).reshape(-1, 2),
+        parts=col("parts", np.uint8),
     )
 
 
@@ -280,7 +282,7 @@ def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]
         "mask_threshold": 0.5,
         "keypoint_min_score": KEYPOINT_MIN_SCORE,
         "person_size": list(cfg.person_size),
-        "derivation": "reid_masks.derive v1 (README: How masks are derived)",
+        "derivation": "reid_masks.derive v2 (README: How masks are derived)",
     }
 
 

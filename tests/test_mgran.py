@@ -307,23 +307,25 @@ def test_parts_without_parsing_carve_keypoint_arms_out_of_the_regions() -> None:
     assert not (bare.parts == 3).any() and np.array_equal(bare.parts, np.choose(bare.regions, [0, 1, 2, 4]))
 
 
-def test_a_version_1_cache_is_read_but_has_no_parts(market, tmp_path) -> None:
+@pytest.mark.parametrize("version, dropped", [(1, ("cuts", "parts")), (2, ("parts",))])
+def test_an_older_cache_is_read_but_has_no_parts(market, tmp_path, version, dropped) -> None:
     import h5py
 
     splits = {s: (len(market.split(s)), split_rows(market, s)) for s in ("train", "query", "gallery")}
-    old = tmp_path / "v1.h5"
+    old = tmp_path / f"v{version}.h5"
     write_cache(old, splits, {"dataset": "market1501"})
-    with h5py.File(old, "r+") as f:  # what a schema-1 writer produced: no parts column
-        f.attrs["schema_version"] = 1
+    with h5py.File(old, "r+") as f:  # what an older writer produced: without the newer columns
+        f.attrs["schema_version"] = version
         for s in ("train", "query", "gallery"):
-            del f[s]["parts"]
+            for name in dropped:
+                del f[s][name]
     regions = load_split_region_masks(old, market, "query", "regions")
     assert len(regions) == len(market.query) and regions[0].shape[0] == 4
-    with pytest.raises(UserError, match=r"v1.h5: cache schema version 1 has no 'parts' column .*regenerate"):
+    with pytest.raises(UserError, match=rf"v{version}.h5: cache schema version {version} has no 'parts' column .*regenerate"):
         load_split_region_masks(old, market, "query", "parts")
     with h5py.File(old, "r+") as f:
-        f.attrs["schema_version"] = 3
-    with pytest.raises(UserError, match=r"cache schema version 3, this reid-masks reads versions 1, 2"):
+        f.attrs["schema_version"] = 4
+    with pytest.raises(UserError, match=r"cache schema version 4, this reid-masks reads versions 1, 2, 3"):
         load_split_region_masks(old, market, "query", "regions")
 
 

@@ -24,7 +24,11 @@ plain ``BatchNorm2d`` with ``eps=1e-5`` instead, a slightly different network.
 Only the person class (COCO label 1) is kept. For the 91-class Mask R-CNN the box
 post-processing is restricted to the person class *before* the per-image top-k
 (``detections_per_img``), so other classes neither take person slots nor cost mask-head
-time; scores are the usual 91-way softmax probabilities, unchanged.
+time; scores are the usual 91-way softmax probabilities, unchanged. The detectron2
+backend follows the same rule (``base.PERSON_RULE``), so both keep the same instances
+from the same detections. Compared with torchvision's own ``postprocess_detections``
+(top-k over all classes), the persons are the same whenever fewer than
+``detections_per_img`` detections of all classes pass the threshold.
 
 Keypoints come from the second model. Its instances are matched to the mask model's
 instances by box IoU (:func:`match_instances`: greedy, highest IoU first, each instance
@@ -105,7 +109,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reid_masks.backends.base import Instances, attach_keypoints, box_iou_np, match_instances, parse_device
+from reid_masks.backends.base import DEFAULT_DETECTIONS_PER_IMG, PERSON_RULE, Instances, attach_keypoints, box_iou_np, match_instances, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -242,7 +246,7 @@ def build_mask_model(
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     score_threshold: float = 0.5,
-    detections_per_img: int = 100,
+    detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
     rpn_post_nms_top_n: int = 1000,
 ) -> nn.Module:
     """``maskrcnn_resnet50_fpn_v2`` with random weights (nothing downloaded), person-only post-processing."""
@@ -260,7 +264,7 @@ def build_keypoint_model(
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     score_threshold: float = 0.5,
-    detections_per_img: int = 100,
+    detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
     rpn_post_nms_top_n: int = 1000,
 ) -> nn.Module:
     """``keypointrcnn_resnet50_fpn`` as torchvision builds it for COCO_V1, with random weights.
@@ -327,7 +331,7 @@ class TorchvisionBackend:
         amp_dtype: str = "float16",
         keypoint_score_threshold: Optional[float] = None,
         match_iou: float = 0.5,
-        detections_per_img: int = 100,
+        detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
         rpn_post_nms_top_n: int = 1000,
     ) -> None:
         if not (with_masks or with_keypoints):
@@ -421,6 +425,7 @@ class TorchvisionBackend:
                 "keypoint_score_threshold": self.keypoint_score_threshold if (self.with_masks and self.with_keypoints) else None,
                 "keypoint_match": "greedy box IoU" if (self.with_masks and self.with_keypoints) else None,
                 "match_iou": self.match_iou,
+                "instances": PERSON_RULE,
                 "keypoint_score": "sigmoid(heatmap logit)",
                 "min_size": self.min_size,
                 "max_size": self.max_size,

@@ -15,9 +15,9 @@ depend on the kind (:data:`CHANNELS`):
 
 ``parts`` (MGRAN-PL, the paper's "part-level" alignment, Table 6): 5 channels
     ``parts == 1`` (head), ``== 2`` (torso), ``== 3`` (arms), ``== 4`` (legs): the body
-    parts of the cache column ``parts`` (schema version 2) -- from the LIP parsing labels
+    parts of the cache column ``parts`` (schema version 3) -- from the LIP parsing labels
     when stage 1 had parsing, else the regions split by the keypoint-defined arms
-    (``reid_masks.derive``). Always inside the pedestrian mask. A version-1 cache has no
+    (``reid_masks.derive``). Always inside the pedestrian mask. A cache older than version 3 has no
     ``parts`` column: a UserError naming the file says to regenerate it.
 
 Status: rows whose cache status is ``unreadable`` have all-zero masks (stage 1 could not
@@ -80,7 +80,7 @@ def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset,
     """MGRAN masks of ``dataset``'s ``split`` in record order (module docstring).
 
     ``indices``: the records to load (default all), in that order. ``kind="parts"`` needs
-    the cache's ``parts`` column (schema version 2); an older cache is a UserError naming
+    the cache's ``parts`` column (schema version 3); an older cache is a UserError naming
     the file. Records the cache lacks are a UserError naming the cache file
     (``locate_records``: by path, in any split of the cache).
     """
