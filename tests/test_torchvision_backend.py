@@ -117,6 +117,13 @@ def test_defaults_documented() -> None:
     assert DEFAULT_MIN_SIZE == 256 and DEFAULT_MAX_SIZE >= 2 * DEFAULT_MIN_SIZE
 
 
+def test_long_side_cap_follows_min_size() -> None:
+    """--min-size 800 alone (torchvision's own evaluation size) must work: the cap is 3x the short side."""
+    b = TorchvisionBackend(random_weights=True, with_keypoints=False, min_size=800)
+    assert b.max_size == 2400 and b.provenance()["max_size"] == 2400
+    assert TorchvisionBackend(random_weights=True, with_keypoints=False).max_size == DEFAULT_MAX_SIZE == 768
+
+
 def test_missing_weights_in_hub_cache(empty_hub_dir: Path) -> None:
     with pytest.raises(UserError) as ei:
         TorchvisionBackend()

@@ -59,8 +59,8 @@ network needs:
   ``min_size=128``, ~0.28 s at 256, ~0.9 s at 400, ~4.6 s at 800 (1333x667); both models
   end to end run ~2.2x more crops/s at 256 than at 800 (6-8 vs 18-21 CPU-s per crop).
 
-Default: ``min_size=256`` (4x for 64-px-wide crops) and ``max_size=768`` (keeps crops up
-to 3:1 uncapped). 128 (person ~220 px, 256x128 input) would also sit inside the anchors'
+Default: ``min_size=256`` (4x for 64-px-wide crops) and ``max_size=3 * min_size`` (768:
+keeps crops up to 3:1 uncapped, at any ``min_size``). 128 (person ~220 px, 256x128 input) would also sit inside the anchors'
 range, but at these sizes the backbone is not the bottleneck (the heads are, see below),
 so 256 costs only ~0.2 s/crop more on CPU while keeping the scale closer to what the
 models were trained on (COCO at a 640-800 px short side) and giving bystanders and
@@ -323,7 +323,7 @@ class TorchvisionBackend:
         keypoint_weights: str | os.PathLike | None = None,
         random_weights: bool = False,
         min_size: int = DEFAULT_MIN_SIZE,
-        max_size: int = DEFAULT_MAX_SIZE,
+        max_size: int | None = None,
         score_threshold: float = 0.5,
         with_keypoints: bool = True,
         with_masks: bool = True,
@@ -336,6 +336,8 @@ class TorchvisionBackend:
     ) -> None:
         if not (with_masks or with_keypoints):
             raise UserError("the torchvision backend needs masks or keypoints (or both) enabled")
+        if max_size is None:  # 3x the short side: never binds on portrait re-ID crops (768 at the default 256)
+            max_size = max(DEFAULT_MAX_SIZE, 3 * int(min_size))
         if int(min_size) < 1 or int(max_size) < int(min_size):
             raise UserError(f"bad input size: need 1 <= min_size <= max_size, got min_size={min_size} max_size={max_size}")
         if not 0.0 <= float(score_threshold) <= 1.0:
