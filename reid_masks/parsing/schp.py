@@ -661,9 +661,10 @@ class SCHPParser:
         """The norm rule in use and how many norm weights are negative (where the rules disagree)."""
         layers = self.model.norm_layers() if isinstance(self.model, SCHPNet) else []
         negative = [int((m.weight < 0).sum()) for m in layers]
+        rule = layers[0].norm if layers else self.norm  # the layers' own setting (set_norm may have changed it)
         return {
-            "rule": self.norm,
-            "formula": NORM_RULES[self.norm],
+            "rule": rule,
+            "formula": NORM_RULES[rule],
             "eps": layers[0].eps if layers else None,
             "layers": len(layers),
             "layers_with_negative_weight": sum(1 for n in negative if n),
