@@ -7,8 +7,10 @@
 * detectron2 (run only when the REAL detectron2 is importable; docs/detectron2.md says how to
   build it offline): :class:`Detectron2Backend` vs ``DefaultPredictor`` on the same model.
 
-Random weights score every class alike, so a person-class logit bias is added to the seeded
-weights: persons then pass the 0.5 threshold and nothing else does, which is what trained
+Random weights score every class alike, so the seeded class logits are shrunk and a
+person-class bias is added (for detectron2, whose random features are larger, the box
+regressions are shrunk too, so boxes stay near their anchors): persons then pass the 0.5
+threshold and nothing else does, which is what trained
 weights do on a re-ID crop and what makes torchvision's all-class top-k and the backend's
 person-only post-processing pick the same instances ("parity where the rule allows").
 Compared: person boxes and scores, masks (equal after the 0.5 threshold, and to 1e-4),
