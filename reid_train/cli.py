@@ -66,6 +66,7 @@ def main() -> None:
 def fit(config_name: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Train a model; checkpoints, metrics.jsonl and evaluation.json go to train.output_dir."""
     from reid_train.config import load_config
+    from reid_train.engine.preemption import Stopped, continue_command
     from reid_train.engine.trainer import Trainer
 
     cfg = load_config(config_name, overrides)
@@ -73,6 +74,10 @@ def fit(config_name: str, overrides: tuple[str, ...], resume: bool) -> None:
     try:
         trainer = Trainer(cfg, resume=resume)
         record = trainer.fit()
+    except Stopped as stopped:  # SIGTERM / SIGUSR1 / Ctrl-C: checkpoint written; 128 + signal number
+        if int(os.environ.get("RANK", "0")) == 0:
+            logging.getLogger("reid_train").warning("%s; continue with: %s", stopped, continue_command())
+        sys.exit(stopped.exit_status)
     finally:
         _close_file_logs()
     if trainer.rank != 0:
@@ -146,7 +151,7 @@ def extract(checkpoint: Path, split: str, out: Path, overrides: tuple[str, ...])
     model, cfg, dataset, device, amp, channels_last, _ = _load_for_inference(checkpoint, overrides)
     loader = build_test_loader(dataset, split, cfg, pin_memory=device.type == "cuda", region_masks=getattr(model, "region_masks", None))
     feats, pids, camids = extract_features(model, loader, device, cfg.test.flip, amp, channels_last)
-    paths = np.asarray([r.path for r in dataset.split(split)], dtype=str)
+    paths = np.asarray([r.path for r in loader.dataset.records], dtype=str)  # train: unusable cache rows left out
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, features=feats.numpy(), pids=pids, camids=camids, paths=paths)
     click.echo(f"wrote {feats.shape[0]} {split} features of dim {feats.shape[1]} to {out}")
