@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
+from reid_masks.datasets import DATASET_NAMES, dataset_names
 from reid_masks.errors import UserError
+
+
+#: ``-h`` as well as ``--help`` on every command (click passes it down to subcommands).
+HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
 class Group(click.Group):
@@ -20,7 +25,7 @@ class Group(click.Group):
             ctx.exit(2)
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings=HELP_SETTINGS)
 @click.version_option(package_name="reid-masks")
 def main() -> None:
     """Turn a re-ID dataset into an HDF5 cache of body masks, regions and keypoints."""
@@ -47,7 +52,7 @@ def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: 
 
 
 @main.command()
-@click.option("--dataset", required=True, help="market1501, dukemtmc, cuhk03 or msmt17.")
+@click.option("--dataset", required=True, type=click.Choice(DATASET_NAMES + ("folder",)), help="Dataset layout (folder: your own, with --manifest).")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path), help="Facts to check against instead of the packaged ones (e.g. a synthetic copy's manifest.json).")
 @click.option("--check-images", is_flag=True, help="Also decode every image (finds truncated files).")
@@ -84,7 +89,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @main.command()
-@click.option("--dataset", required=True, help="market1501, dukemtmc, cuhk03, msmt17 (or cuhk03_labeled / cuhk03_detected).")
+@click.option("--dataset", required=True, type=click.Choice(dataset_names()), help="Dataset layout (folder: train/ query/ gallery/ of your own).")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Cache file to write (.h5).")
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs: <dir>/<image path>.png.")

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import queue
 import shutil
 import sys
@@ -30,7 +29,7 @@ from reid_masks.cache import COLUMNS, STATUS, DEFAULT_PERSON_HW, MaskCache, Rows
 from reid_masks.datasets import SPLITS, Record, ReIDDataset, build_dataset
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, write_json_atomic
+from reid_masks.fileio import atomic_path, check_writable, write_json_atomic
 from reid_masks.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -346,13 +345,7 @@ def generate(cfg: GenerateConfig) -> Path:
     """Run the mask stage; returns the written cache path (a shard file under ``--shard``)."""
     ds = build_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
     out = shard_path(cfg.out, cfg.shard)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{out.parent}: output folder is not writable ({exc.strerror})") from None
+    check_writable(out)
     rows = work_rows(ds)
     backend = make_backend(cfg)
     parser = make_parser(cfg)

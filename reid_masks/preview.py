@@ -19,6 +19,7 @@ from PIL import Image
 from reid_masks import visual
 from reid_masks.cache import STATUS_NAMES, MaskCache
 from reid_masks.errors import UserError
+from reid_masks.fileio import check_writable
 from reid_masks.imageio import read_image
 
 PANELS = ("image", "whole", "upper", "bottom", "regions")
@@ -208,6 +209,7 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
 @click.option("--cols", default=DEFAULT_COLS, show_default=True, type=click.IntRange(1, 100), help="Tiles per row.")
 def preview_command(cache_path: Path, out: Path, n: int, split: str | None, root: Path | None, seed: int, scale: float, cols: int) -> None:
     """Draw sampled rows' masks, regions and keypoints over their images into a PNG contact sheet."""
+    check_writable(out)
     with MaskCache(cache_path) as cache:
         sheet = contact_sheet(cache, root, n=n, split=split, seed=seed, scale=scale, cols=cols)
     visual.save_png(sheet, out)

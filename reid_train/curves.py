@@ -309,9 +309,11 @@ def summary(records: Sequence[Mapping[str, Any]]) -> str:
               help="Loss axis: log shows the small attention terms next to the CE terms.")
 def curves_command(logfile: Path, out: Path | None, width: int, height: int, loss_scale: str) -> None:
     """Plot loss terms, rank-1 and mAP against epoch from a run's metrics.jsonl."""
+    from reid_masks.fileio import check_writable
+
+    out = check_writable(out or logfile.parent / "curves.png")
     records = read_metrics(logfile)
     text = summary(records)
     img, _ = render_curves(records, (width, height), f"{logfile}: {text}", log_loss=loss_scale == "log")
-    out = out or logfile.parent / "curves.png"
     visual.save_png(img, out)
     click.echo(f"wrote {out} ({width}x{height}): {text}")
