@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from reid_masks import visual
 from reid_masks.cache import STATUS_NAMES, MaskCache
@@ -26,6 +26,8 @@ PANELS = ("image", "whole", "upper", "bottom", "regions")
 PANEL_GAP = 2
 GRID_GAP = 4
 LEGEND_HEIGHT = visual.CAPTION_HEIGHT + 4
+HEADER_HEIGHT = visual.CAPTION_HEIGHT  # the panel names above the first row of tiles
+TOP_HEIGHT = LEGEND_HEIGHT + HEADER_HEIGHT
 DEFAULT_COLS = 4
 _COLUMNS = ["path", "pid", "camid", "status", "keypoints", "image_size", "masks", "regions"]
 
@@ -52,13 +54,13 @@ class SheetLayout:
     def size(self) -> tuple[int, int]:
         """(width, height) of the sheet, as PIL reports it."""
         th, tw = self.tile_hw
-        top = LEGEND_HEIGHT if self.legend else 0
+        top = TOP_HEIGHT if self.legend else 0
         return self.cols * tw + (self.cols + 1) * GRID_GAP, top + self.rows * th + (self.rows + 1) * GRID_GAP
 
     def tile_origin(self, index: int) -> tuple[int, int]:
         """(y, x) of tile ``index``'s top-left corner."""
         y, x = visual.grid_origin(index, self.cols, self.tile_hw, GRID_GAP)
-        return y + (LEGEND_HEIGHT if self.legend else 0), x
+        return y + (TOP_HEIGHT if self.legend else 0), x
 
     def panel_origin(self, index: int, panel: str) -> tuple[int, int]:
         """(y, x) of the top-left corner of ``panel`` (one of :data:`PANELS`) in tile ``index``."""
@@ -134,14 +136,39 @@ def render_tile(image: np.ndarray | None, row: dict[str, Any], panel_hw: tuple[i
     panels.append(visual.overlay_labels(base, row["regions"], visual.REGION_COLORS, visual.REGION_ALPHA))
     strip = visual.hstack(panels, gap=PANEL_GAP)
     status = _status_name(int(row["status"]))
-    color = visual.TEXT_COLOR if status == "ok" else visual.BAD
-    return visual.caption(strip, _caption_text(label, int(row["pid"]), status, strip.shape[1]), color)
+    text = _caption_text(label, int(row["pid"]), status, strip.shape[1])
+    if status == "ok" or not text.endswith(status):
+        return visual.caption(strip, text, visual.TEXT_COLOR if status == "ok" else visual.BAD)
+    # the status word in red, the rest light: both legible on the dark strip
+    return visual.caption(strip, text[:-len(status)], visual.TEXT_COLOR, tail=(status, visual.BAD))
 
 
-def _legend(width: int) -> np.ndarray:
+def _legend(width: int, keypoints: bool) -> np.ndarray:
+    """Colour legend; the keypoint colours only when the sheet shows keypoints."""
     items = [("whole", visual.WHOLE_COLOR), ("upper", visual.UPPER_COLOR), ("bottom/lower", visual.BOTTOM_COLOR),
-             ("head", visual.HEAD_COLOR), ("left kp", visual.KP_LEFT), ("right kp", visual.KP_RIGHT)]
+             ("head", visual.HEAD_COLOR)]
+    if keypoints:
+        items += [("left keypoints", visual.KP_LEFT), ("right keypoints", visual.KP_RIGHT)]
     return visual.legend(items, width, LEGEND_HEIGHT)
+
+
+PANEL_TITLES = {"image": "image + keypoints", "whole": "whole 24x8", "upper": "upper 24x8", "bottom": "bottom 24x8",
+                "regions": "regions"}
+
+
+def _headers(layout: SheetLayout, width: int, keypoints: bool) -> np.ndarray:
+    """The strip naming each panel above every column of tiles."""
+    strip = Image.new("RGB", (width, HEADER_HEIGHT), visual.SHEET_BG)
+    draw = ImageDraw.Draw(strip)
+    f = visual.font()
+    pw = layout.panel_hw[1]
+    for c in range(layout.cols):
+        _, x0 = visual.grid_origin(c, layout.cols, layout.tile_hw, GRID_GAP)
+        for p, name in enumerate(PANELS):
+            title = PANEL_TITLES[name] if keypoints or name != "image" else "image"
+            text = visual.fit_text(title, pw - 2, f) or visual.fit_text(name, pw - 2, f)
+            draw.text((x0 + p * (pw + PANEL_GAP) + pw / 2, HEADER_HEIGHT / 2), text, fill=visual.TEXT_COLOR, font=f, anchor="mm")
+    return np.asarray(strip)
 
 
 def resolve_root(cache: MaskCache, root: str | Path | None) -> Path:
@@ -194,7 +221,8 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
         tiles.append(render_tile(image, row, layout.panel_hw, label))
     sheet = np.asarray(visual.tile_grid(tiles, layout.cols, gap=GRID_GAP))
     if legend:
-        sheet = np.concatenate([_legend(sheet.shape[1]), sheet], axis=0)
+        keypoints = any(float(np.max(row["keypoints"][:, 2], initial=0.0)) > 0 for _, row in rows)
+        sheet = np.concatenate([_legend(sheet.shape[1], keypoints), _headers(layout, sheet.shape[1], keypoints), sheet], axis=0)
     return Image.fromarray(sheet)
 
 
