@@ -4,7 +4,9 @@ Each tile shows five panels, each the image resized to the cache's person-mask s
 ``scale``: (1) the image with its COCO keypoints and skeleton, (2) the whole, (3) the upper
 and (4) the bottom 24x8 mask as translucent overlays (nearest upsampling, so the cells
 stay visible), (5) the head/upper/lower regions; below them a caption strip with the path
-stem, the pid and the status (red when not ``ok``). Colours: :mod:`reid_masks.visual`.
+stem, the pid and the status (the status word red when not ``ok``). Above the tiles: a colour
+legend (keypoint colours only when the sampled rows have keypoints) and the panel names over
+every column of tiles. Colours: :mod:`reid_masks.visual`.
 """
 from __future__ import annotations
 

@@ -83,8 +83,10 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
         raise UserError("fit: pass --config NAME (a new run) or --resume RUN_DIR (continue a run)")
     cfg = absolute_paths(cfg)
     out_dir = Path(cfg.train.output_dir)
-    created = first_missing(out_dir)
-    check_writable(out_dir, "train.output_dir", folder=True)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 alone writes the run folder
+    created = first_missing(out_dir) if main_rank else None
+    if main_rank:
+        check_writable(out_dir, "train.output_dir", folder=True)
     _setup_logging(out_dir / "log.txt")
     try:
         try:
