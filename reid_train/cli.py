@@ -180,7 +180,7 @@ def configs(name: str | None) -> None:
         return
     for stem in packaged_configs():
         c = load_config(stem)
-        click.echo(f"{stem:26s} {c.model.name}/{c.model.backbone}  {c.data.dataset}  {c.data.height}x{c.data.width}  "
+        click.echo(f"{stem:26s} {c.model.name + '/' + c.model.backbone:22s} {c.data.dataset:11s} {c.data.height}x{c.data.width}  "
                    f"P={c.data.num_ids} K={c.data.num_instances}  {c.solver.epochs} epochs")
     click.echo("show one: reid-train configs NAME; train one: reid-train fit --config NAME --set data.root=... --set data.cache=...")
 

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import click
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from reid_masks import visual
 from reid_masks.errors import UserError

@@ -29,7 +29,8 @@ from reid_train.data.transforms import PairedTransform
 
 __all__ = ["LoadedModel", "load_model", "extract_features"]
 
-ImageLike = Union[str, Path, np.ndarray, "Image.Image", torch.Tensor]  # noqa: F821 (PIL is optional here)
+#: An image path, an HxWx3 uint8 RGB array, a 3xHxW float tensor in [0, 1], or a PIL image.
+ImageLike = Union[str, Path, np.ndarray, torch.Tensor, Any]
 
 
 @dataclass
@@ -66,6 +67,7 @@ class LoadedModel:
         return build_dataset(d.dataset, d.root, **d.options)
 
     def extract_features(self, images: Iterable[ImageLike], batch_size: int | None = None, flip: bool | None = None) -> torch.Tensor:
+        """:func:`extract_features` with this model."""
         return extract_features(self, images, batch_size, flip)
 
 
