@@ -23,17 +23,22 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+def _main_process() -> bool:
+    """True outside torchrun and on its rank 0, the one process that writes results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _setup_logging(log_file: Path | None = None) -> None:
     """Progress and info lines go to stderr (and ``log_file``); stdout keeps the final results."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
-    root.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+    root.setLevel(logging.INFO if _main_process() else logging.WARNING)
     if not any(getattr(h, "_reid_train", False) for h in root.handlers):
         handler = _StderrHandler(sys.stderr)
         handler.setFormatter(fmt)
         handler._reid_train = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    if log_file is not None and int(os.environ.get("RANK", "0")) == 0:
+    if log_file is not None and _main_process():
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file)
         fh.setFormatter(fmt)
@@ -83,8 +88,9 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
         raise UserError("fit: pass --config NAME (a new run) or --resume RUN_DIR (continue a run)")
     cfg = absolute_paths(cfg)
     out_dir = Path(cfg.train.output_dir)
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 alone writes the run folder
+    main_rank = _main_process()
     created = first_missing(out_dir) if main_rank else None
+    new_log = main_rank and not (out_dir / "log.txt").exists()
     if main_rank:
         check_writable(out_dir, "train.output_dir", folder=True)
     _setup_logging(out_dir / "log.txt")
@@ -93,7 +99,7 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
             trainer = Trainer(cfg, resume=resume is not None)
         except UserError:  # refused before training: leave no empty run folder behind
             _close_file_logs()
-            remove_unstarted_run(created, out_dir)
+            remove_unstarted_run(created, out_dir, out_dir / "log.txt" if new_log else None)
             raise
         record = trainer.fit()
     finally:
@@ -123,7 +129,9 @@ def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> 
     from reid_masks.fileio import check_writable, write_json_atomic
     from reid_train.engine.evaluator import evaluate_model, result_line
 
-    out = check_writable(out or checkpoint.parent / "evaluation.json")
+    out = out or checkpoint.parent / "evaluation.json"
+    if _main_process():
+        check_writable(out)
     _setup_logging()
     model, cfg, dataset, device, amp, channels_last, epoch = _load_for_inference(checkpoint, overrides)
     from reid_train.engine import distributed as ddp  # under torchrun: every rank extracts a shard

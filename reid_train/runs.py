@@ -70,9 +70,14 @@ def first_missing(path: str | Path) -> Path | None:
     return missing
 
 
-def remove_unstarted_run(created: Path | None, output_dir: str | Path) -> None:
-    """Remove ``created`` (a folder this command made) when the run in ``output_dir`` never saved a checkpoint."""
+def remove_unstarted_run(created: Path | None, output_dir: str | Path, new_log: Path | None = None) -> None:
+    """Undo what a refused ``fit`` made when the run in ``output_dir`` never saved a checkpoint:
+    ``created`` (the outermost folder this command made) or else ``new_log`` (a log file it started)."""
     from reid_train.engine.trainer import CHECKPOINT_NAME
 
-    if created is not None and created.is_dir() and not (Path(output_dir) / CHECKPOINT_NAME).exists():
+    if (Path(output_dir) / CHECKPOINT_NAME).exists():
+        return
+    if created is not None and created.is_dir():
         shutil.rmtree(created, ignore_errors=True)
+    elif new_log is not None and new_log.is_file():
+        new_log.unlink()

@@ -146,6 +146,9 @@ def test_refused_fit_leaves_no_run_folder(synth_dataset, tmp_path) -> None:
     res = runner.invoke(train_main, ["fit", "--config", "tiny_synthetic", *_sets(root, tmp_path / "a" / "run", "data.num_ids=1")])
     assert res.exit_code == 2 and "data.num_ids=1: the triplet loss needs at least 2 identities per batch (P >= 2)" in res.stderr
     assert not (tmp_path / "a").exists()
+    (tmp_path / "empty").mkdir()  # a folder that exists already stays, without a log of the refused run
+    res = runner.invoke(train_main, ["fit", "--config", "tiny_synthetic", *_sets(tmp_path / "nowhere", tmp_path / "empty")])
+    assert res.exit_code == 2 and list((tmp_path / "empty").iterdir()) == []
     res = runner.invoke(train_main, ["fit", "--resume", str(tmp_path / "a")])
     assert res.exit_code == 2 and "not a folder (expected the train.output_dir of a fit run)" in res.stderr
     res = runner.invoke(train_main, ["fit"])
