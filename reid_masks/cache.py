@@ -56,6 +56,7 @@ class Rows:
     def to_npz(self) -> dict[str, np.ndarray]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["path"] = np.asarray(self.path, dtype=str)
+        out["fingerprint"] = np.asarray(self.fingerprint).astype("S16")  # drops h5py's dtype metadata
         return out
 
     @staticmethod
@@ -69,44 +70,132 @@ COLUMNS = [f.name for f in fields(Rows)]
 
 
 def write_cache(path: str | Path, splits: dict[str, tuple[int, Rows]], attrs: dict[str, Any], partial: bool = False) -> None:
-    """Write a cache atomically: a temporary file renamed over ``path``.
+    """Write a cache of in-memory rows atomically (a temporary file renamed over ``path``).
 
     ``splits`` maps split name to (number of rows the split has, its rows). Every row
     0..n-1 must be present once, unless ``partial`` (a shard): then the rows' positions
-    are stored in an ``index`` dataset for ``reid-masks merge``.
+    are stored in an ``index`` dataset for ``reid-masks merge``. Large caches are written
+    chunk by chunk with :class:`CacheWriter` instead (``reid-masks generate`` / ``merge``).
     """
-    import h5py
+    person_hw = next((tuple(r.person.shape[1:]) for _, r in splits.values() if r.person.ndim == 3), DEFAULT_PERSON_HW)
+    layout = {s: (n, np.sort(r.index) if partial else None) for s, (n, r) in splits.items()}
+    with atomic_path(path) as tmp:
+        with CacheWriter(tmp, layout, attrs, person_hw) as writer:
+            for split, (_, rows) in splits.items():
+                writer.write(split, rows.take(np.argsort(rows.index, kind="stable")))
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+
+class CacheWriter:
+    """Streams rows into a new cache file, so memory does not grow with the dataset.
+
+    ``layout`` maps each split to ``(num_rows, stored_index)``: ``stored_index`` is None for
+    a complete cache (rows 0..num_rows-1 are stored at their own position) or, for a shard,
+    the sorted positions of the rows it holds (written as the ``index`` dataset). Datasets
+    are created at their final size, chunked and compressed as the cache contract says;
+    :meth:`write` puts rows at their positions (in any order, each row once) and
+    :meth:`close` checks that every stored row was written exactly once.
+    """
+
+    def __init__(self, path: str | Path, layout: dict[str, tuple[int, np.ndarray | None]], attrs: dict[str, Any], person_hw: tuple[int, int]):
+        import h5py
+
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "w", rdcc_nbytes=32 << 20)
+        self._stored: dict[str, np.ndarray | None] = {}
+        self._written: dict[str, np.ndarray] = {}
+        f = self._file
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["status_names"] = json.dumps(STATUS_NAMES)
         f.attrs["region_names"] = json.dumps(REGION_NAMES)
-        for split, (n, rows) in splits.items():
-            order = np.argsort(rows.index, kind="stable")
-            rows = rows.take(order)
-            if not partial and (len(rows) != n or not np.array_equal(rows.index, np.arange(n))):
-                raise ValueError(f"split {split}: rows do not cover 0..{n - 1} exactly once")
+        for split, (num_rows, stored) in layout.items():
             group = f.create_group(split)
-            write_group(group, rows)
-            group.attrs["num_rows"] = n
-            if partial:
-                group.create_dataset("index", data=rows.index.astype(np.int64))
+            group.attrs["num_rows"] = int(num_rows)
+            n = int(num_rows) if stored is None else len(stored)
+            if stored is not None:
+                stored = np.asarray(stored, np.int64)
+                if len(stored) and (np.any(np.diff(stored) <= 0) or stored[0] < 0 or stored[-1] >= num_rows):
+                    raise ValueError(f"split {split}: stored row positions must be increasing, within 0..{num_rows - 1}")
+                group.create_dataset("index", data=stored)
+            self._stored[split] = stored
+            self._written[split] = np.zeros(n, dtype=bool)
+            for name, (shape, dtype) in column_layout(person_hw).items():
+                big = len(shape) > 0 and n > 0
+                chunks = (min(n, ROW_CHUNK if len(shape) < 2 else 64),) + shape if big else None
+                group.create_dataset(name, shape=(n,) + shape, dtype=dtype, chunks=chunks, compression="gzip" if big else None,
+                                     compression_opts=4 if big else None, shuffle=big)
+
+    def positions(self, split: str, index: np.ndarray) -> np.ndarray:
+        """Where rows with split positions ``index`` are stored in this file."""
+        stored = self._stored[split]
+        index = np.asarray(index, np.int64)
+        if stored is None:
+            pos = index
+            bad = (pos < 0) | (pos >= len(self._written[split]))
+        else:
+            pos = np.searchsorted(stored, index)
+            bad = (pos >= len(stored)) | (stored[np.minimum(pos, len(stored) - 1)] != index) if len(stored) else np.ones(len(index), bool)
+        if bad.any():
+            raise ValueError(f"split {split}: row {int(index[np.argmax(bad)])} does not belong in this file")
+        return pos
+
+    def write(self, split: str, rows: Rows) -> None:
+        """Store ``rows`` (sorted by ``index``) at their positions; each row once."""
+        if not len(rows):
+            return
+        pos = self.positions(split, rows.index)
+        if np.any(np.diff(pos) <= 0):
+            raise ValueError(f"split {split}: rows must be sorted by index, each once")
+        written = self._written[split]
+        if written[pos].any():
+            raise ValueError(f"split {split}: row {int(rows.index[np.argmax(written[pos])])} written twice")
+        group = self._file[split]
+        # contiguous runs become slice writes (h5py point selections are slow)
+        breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(pos)]):
+            lo, hi = int(pos[a]), int(pos[b - 1]) + 1
+            for name in WRITTEN_COLUMNS:
+                data = getattr(rows, name)[a:b]
+                if name == "path":
+                    data = np.asarray(data, dtype=object)
+                elif name == "fingerprint":
+                    data = np.asarray(data, dtype="S16")
+                group[name][lo:hi] = data
+        written[pos] = True
+
+    def missing(self) -> dict[str, int]:
+        return {s: int((~w).sum()) for s, w in self._written.items() if not w.all()}
+
+    def close(self, check: bool = True) -> None:
+        try:
+            missing = self.missing() if check else {}
+            if missing:
+                raise ValueError("rows never written: " + ", ".join(f"{s} {n}" for s, n in missing.items()))
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(check=exc_type is None)
 
 
-def write_group(group: Any, rows: Rows) -> None:
+#: Columns stored per row (``index`` is implicit in a complete cache).
+WRITTEN_COLUMNS = ("path", "fingerprint", "pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions")
+
+
+def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Per-row shape and dtype of every stored column."""
     import h5py
 
-    n = len(rows)
-    str_dt = h5py.string_dtype("utf-8")
-    group.create_dataset("path", data=np.asarray(rows.path, dtype=object), dtype=str_dt)
-    group.create_dataset("fingerprint", data=np.asarray(rows.fingerprint, dtype="S16"))
-    for name in ("pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions"):
-        data = getattr(rows, name)
-        big = data.ndim > 1 and n > 0
-        chunks = (min(n, ROW_CHUNK if data.ndim < 3 else 64),) + data.shape[1:] if big else None
-        group.create_dataset(name, data=data, chunks=chunks, compression="gzip" if big else None, compression_opts=4 if big else None, shuffle=big)
+    ph, pw = person_hw
+    return {
+        "path": ((), h5py.string_dtype("utf-8")), "fingerprint": ((), "S16"), "pid": ((), np.int32), "camid": ((), np.int16),
+        "status": ((), np.uint8), "score": ((), np.float32), "box": ((4,), np.float32), "keypoints": ((17, 3), np.float32),
+        "image_size": ((2,), np.int32), "masks": ((3, *MASK_HW), np.float32), "person": ((ph, pw), np.uint8), "regions": ((ph, pw), np.uint8),
+    }
 
 
 class MaskCache:
@@ -187,6 +276,17 @@ class MaskCache:
         if "path" in out and index is not None:
             out["path"] = np.asarray([p.decode() if isinstance(p, bytes) else p for p in out["path"]], dtype=object)
         return out
+
+    def block(self, split: str, start: int, stop: int) -> Rows:
+        """Stored rows ``start:stop`` of a split as :class:`Rows` (``index`` = their split positions)."""
+        group = self._file[split]
+        values = {name: group[name][start:stop] for name in WRITTEN_COLUMNS}
+        values["path"] = np.asarray([p.decode() if isinstance(p, bytes) else p for p in values["path"]], dtype=object)
+        values["index"] = group["index"][start:stop] if "index" in group else np.arange(start, start + len(values["pid"]), dtype=np.int64)
+        return Rows(**values)
+
+    def num_stored(self, split: str) -> int:
+        return len(self._file[split]["pid"])
 
     def all_rows(self, split: str) -> Rows:
         return Rows(**self.rows(split))

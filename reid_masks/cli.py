@@ -22,7 +22,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(getattr(exc, "exit_code", 2))
 
 
 @click.group(cls=Group, context_settings=HELP_SETTINGS)
@@ -111,9 +111,10 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--variant", type=click.Choice(["labeled", "detected"]), help="CUHK03 variant.")
 @click.option("--person-size", default="256x128", show_default=True, help="HxW of the stored pedestrian mask and regions.")
 @click.option("--chunk-rows", default=256, show_default=True, type=click.IntRange(1, 100000), help="Rows per saved chunk: the unit of resume and of sharding.")
+@click.option("--strict", is_flag=True, help="Exit 1 (after writing the cache) when any image was unreadable.")
 def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, masks_dir: Path | None, seg_siblings: bool, backend: str,
              mask_weights: Path | None, keypoint_weights: Path | None, random_weights: bool, min_size: int | None, score_threshold: float | None,
-             device: str, batch_size: int, workers: int, shard: str, update: bool, variant: str | None, person_size: str, chunk_rows: int) -> None:
+             device: str, batch_size: int, workers: int, shard: str, update: bool, variant: str | None, person_size: str, chunk_rows: int, strict: bool) -> None:
     """Run the mask stage over train, query and gallery and write the HDF5 cache."""
     from reid_masks.generate import GenerateConfig, generate as run_generate, parse_shard
 
@@ -133,8 +134,15 @@ def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, pars
         backend_options=backend_options, parser=parser, parser_options=parser_options, batch_size=batch_size, workers=workers, shard=parse_shard(shard),
         update=update, person_size=parse_size(person_size), chunk_rows=chunk_rows, command=command_line(click.get_current_context()),
     )
-    path = run_generate(cfg)
-    click.echo(f"wrote {path}")
+    result = run_generate(cfg)
+    if result.written:
+        counts = ", ".join(f"{n} {s}" for s, n in result.status_counts.items())
+        click.echo(f"wrote {result.path} ({counts})")
+    for line in result.summary_lines():
+        click.echo(f"warning: {line}", err=True)
+    if strict and result.status_counts.get("unreadable", 0):
+        click.echo(f"error: --strict: {result.status_counts['unreadable']} unreadable image(s); the cache {result.path} was kept", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -144,7 +152,7 @@ def merge(shards: tuple[Path, ...], out: Path) -> None:
     """Merge the shard caches of one generate run into one cache."""
     from reid_masks.merge import merge_shards
 
-    merge_shards(list(shards), out)
+    merge_shards(list(shards), out, command=command_line(click.get_current_context()))
     click.echo(f"merged {len(shards)} shard(s) into {out}")
 
 

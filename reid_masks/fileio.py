@@ -153,3 +153,61 @@ def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> N
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """JSON (indented, newline-terminated) through a temporary file renamed over ``path``."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+class OutputLock:
+    """An exclusive lock on an output file, held while one run writes it.
+
+    The lock is a POSIX record lock (``fcntl.lockf``) on a hidden ``.<name>.lock`` file beside
+    the output: the kernel (or the NFS lock manager) drops it when the holder dies, however it
+    dies, so a lock is never stale. The file records who holds it, so a second run is refused
+    at once with one line naming the other process. The lock file itself is left in place
+    (removing it would race with a process about to lock it).
+    """
+
+    def __init__(self, path: str | Path, command: str = ""):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self.command = command
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+        import time
+
+        from reid_masks.errors import UserError
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+            raise UserError(f"{self.path}: another run is writing it ({who}: {holder.get('command', '?')}); wait for it to finish or stop it") from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": self.command})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            try:
+                os.ftruncate(self._fd, 0)
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -13,23 +13,28 @@ import hashlib
 import io
 import json
 import logging
+import os
 import queue
 import shutil
+import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from reid_masks import __version__
-from reid_masks.cache import COLUMNS, STATUS, DEFAULT_PERSON_HW, MaskCache, Rows, write_cache
+from reid_masks.assemble import assemble, mib
+from reid_masks.cache import DEFAULT_PERSON_HW, STATUS, STATUS_NAMES, MaskCache, Rows
+from reid_masks.chunks import BadChunk, ChunkStore
 from reid_masks.datasets import SPLITS, Record, ReIDDataset, build_dataset
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, check_writable, write_json_atomic
+from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic
 from reid_masks.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -117,8 +122,8 @@ class ImageSource:
         path = self.root / rec.path
         try:
             data = path.read_bytes()
-        except OSError as exc:
-            return Item(split, index, rec, b"missing", None, None, None, error=f"{path}: cannot read image ({exc.strerror})")
+        except OSError:  # a dangling link, a vanished or unreadable file: the row says so, never dropped
+            return Item(split, index, rec, b"missing", None, None, None)
         item = Item(split, index, rec, fingerprint(data), None, None, None)
         try:
             with Image.open(io.BytesIO(data)) as im:
@@ -215,32 +220,6 @@ def rows_from(items: list[Item], person_hw: tuple[int, int]) -> Rows:
         keypoints=col("keypoints", np.float32), image_size=col("image_size", np.int32), masks=col("masks", np.float32),
         person=col("person", np.uint8), regions=col("regions", np.uint8),
     )
-
-
-class ChunkStore:
-    """Finished chunks as ``<partial>/chunk-<g>.npz``, each written to a temporary name first."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    def path(self, g: int) -> Path:
-        return self.folder / f"chunk-{g:06d}.npz"
-
-    def done(self, g: int) -> bool:
-        return self.path(g).is_file()
-
-    def save(self, g: int, by_split: dict[str, Rows]) -> None:
-        arrays = {f"{s}.{k}": v for s, rows in by_split.items() for k, v in rows.to_npz().items()}
-        with atomic_path(self.path(g), suffix=".npz") as tmp:
-            np.savez(tmp, **arrays)
-
-    def load(self, g: int) -> dict[str, Rows]:
-        with np.load(self.path(g), allow_pickle=False) as data:
-            splits = {k.split(".")[0] for k in data.files}
-            return {s: Rows.from_npz({f: data[f"{s}.{f}"] for f in COLUMNS}) for s in splits}
-
-
-# --- the command ------------------------------------------------------------------------------
 
 
 def parser_name(cfg: GenerateConfig) -> str:
@@ -341,18 +320,100 @@ def diff_keys(a: dict, b: dict) -> str:
     return "differs in " + ", ".join(keys) if keys else "same"
 
 
-def generate(cfg: GenerateConfig) -> Path:
-    """Run the mask stage; returns the written cache path (a shard file under ``--shard``)."""
+@dataclass
+class GenerateResult:
+    """What a run did: the cache path, whether it was (re)written, and its rows' statuses."""
+
+    path: Path
+    written: bool
+    status_counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # status -> first few "split/path"
+
+    def summary_lines(self, strict: bool = False) -> list[str]:
+        """One line per status other than ok / no_keypoints, with the first paths and what to do."""
+        lines = []
+        advice = {
+            "unreadable": "fix or remove these files (reid-masks validate --check-images lists them), then rerun with --update; reid-train leaves unreadable train rows out and refuses unreadable query/gallery rows",
+            "no_person": "no person found: masks fall back to the prior box (README: How masks are derived); look at them with reid-masks preview",
+        }
+        for status in ("unreadable", "no_person"):
+            n = self.status_counts.get(status, 0)
+            if n:
+                first = ", ".join(self.examples.get(status, [])[:3])
+                lines.append(f"{n} row(s) {status} (first: {first}): {advice[status]}")
+        return lines
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM during a run: finished work kept; exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (Slurm's time limit, preemption, scancel) raises like Ctrl-C in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def worker_init(_: int) -> None:
+    """DataLoader workers leave signals to the main process and die with it (even on kill -9)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def generate(cfg: GenerateConfig) -> GenerateResult:
+    """Run the mask stage; returns the cache written (a shard file under ``--shard``).
+
+    One run at a time per output (a lock beside it); temporary files of dead runs are removed;
+    Ctrl-C and SIGTERM keep every finished chunk and raise :class:`Interrupted`.
+    """
     ds = build_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
     out = shard_path(cfg.out, cfg.shard)
     check_writable(out)
+    with OutputLock(out, cfg.command), sigterm_as_interrupt():
+        remove_dead_temps(out.parent, out.name)
+        partial = out.with_name(out.name + ".partial")
+        remove_dead_temps(partial)
+        try:
+            return _generate_locked(cfg, ds, out, partial)
+        except KeyboardInterrupt as exc:
+            signum = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT
+            kept = len(list(partial.glob("chunk-*.npz"))) if partial.is_dir() else 0
+            raise Interrupted(f"interrupted by {signal.Signals(signum).name}: {kept} finished chunk(s) kept in {partial}; rerun the same command to resume", signum) from None
+
+
+def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path) -> GenerateResult:
     rows = work_rows(ds)
     backend = make_backend(cfg)
     parser = make_parser(cfg)
     prov = provenance(cfg, backend, parser)
     counts = {s: len(ds.split(s)) for s in SPLITS}
 
-    reuse: dict[str, Rows] = {}
+    old: MaskCache | None = None
     todo = set(range(len(rows)))
     if out.is_file():
         if cfg.shard[1] != 1:
@@ -360,45 +421,78 @@ def generate(cfg: GenerateConfig) -> Path:
         same, old = compare_with_existing(out, ds, rows, prov, cfg.workers)
         changed = [rows[k][2].path for k, ok in enumerate(same) if not ok]
         current_paths = {(s, r.path) for s, _, r in rows}
-        removed = sum((s, p) not in current_paths for s in old.splits for p in old.column(s, "path"))
+        removed = [p for s in old.splits for p in old.column(s, "path") if (s, p) not in current_paths]
         if not changed and not removed:
             old.close()
             log.info("%s is up to date", out)
-            sys.stderr.write(f"{out}: up to date ({len(rows)} images)\n")
-            return out
+            sys.stderr.write(f"{out}: up to date ({len(rows)} images), nothing to do\n")
+            return GenerateResult(out, False, *status_summary(out))
         if not cfg.update:
             old.close()
-            raise UserError(f"{out}: stale cache, {len(changed)} image(s) changed or added and {removed} removed since it was made (first: {changed[0] if changed else '-'}); rerun with --update to recompute only those rows")
-        with old:
-            for s in SPLITS:
-                keep = [(i, r) for (sp, i, r), ok in zip(rows, same) if sp == s and ok]
-                pos = old.path_index(s)
-                data = old.rows(s, np.asarray([pos[r.path] for _, r in keep], np.int64))
-                data["index"] = np.asarray([i for i, _ in keep], np.int64)
-                data["pid"] = np.asarray([r.pid for _, r in keep], np.int32)
-                data["camid"] = np.asarray([r.camid for _, r in keep], np.int16)
-                reuse[s] = Rows(**data)
+            what = [f"{len(changed)} image(s) changed or added" + (f" (first: {changed[0]})" if changed else ""),
+                    f"{len(removed)} removed" + (f" (first: {removed[0]})" if removed else "")]
+            raise UserError(f"{out}: stale cache, {' and '.join(what)} since it was made; rerun with --update to recompute only those rows")
         todo = {k for k, ok in enumerate(same) if not ok}
+        sys.stderr.write(f"{out}: updating {len(todo)} changed or added row(s), {len(removed)} removed, {len(rows) - len(todo)} kept\n")
 
-    partial = out.with_name(out.name + ".partial")
+    try:
+        return _run(cfg, ds, out, partial, rows, todo, old, backend, parser, prov, counts)
+    finally:
+        if old is not None:
+            old.close()
+
+
+def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: list, todo: set[int], old: MaskCache | None,
+         backend: Any, parser: Any, prov: dict, counts: dict[str, int]) -> GenerateResult:
     store = ChunkStore(partial)
     meta = {"signature": dataset_signature(rows), "provenance": strip_volatile(prov), "chunk_rows": cfg.chunk_rows, "shard": list(cfg.shard), "update": cfg.update}
     prepare_partial(partial, meta)
 
     n_chunks = -(-len(rows) // cfg.chunk_rows)
     mine = [g for g in range(n_chunks) if g % cfg.shard[1] == cfg.shard[0]]
-    pending = [g for g in mine if not store.done(g)]
-    chunk_members = {g: [k for k in range(g * cfg.chunk_rows, min((g + 1) * cfg.chunk_rows, len(rows))) if k in todo] for g in pending}
-    total = sum(len(v) for v in chunk_members.values())
-    if len(pending) < len(mine):
-        sys.stderr.write(f"resuming: {len(mine) - len(pending)} of {len(mine)} chunks already done in {partial}\n")
-    run_chunks(cfg, ds, rows, chunk_members, store, backend, parser, Progress(total))
+    members = {g: list(range(g * cfg.chunk_rows, min((g + 1) * cfg.chunk_rows, len(rows)))) for g in mine}
 
-    by_split: dict[str, list[Rows]] = {s: [reuse[s]] if s in reuse else [] for s in SPLITS}
+    def expected(g: int) -> dict[str, np.ndarray]:
+        out_: dict[str, list[int]] = {}
+        for k in members[g]:
+            out_.setdefault(rows[k][0], []).append(rows[k][1])
+        return {s: np.asarray(v, np.int64) for s, v in out_.items()}
+
+    pending, resumed = [], 0
     for g in mine:
-        for s, r in store.load(g).items():
-            by_split[s].append(r)
-    splits = {s: (counts[s], Rows.concat(parts) if parts else empty_rows(cfg.person_size)) for s, parts in by_split.items()}
+        if not store.exists(g):
+            pending.append(g)
+            continue
+        try:
+            store.load(g, expected(g))
+            resumed += 1
+        except BadChunk as exc:
+            sys.stderr.write(f"{exc}; recomputing chunk {g}\n")
+            store.discard(g)
+            pending.append(g)
+    if resumed:
+        sys.stderr.write(f"resuming: {resumed} of {len(mine)} chunks already done in {partial}\n")
+
+    compute = {g: [k for k in members[g] if k in todo] for g in pending}
+    keep = {g: [k for k in members[g] if k not in todo] for g in pending}
+    reuse = ReusedRows(old, rows) if old is not None else None
+    progress = Progress(sum(len(v) for v in compute.values()))
+    try:
+        run_chunks(cfg, ds, rows, compute, keep, reuse, store, backend, parser, progress)
+    except Exception as exc:
+        if is_disk_full(exc):
+            done = sum(store.exists(g) for g in mine)
+            per_chunk = store.size() / max(done, 1)
+            need = per_chunk * (len(mine) - done) * 2  # the rest of the chunks, then the cache itself
+            raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, about {mib(need) if done else 'unknown space'} more needed; free space and rerun the same command to resume") from None
+        raise
+
+    stored = {s: [] for s in SPLITS}
+    for g in mine:
+        for k in members[g]:
+            stored[rows[k][0]].append(rows[k][1])
+    partial_out = cfg.shard[1] > 1
+    layout = {s: (counts[s], sorted(stored[s]) if partial_out else None) for s in SPLITS}
     attrs = {
         "dataset": ds.name,
         "dataset_root": str(ds.root.resolve()),
@@ -409,50 +503,95 @@ def generate(cfg: GenerateConfig) -> Path:
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
         "num_chunks": n_chunks,
     }
-    write_cache(out, splits, attrs, partial=cfg.shard[1] > 1)
+    sources = [{"kind": "chunk", "folder": str(partial), "chunk": g} for g in mine]
+    assemble(out, layout, attrs, cfg.person_size, sources, partial, estimate_bytes=int(store.size() * 1.1) + (1 << 20),
+             kept_note=f"all {len(mine)} chunk(s) are kept in {partial}")
     shutil.rmtree(partial, ignore_errors=True)
-    return out
+    return GenerateResult(out, True, *status_summary(out))
 
 
-def empty_rows(person_hw: tuple[int, int]) -> Rows:
-    return Rows(
-        index=np.zeros(0, np.int64), path=np.zeros(0, object), pid=np.zeros(0, np.int32), camid=np.zeros(0, np.int16),
-        fingerprint=np.zeros(0, "S16"), status=np.zeros(0, np.uint8), score=np.zeros(0, np.float32), box=np.zeros((0, 4), np.float32),
-        keypoints=np.zeros((0, 17, 3), np.float32), image_size=np.zeros((0, 2), np.int32), masks=np.zeros((0, 3, 24, 8), np.float32),
-        person=np.zeros((0, *person_hw), np.uint8), regions=np.zeros((0, *person_hw), np.uint8),
-    )
+def status_summary(path: Path, examples: int = 3) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Rows per status over all splits of a cache, and the first few paths of each status."""
+    counts: dict[str, int] = {}
+    first: dict[str, list[str]] = {}
+    with MaskCache(path) as cache:
+        for s in cache.splits:
+            status = cache.column(s, "status")
+            for code, name in enumerate(STATUS_NAMES):
+                hits = np.flatnonzero(status == code)
+                if len(hits):
+                    counts[name] = counts.get(name, 0) + len(hits)
+                    if len(first.setdefault(name, [])) < examples:
+                        paths = cache.rows(s, hits[: examples], columns=["path"])["path"]
+                        first[name].extend(str(p) for p in paths[: examples - len(first[name])])
+    return counts, first
+
+
+class ReusedRows:
+    """Rows of the existing cache that ``--update`` keeps, read chunk by chunk."""
+
+    def __init__(self, old: MaskCache, rows: list[tuple[str, int, Record]]):
+        self.old, self.rows = old, rows
+        self.pos = {s: old.path_index(s) for s in old.splits}
+        self.lock = threading.Lock()
+
+    def take(self, ks: list[int]) -> dict[str, Rows]:
+        out = {}
+        for s in SPLITS:
+            mine = [self.rows[k] for k in ks if self.rows[k][0] == s]
+            if not mine:
+                continue
+            with self.lock:
+                data = self.old.rows(s, np.asarray([self.pos[s][r.path] for _, _, r in mine], np.int64))
+            data["index"] = np.asarray([i for _, i, _ in mine], np.int64)
+            data["pid"] = np.asarray([r.pid for _, _, r in mine], np.int32)
+            data["camid"] = np.asarray([r.camid for _, _, r in mine], np.int16)
+            out[s] = Rows(**data)
+        return out
 
 
 def prepare_partial(partial: Path, meta: dict) -> None:
     """Create ``partial`` or check that the run it holds used the same inputs and options."""
     meta_path = partial / "meta.json"
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old != json.loads(json.dumps(meta)):
+        try:
+            old = json.loads(meta_path.read_text())
+        except ValueError:
+            old = None
+        if old is None:  # a torn meta.json: the chunks' own checks decide what is reusable
+            sys.stderr.write(f"{meta_path}: unreadable, rewriting it\n")
+        elif old != json.loads(json.dumps(meta)):
             what = ", ".join(k for k in meta if old.get(k) != json.loads(json.dumps(meta))[k])
             raise UserError(f"{partial}: an interrupted run with other inputs or options ({what}) is here; remove this folder to start over")
-        return
+        else:
+            return
     write_json_atomic(meta_path, meta)
 
 
-def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: dict[int, list[int]], store: ChunkStore, backend: Any, parser: Any, progress: Progress) -> None:
-    """Decode in workers, infer in batches, derive off the model's path, save finished chunks."""
+def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, compute: dict[int, list[int]], keep: dict[int, list[int]],
+               reuse: ReusedRows | None, store: ChunkStore, backend: Any, parser: Any, progress: Progress) -> None:
+    """Decode in workers, infer in batches, derive off the model's path, save finished chunks.
+
+    ``compute[g]`` are the rows of chunk ``g`` to process, ``keep[g]`` those ``--update``
+    copies from the existing cache; a chunk is saved once all of its rows are there.
+    """
     from torch.utils.data import DataLoader
 
-    order = [k for g in sorted(chunk_members) for k in chunk_members[g]]
-    chunk_of = {k: g for g, ks in chunk_members.items() for k in ks}
-    for g, ks in chunk_members.items():
-        if not ks:  # every row of this chunk is reused (--update)
-            store.save(g, {})
+    for g in sorted(compute):
+        if not compute[g]:  # every row of this chunk is reused (--update)
+            store.save(g, reuse.take(keep[g]) if keep[g] else {})
+    order = [k for g in sorted(compute) for k in compute[g]]
     if not order:
         return
+    chunk_of = {k: g for g, ks in compute.items() for k in ks}
+    rows_index = {(s, i): k for k, (s, i, _) in enumerate(rows)}
     source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings)
     loader = DataLoader(
         ItemDataset(source, [rows[k] for k in order], derive_here=backend is None and parser is None),
-        batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate,
+        batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate, worker_init_fn=worker_init if cfg.workers > 0 else None,
         persistent_workers=False, prefetch_factor=4 if cfg.workers > 0 else None,
     )
-    pending: dict[int, list[Item]] = {g: [] for g in chunk_members}
+    pending: dict[int, list[Item]] = {g: [] for g, ks in compute.items() if ks}
     results: queue.Queue = queue.Queue(maxsize=8)
     failure: list[BaseException] = []
 
@@ -461,14 +600,11 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: 
             if it.derived is None and it.image is not None:
                 it.derived = derive(observation(it, it.instances))
                 it.image = None
-            key = rows_index[(it.split, it.index)]
-            g = chunk_of[key]
+            g = chunk_of[rows_index[(it.split, it.index)]]
             pending[g].append(it)
-            if len(pending[g]) == len(chunk_members[g]):
-                save_chunk(store, g, pending.pop(g), cfg.person_size)
+            if len(pending[g]) == len(compute[g]):
+                save_chunk(store, g, pending.pop(g), cfg.person_size, reuse.take(keep[g]) if keep[g] else {})
         progress.update(len(items))
-
-    rows_index = {(s, i): k for k, (s, i, _) in enumerate(rows)}
 
     def consumer() -> None:
         while True:
@@ -484,8 +620,9 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: 
 
     writer = threading.Thread(target=consumer, name="derive-and-write", daemon=True)
     writer.start()
+    batches = iter(loader)
     try:
-        for batch in loader:
+        for batch in batches:
             for it in batch:
                 if it.error:
                     raise UserError(it.error)
@@ -500,6 +637,9 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: 
                 raise failure[0]
             results.put(batch)
     finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:  # stop the workers now, quietly, before the writer finishes
+            shutdown()
         results.put(None)
         writer.join()
     if failure:
@@ -508,11 +648,16 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, chunk_members: 
         raise RuntimeError(f"chunks left incomplete: {sorted(pending)[:5]}")
 
 
-def save_chunk(store: ChunkStore, g: int, items: list[Item], person_hw: tuple[int, int]) -> None:
+def save_chunk(store: ChunkStore, g: int, items: list[Item], person_hw: tuple[int, int], reused: dict[str, Rows]) -> None:
     by_split = {}
     for s in SPLITS:
+        parts = []
         mine = [it for it in items if it.split == s]
         if mine:
-            by_split[s] = rows_from(mine, person_hw)
+            parts.append(rows_from(mine, person_hw))
+        if s in reused:
+            parts.append(reused[s])
+        if parts:
+            rows = Rows.concat(parts)
+            by_split[s] = rows.take(np.argsort(rows.index, kind="stable"))
     store.save(g, by_split)
-

@@ -1,17 +1,24 @@
-"""``reid-masks merge``: shard caches from ``generate --shard i/n`` -> one cache."""
+"""``reid-masks merge``: shard caches from ``generate --shard i/n`` -> one cache.
+
+Only the small columns (row positions, provenance) are compared in memory; the rows are
+streamed shard by shard into the new file (:mod:`reid_masks.assemble`), so memory does not
+grow with the dataset.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from reid_masks.cache import MaskCache, Rows, write_cache
+from reid_masks.assemble import assemble
+from reid_masks.cache import DEFAULT_PERSON_HW, MaskCache
 from reid_masks.errors import UserError
+from reid_masks.fileio import OutputLock, remove_dead_temps
 
 VOLATILE = ("command", "created")
 
 
-def merge_shards(shards: list[Path], out: Path) -> Path:
+def merge_shards(shards: list[Path], out: Path, command: str = "") -> Path:
     """Combine shards; refuses different provenance or dataset, overlapping or missing rows."""
     if not shards:
         raise UserError("merge: no shard files given")
@@ -21,32 +28,39 @@ def merge_shards(shards: list[Path], out: Path) -> Path:
         ref_attrs = ref.attrs
         for c in caches[1:]:
             a = c.attrs
-            if a.get("dataset") != ref_attrs.get("dataset") or a.get("dataset_signature") != ref_attrs.get("dataset_signature"):
-                raise UserError(f"{c.path}: shard of dataset {a.get('dataset')!r} ({a.get('dataset_signature')}), but {ref.path} is of {ref_attrs.get('dataset')!r} ({ref_attrs.get('dataset_signature')})")
+            if a.get("dataset") != ref_attrs.get("dataset"):
+                raise UserError(f"{c.path}: shard of dataset {a.get('dataset')!r}, but {ref.path} is of {ref_attrs.get('dataset')!r}; merge shards of one generate run")
+            if a.get("dataset_signature") != ref_attrs.get("dataset_signature"):
+                raise UserError(f"{c.path} and {ref.path}: shards of {a.get('dataset')!r} made from different image sets (dataset signature {a.get('dataset_signature')} vs {ref_attrs.get('dataset_signature')}); rerun the shards over the same dataset copy")
             pa = {k: v for k, v in a.get("provenance", {}).items() if k not in VOLATILE}
             pr = {k: v for k, v in ref_attrs.get("provenance", {}).items() if k not in VOLATILE}
             if pa != pr:
                 keys = sorted(k for k in set(pa) | set(pr) if pa.get(k) != pr.get(k))
                 raise UserError(f"{c.path}: made with other options than {ref.path} (provenance differs in {', '.join(keys)})")
-        splits = {}
+        layout = {}
         for split in ("train", "query", "gallery"):
             n = ref.num_rows(split)
-            parts = [c.all_rows(split) for c in caches if split in c.splits]
-            rows = Rows.concat(parts)
-            counts = np.bincount(rows.index, minlength=n)
+            index = [c.row_index(split) for c in caches if split in c.splits]
+            counts = np.bincount(np.concatenate(index) if index else np.zeros(0, np.int64), minlength=n)
             if (counts > 1).any():
                 dup = int(np.argmax(counts > 1))
-                owners = [str(c.path) for c in caches if dup in set(c.row_index(split).tolist())]
+                owners = [str(c.path) for c in caches if split in c.splits and dup in set(c.row_index(split).tolist())]
                 raise UserError(f"merge: {split} row {dup} is in several shards ({', '.join(owners)}); give each shard once")
             if (counts == 0).any():
                 missing = int((counts == 0).sum())
                 raise UserError(f"merge: {missing} {split} row(s) are in no shard (first: row {int(np.argmax(counts == 0))}); is a shard missing or unfinished? (shards given: {len(caches)} of {ref_attrs.get('shard', '?/?').split('/')[-1]})")
-            splits[split] = (n, rows)
+            layout[split] = (n, None)
         attrs = {k: v for k, v in ref_attrs.items() if k not in ("schema_version", "status_names", "region_names", "shard")}
         attrs["shard"] = "0/1"
         attrs["merged_from"] = [str(p) for p in shards]
+        person_hw = tuple(ref_attrs.get("person_size", DEFAULT_PERSON_HW))
     finally:
         for c in caches:
             c.close()
-    write_cache(out, splits, attrs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, command):
+        remove_dead_temps(out.parent, out.name)
+        size = sum(Path(p).stat().st_size for p in shards)
+        assemble(out, layout, attrs, person_hw, [{"kind": "cache", "path": str(p)} for p in shards], out.parent,
+                 estimate_bytes=int(size * 1.1) + (1 << 20), kept_note="the shard files are untouched")
     return out

@@ -174,7 +174,7 @@ def test_stale_cache_refused_then_updated(market, reference, tmp_path):
     shutil.copy(other, victim)
     shutil.copy((root / "parsing/bounding_box_train" / other.name).with_suffix(".png"), (root / "parsing/bounding_box_train" / victim.name).with_suffix(".png"))
     code, msg = gen(root, out)
-    assert code == 2 and "stale cache, 1 image(s) changed or added and 0 removed" in msg and victim.name in msg
+    assert code == 2 and "stale cache, 1 image(s) changed or added (first: bounding_box_train/" in msg and "and 0 removed since" in msg and victim.name in msg
     code, msg = gen(root, out, "--update")
     assert code == 0, msg
     fresh = tmp_path / "fresh.h5"
