@@ -156,13 +156,20 @@ def merge(shards: tuple[Path, ...], out: Path) -> None:
     click.echo(f"merged {len(shards)} shard(s) into {out}")
 
 
+def add_command(group: click.Group, command: click.Command) -> None:
+    """Register a command defined in its own module, with ``-h`` in its own settings (click caches a
+    command's help option at its first use, which may be under another group, e.g. in tests)."""
+    command.context_settings = {**HELP_SETTINGS, **command.context_settings}
+    group.add_command(command)
+
+
 def _register() -> None:
     from reid_masks.inspect import inspect_command
     from reid_masks.preview import preview_command
     from reid_masks.slurm import status_command, submit_command
 
     for command in (inspect_command, preview_command, submit_command, status_command):
-        main.add_command(command)
+        add_command(main, command)
 
 
 _register()

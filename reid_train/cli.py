@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from reid_masks.cli import HELP_SETTINGS, Group
+from reid_masks.cli import HELP_SETTINGS, Group, add_command
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
@@ -200,7 +200,7 @@ def _register_inference_commands() -> None:
     from reid_train.visualize import visualize_command
 
     for command in (export_command, visualize_command, curves_command):
-        main.add_command(command)
+        add_command(main, command)
 
 
 _register_inference_commands()
