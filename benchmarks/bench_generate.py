@@ -131,6 +131,30 @@ def time_naive(backend: TorchvisionBackend, crops: list[np.ndarray]) -> tuple[fl
     return time.perf_counter() - t, time.process_time() - c
 
 
+def backend_options(device: str, min_size: int = 256, max_size: Optional[int] = None, dets: int = 2,
+                    proposals: int = 1000, amp: bool = False, mask_weights: Optional[str] = None,
+                    keypoint_weights: Optional[str] = None) -> dict[str, Any]:
+    """``TorchvisionBackend`` keyword arguments as this benchmark runs it.
+
+    Without weight files the models are random: score threshold 0 and ``dets`` persons
+    kept per crop, so the mask/keypoint heads and mask pasting cost what a crop with its
+    target and ``dets - 1`` bystanders costs with trained weights.
+    """
+    random_weights = mask_weights is None and keypoint_weights is None
+    return dict(
+        device=device,
+        mask_weights=mask_weights,
+        keypoint_weights=keypoint_weights,
+        random_weights=random_weights,
+        min_size=min_size,
+        max_size=max_size or (1333 if min_size >= 800 else 3 * min_size),
+        score_threshold=0.0 if random_weights else 0.5,
+        detections_per_img=dets if random_weights else 100,
+        rpn_post_nms_top_n=proposals,
+        amp=amp,
+    )
+
+
 def time_batched(backend: TorchvisionBackend, crops: list[np.ndarray], batch: int) -> tuple[float, float, int]:
     """Wall and process-CPU seconds for ``predict`` over ``crops`` in batches, and the persons found."""
     found = 0
@@ -184,21 +208,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows: list[tuple[str, str, int, float, float, float]] = []  # size, run, images, wall s, img/s, cpu s/img
     breakdowns: dict[int, tuple[str, dict[str, float], float]] = {}
     for min_size in min_sizes:
-        max_size = args.max_size or (1333 if min_size >= 800 else 3 * min_size)
         n = args.large_images if (args.large_images and min_size >= 600) else args.images
         torch.manual_seed(args.seed)
-        backend = TorchvisionBackend(
-            device=args.device,
-            mask_weights=args.mask_weights,
-            keypoint_weights=args.keypoint_weights,
-            random_weights=random_weights,
-            min_size=min_size,
-            max_size=max_size,
-            score_threshold=0.0 if random_weights else 0.5,
-            detections_per_img=args.dets if random_weights else 100,
-            rpn_post_nms_top_n=args.proposals,
-            amp=args.amp,
-        )
+        options = backend_options(args.device, min_size, args.max_size, args.dets, args.proposals, args.amp,
+                                  args.mask_weights, args.keypoint_weights)
+        max_size = options["max_size"]
+        backend = TorchvisionBackend(**options)
         size = f"{min_size}/{max_size}"
         backend.predict(crops_all[:2])  # warm-up (allocator, lazy init, cudnn)
         if not args.no_naive:

@@ -188,7 +188,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--backbones", nargs="+", default=["resnet50", "resnet18"])
@@ -203,7 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--last-stride", type=int, choices=[1, 2], default=0, help="force this stride on both models (default: each recipe's)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-write", action="store_true", help=f"print only, do not update {DOC.name}")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -16,12 +16,17 @@ import numpy as np
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the `cuts` column (which source placed each region cut)
 MASK_HW = (24, 8)
 DEFAULT_PERSON_HW = (256, 128)
 STATUS_NAMES = ("ok", "no_person", "no_keypoints", "unreadable")
 STATUS = {name: code for code, name in enumerate(STATUS_NAMES)}
 REGION_NAMES = ("background", "head", "upper", "lower")
+#: Where a region cut (the shoulder line head | upper, the hip line upper | lower) came from:
+#: none (unreadable image), the target's two keypoints, the parsing labels, fixed fractions
+#: of the person's height, or the no-person prior. README, "How masks are derived".
+CUT_NAMES = ("none", "keypoints", "parsing", "estimate", "prior")
+CUT = {name: code for code, name in enumerate(CUT_NAMES)}
 ROW_CHUNK = 256
 
 
@@ -42,6 +47,7 @@ class Rows:
     masks: np.ndarray  # (n, 3, 24, 8) float32 in [0, 1]: whole, upper, bottom
     person: np.ndarray  # (n, H, W) uint8 0/1 at the cache's person size
     regions: np.ndarray  # (n, H, W) uint8: 0 bg, 1 head, 2 upper, 3 lower
+    cuts: np.ndarray  # (n, 2) uint8, CUT codes of the shoulder line and the hip line
 
     def __len__(self) -> int:
         return len(self.index)
@@ -109,6 +115,7 @@ class CacheWriter:
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["status_names"] = json.dumps(STATUS_NAMES)
         f.attrs["region_names"] = json.dumps(REGION_NAMES)
+        f.attrs["cut_names"] = json.dumps(CUT_NAMES)
         for split, (num_rows, stored) in layout.items():
             group = f.create_group(split)
             group.attrs["num_rows"] = int(num_rows)
@@ -183,7 +190,7 @@ class CacheWriter:
 
 
 #: Columns stored per row (``index`` is implicit in a complete cache).
-WRITTEN_COLUMNS = ("path", "fingerprint", "pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions")
+WRITTEN_COLUMNS = ("path", "fingerprint", "pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions", "cuts")
 
 
 def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -195,6 +202,7 @@ def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...]
         "path": ((), h5py.string_dtype("utf-8")), "fingerprint": ((), "S16"), "pid": ((), np.int32), "camid": ((), np.int16),
         "status": ((), np.uint8), "score": ((), np.float32), "box": ((4,), np.float32), "keypoints": ((17, 3), np.float32),
         "image_size": ((2,), np.int32), "masks": ((3, *MASK_HW), np.float32), "person": ((ph, pw), np.uint8), "regions": ((ph, pw), np.uint8),
+        "cuts": ((2,), np.uint8),
     }
 
 

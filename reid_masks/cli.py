@@ -1,12 +1,13 @@
 """``reid-masks``: dataset tools and the offline mask stage."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
 import click
 
-from reid_masks.datasets import DATASET_NAMES, dataset_names
+from reid_masks.cliopts import dataset_flags, dataset_options_from_cli
 from reid_masks.errors import UserError
 
 
@@ -52,30 +53,42 @@ def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: 
 
 
 @main.command()
-@click.option("--dataset", required=True, type=click.Choice(DATASET_NAMES + ("folder",)), help="Dataset layout (folder: your own, with --manifest).")
+@dataset_flags()
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path), help="Facts to check against instead of the packaged ones (e.g. a synthetic copy's manifest.json).")
 @click.option("--check-images", is_flag=True, help="Also decode every image (finds truncated files).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
-def validate(dataset: str, root: Path, manifest_path: Path | None, check_images: bool, workers: int) -> None:
-    """Check a dataset copy against its manifest; exit 1 and list every difference."""
-    from reid_masks.datasets import load_manifest, read_manifest_file
+def validate(dataset: str, dataset_option: tuple[str, ...], root: Path, manifest_path: Path | None, check_images: bool, workers: int) -> None:
+    """Check a dataset copy against its manifest; exit 1 and list every difference.
+
+    A dataset without a manifest (folder) is read with its adapter and options; every
+    listed image must be a readable file (dangling symlinks and missing files are listed).
+    """
+    from reid_masks.datasets import DATASET_NAMES, read_manifest_file, resolve_dataset
     from reid_masks.validate import validate_dataset
 
-    manifest = read_manifest_file(manifest_path) if manifest_path else load_manifest(dataset)
-    problems = validate_dataset(dataset, root, manifest, check_images=check_images, workers=workers)
-    source = manifest_path or f"data_manifests/{dataset}.json"
+    options = dataset_options_from_cli(dataset, dataset_option)
+    manifest = read_manifest_file(manifest_path) if manifest_path else None
+    problems = validate_dataset(dataset, root, manifest, check_images=check_images, workers=workers, options=options)
+    base = resolve_dataset(dataset, options)[0]
+    source = manifest_path or f"data_manifests/{base}.json"
+    has_facts = manifest is not None or base in DATASET_NAMES  # else: only what its adapter reads
     if problems:
-        click.echo(f"{root}: {len(problems)} difference(s) from {source}:", err=True)
+        head = f"{len(problems)} difference(s) from {source}" if has_facts else f"{len(problems)} problem(s) reading it as {base}"
+        click.echo(f"{root}: {head}:", err=True)
         for line in problems:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
-    click.echo(f"{root}: matches {source}")
+    click.echo(f"{root}: matches {source}" if has_facts else f"{root}: reads as {base}; every listed image is a readable file")
 
 
 def command_line(ctx: click.Context) -> str:
     """The command as run, rebuilt from the parsed options (works under CliRunner too)."""
-    opts = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in ctx.params.items() if v not in (None, False, ())]
+    opts = [
+        f"--{k.replace('_', '-')}" + ("" if v is True else f"={shlex.quote(str(one))}")
+        for k, v in ctx.params.items() if v not in (None, False, ())
+        for one in (v if isinstance(v, tuple) else (v,))
+    ]
     return " ".join(["reid-masks", ctx.info_name or "generate"] + opts)
 
 
@@ -89,7 +102,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @main.command()
-@click.option("--dataset", required=True, type=click.Choice(dataset_names()), help="Dataset layout (folder: train/ query/ gallery/ of your own).")
+@dataset_flags()
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Cache file to write (.h5).")
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs: <dir>/<image path>.png.")
@@ -101,18 +114,18 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--mask-weights", type=click.Path(dir_okay=False, path_type=Path), help="Mask R-CNN weights file (default: torchvision's cache).")
 @click.option("--keypoint-weights", type=click.Path(dir_okay=False, path_type=Path), help="Keypoint R-CNN weights file (default: torchvision's cache).")
 @click.option("--random-weights", is_flag=True, help="TESTS ONLY: random detector/parser weights (recorded in the provenance).")
-@click.option("--min-size", type=click.IntRange(32, 2000), help="Detector input short side, default 256 (README: speed/quality trade-off).")
+@click.option("--min-size", type=click.IntRange(32, 2000), help="Detector input short side. Default: torchvision 256 (long side <= 768); detectron2 the config's INPUT.MIN_SIZE_TEST (800, long side <= 1333 for the zoo configs). README: speed/quality trade-off; inspect shows the size used.")
 @click.option("--score-threshold", type=click.FloatRange(0, 1), help="Detector person score threshold.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 256), help="Decoding worker processes.")
 @click.option("--shard", default="0/1", show_default=True, help="i/n: process shard i of n (writes <stem>.shard<i>of<n>.h5 for merge).")
 @click.option("--update", is_flag=True, help="Recompute only rows whose image changed, was added or removed.")
-@click.option("--variant", type=click.Choice(["labeled", "detected"]), help="CUHK03 variant.")
+@click.option("--variant", type=click.Choice(["labeled", "detected"]), help="CUHK03 variant (shortcut for --dataset-option variant=...).")
 @click.option("--person-size", default="256x128", show_default=True, help="HxW of the stored pedestrian mask and regions.")
 @click.option("--chunk-rows", default=256, show_default=True, type=click.IntRange(1, 100000), help="Rows per saved chunk: the unit of resume and of sharding.")
 @click.option("--strict", is_flag=True, help="Exit 1 (after writing the cache) when any image was unreadable.")
-def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, masks_dir: Path | None, seg_siblings: bool, backend: str,
+def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, masks_dir: Path | None, seg_siblings: bool, backend: str,
              mask_weights: Path | None, keypoint_weights: Path | None, random_weights: bool, min_size: int | None, score_threshold: float | None,
              device: str, batch_size: int, workers: int, shard: str, update: bool, variant: str | None, person_size: str, chunk_rows: int, strict: bool) -> None:
     """Run the mask stage over train, query and gallery and write the HDF5 cache."""
@@ -129,7 +142,7 @@ def generate(dataset: str, root: Path, out: Path, parsing_dir: Path | None, pars
         backend_options["random_weights"] = True
         parser_options["random_weights"] = True
     cfg = GenerateConfig(
-        dataset=dataset, root=root, out=out, dataset_options={"variant": variant} if variant else {},
+        dataset=dataset, root=root, out=out, dataset_options=dataset_options_from_cli(dataset, dataset_option, variant),
         parsing_dir=parsing_dir, masks_dir=masks_dir, seg_siblings=seg_siblings, backend=backend,
         backend_options=backend_options, parser=parser, parser_options=parser_options, batch_size=batch_size, workers=workers, shard=parse_shard(shard),
         update=update, person_size=parse_size(person_size), chunk_rows=chunk_rows, command=command_line(click.get_current_context()),

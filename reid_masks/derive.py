@@ -17,7 +17,10 @@ Rules (documented in README, "How masks are derived"):
   parsing foreground or mask PNG) cut along the line through both shoulders (head |
   upper) and both hips (upper | lower). Without keypoints the cuts come from the parsing
   labels (head labels, upper, lower groups) when parsing exists, else from the estimated
-  lines.
+  lines. ``Derived.cuts`` records the source of each line (``cache.CUT_NAMES``).
+* Status: ``ok`` when the target has at least one keypoint with score >=
+  ``KEYPOINT_MIN_SCORE``, else ``no_keypoints`` (rows made without a keypoint model, and
+  detector rows whose target matched no confident keypoint instance).
 * No person found: status ``no_person`` and a fixed prior (a centred box 50% wide, 90%
   high, split at its middle) so training can run; filter these rows by status if wanted.
 * 24x8 masks are area averages of the full-resolution binary masks (soft values in [0, 1]).
@@ -29,8 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from reid_masks.backends.base import Instances
-from reid_masks.cache import MASK_HW, STATUS
+from reid_masks.cache import CUT, MASK_HW, STATUS
 
+LIP_LABELS = (  # the 20 LIP parsing labels, by value
+    "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
+    "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe",
+)
 HEAD_LABELS = (1, 2, 4, 13)  # hat, hair, sunglasses, face
 UPPER_ONLY_LABELS = (3, 5, 7, 11, 14, 15)  # glove, upper-clothes, coat, scarf, arms
 LOWER_LABELS = (8, 9, 12, 16, 17, 18, 19)  # socks, pants, skirt, legs, shoes
@@ -63,6 +70,7 @@ class Derived:
     masks: np.ndarray  # (3, 24, 8) float32
     person: np.ndarray  # (H, W) bool at image resolution
     regions: np.ndarray  # (H, W) uint8 at image resolution
+    cuts: np.ndarray  # (2,) uint8: CUT codes of the shoulder line and the hip line
 
 
 def select_target(instances: Instances, height: int, width: int) -> int | None:
@@ -116,29 +124,36 @@ def person_extent(person: np.ndarray) -> tuple[float, float]:
     return (float(rows[0]), float(rows[-1] + 1)) if len(rows) else (0.0, float(person.shape[0]))
 
 
-def hip_line_from_parsing(parsing: np.ndarray, person: np.ndarray) -> np.ndarray:
+def hip_line_from_parsing(parsing: np.ndarray, person: np.ndarray) -> tuple[np.ndarray, int]:
+    """The hip line from the labels and its source (``CUT`` code: parsing, else estimate)."""
     width = parsing.shape[1]
     lower_clothes = np.nonzero(np.isin(parsing, (9, 12)).any(axis=1))[0]
     if len(lower_clothes):
-        return flat(float(lower_clothes[0]), width)
+        return flat(float(lower_clothes[0]), width), CUT["parsing"]
     upper_clothes = np.nonzero(np.isin(parsing, (5, 7)).any(axis=1))[0]
     if len(upper_clothes):
-        return flat(float(upper_clothes[-1] + 1), width)
+        return flat(float(upper_clothes[-1] + 1), width), CUT["parsing"]
     top, bottom = person_extent(person)
-    return flat(top + HIP_FRACTION * (bottom - top), width)
+    return flat(top + HIP_FRACTION * (bottom - top), width), CUT["estimate"]
 
 
-def shoulder_line_estimate(parsing: np.ndarray | None, person: np.ndarray) -> np.ndarray:
+def shoulder_line_estimate(parsing: np.ndarray | None, person: np.ndarray) -> tuple[np.ndarray, int]:
+    """The shoulder line without keypoints and its source (``CUT`` code: parsing, else estimate)."""
     width = person.shape[1]
     if parsing is not None:
         clothes = np.nonzero(np.isin(parsing, (5, 6, 7, 10, 11)).any(axis=1))[0]
         if len(clothes):
-            return flat(float(clothes[0]), width)
+            return flat(float(clothes[0]), width), CUT["parsing"]
         head = np.nonzero(np.isin(parsing, HEAD_LABELS).any(axis=1))[0]
         if len(head):
-            return flat(float(head[-1] + 1), width)
+            return flat(float(head[-1] + 1), width), CUT["parsing"]
     top, bottom = person_extent(person)
-    return flat(top + SHOULDER_FRACTION * (bottom - top), width)
+    return flat(top + SHOULDER_FRACTION * (bottom - top), width), CUT["estimate"]
+
+
+def has_keypoints(kps: np.ndarray | None) -> bool:
+    """Whether ``kps`` (17, 3) has a keypoint with score >= KEYPOINT_MIN_SCORE: the line between ``ok`` and ``no_keypoints``."""
+    return kps is not None and bool((kps[:, 2] >= KEYPOINT_MIN_SCORE).any())
 
 
 def below(line: np.ndarray, height: int) -> np.ndarray:
@@ -179,30 +194,30 @@ def derive(obs: Observation) -> Derived:
         hip = flat(h / 2, w)
         upper, bottom = whole & ~below(hip, h), whole & below(hip, h)
         regions = np.where(upper, 2, np.where(bottom, 3, 0)).astype(np.uint8)
-        return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions)
+        cuts = np.array([CUT["prior"], CUT["prior"]], np.uint8)
+        return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions, cuts)
 
-    status = STATUS["ok"] if kps is not None or inst is None else STATUS["no_keypoints"]
-    if inst is None and obs.parsing is not None:
-        status = STATUS["no_keypoints"]  # precomputed parsing has no keypoints; the status says so
+    status = STATUS["ok"] if has_keypoints(kps) else STATUS["no_keypoints"]
     shoulders = keypoint_line(kps, KP_L_SHOULDER, KP_R_SHOULDER, w)
     hips = keypoint_line(kps, KP_L_HIP, KP_R_HIP, w)
 
     # MMGA whole / upper / bottom
     if obs.parsing is not None:
-        hip_cut = hips if hips is not None else hip_line_from_parsing(obs.parsing, whole)
+        hip_cut, hip_src = (hips, CUT["keypoints"]) if hips is not None else hip_line_from_parsing(obs.parsing, whole)
         split = np.isin(obs.parsing, SPLIT_AT_HIP_LABELS)
         low = below(hip_cut, h)
         upper = np.isin(obs.parsing, UPPER_LABELS) | (split & ~low)
         bottom = np.isin(obs.parsing, BOTTOM_LABELS) | (split & low)
     else:
         top, bot = person_extent(whole)
-        hip_cut = hips if hips is not None else flat(top + HIP_FRACTION * (bot - top), w)
+        hip_cut, hip_src = (hips, CUT["keypoints"]) if hips is not None else (flat(top + HIP_FRACTION * (bot - top), w), CUT["estimate"])
         low = below(hip_cut, h)
         upper, bottom = whole & ~low, whole & low
 
     # MGRAN regions on the pedestrian mask
     if shoulders is not None and hips is not None:
         region = np.where(below(hips, h), 3, np.where(below(shoulders, h), 2, 1))
+        sh_src = CUT["keypoints"]
     elif obs.parsing is not None:
         split = np.isin(obs.parsing, SPLIT_AT_HIP_LABELS)
         low = below(hip_cut, h)
@@ -210,13 +225,15 @@ def derive(obs: Observation) -> Derived:
         region = np.where(np.isin(obs.parsing, UPPER_ONLY_LABELS) | (split & ~low), 2, region)
         region = np.where(np.isin(obs.parsing, LOWER_LABELS) | (split & low), 3, region)
         # detector pixels without a parsing label: cut by the estimated lines
-        est = np.where(below(hip_cut, h), 3, np.where(below(shoulder_line_estimate(obs.parsing, person), h), 2, 1))
+        sh_est, sh_src = shoulder_line_estimate(obs.parsing, person)
+        est = np.where(below(hip_cut, h), 3, np.where(below(sh_est, h), 2, 1))
         region = np.where(region == 0, est, region)
     else:
-        sh = shoulders if shoulders is not None else shoulder_line_estimate(None, person)
+        sh, sh_src = (shoulders, CUT["keypoints"]) if shoulders is not None else shoulder_line_estimate(None, person)
         region = np.where(below(hip_cut, h), 3, np.where(below(sh, h), 2, 1))
     regions = np.where(person, region, 0).astype(np.uint8)
-    return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions)
+    cuts = np.array([sh_src, hip_src], np.uint8)
+    return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions, cuts)
 
 
 def stack_masks(whole: np.ndarray, upper: np.ndarray, bottom: np.ndarray) -> np.ndarray:

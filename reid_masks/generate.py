@@ -117,7 +117,7 @@ class ImageSource:
     def load(self, split: str, index: int, rec: Record) -> Item:
         from PIL import Image
 
-        from reid_masks.imageio import read_label_png
+        from reid_masks.imageio import read_label_png, read_parsing_png
 
         path = self.root / rec.path
         try:
@@ -134,7 +134,7 @@ class ImageSource:
         h, w = item.image.shape[:2]
         try:
             if self.parsing_dir is not None:
-                item.parsing = self._label(read_label_png, (self.parsing_dir / rec.path).with_suffix(".png"), h, w, "parsing")
+                item.parsing = self._label(read_parsing_png, (self.parsing_dir / rec.path).with_suffix(".png"), h, w, "parsing")
             mpath = self.mask_png_path(rec.path)
             if mpath is not None:
                 item.mask_png = self._label(read_label_png, mpath, h, w, "person mask") > 0
@@ -190,7 +190,7 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
         return dict(
             status=STATUS["unreadable"], score=0.0, box=np.zeros(4, np.float32), keypoints=np.zeros((17, 3), np.float32),
             image_size=np.zeros(2, np.int32), masks=np.zeros((3, 24, 8), np.float32),
-            person=np.zeros((ph, pw), np.uint8), regions=np.zeros((ph, pw), np.uint8),
+            person=np.zeros((ph, pw), np.uint8), regions=np.zeros((ph, pw), np.uint8), cuts=np.zeros(2, np.uint8),
         )
     d = item.derived
     h, w = d.person.shape
@@ -200,7 +200,7 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
 
     return dict(
         status=d.status, score=d.score, box=d.box, keypoints=d.keypoints, image_size=np.array([h, w], np.int32),
-        masks=d.masks, person=nearest(d.person), regions=nearest(d.regions),
+        masks=d.masks, person=nearest(d.person), regions=nearest(d.regions), cuts=d.cuts,
     )
 
 
@@ -218,7 +218,7 @@ def rows_from(items: list[Item], person_hw: tuple[int, int]) -> Rows:
         fingerprint=np.asarray([it.fingerprint for it in items], dtype="S16"),
         status=col("status", np.uint8), score=col("score", np.float32), box=col("box", np.float32),
         keypoints=col("keypoints", np.float32), image_size=col("image_size", np.int32), masks=col("masks", np.float32),
-        person=col("person", np.uint8), regions=col("regions", np.uint8),
+        person=col("person", np.uint8), regions=col("regions", np.uint8), cuts=col("cuts", np.uint8).reshape(-1, 2),
     )
 
 
@@ -280,21 +280,32 @@ def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]
         "mask_threshold": 0.5,
         "keypoint_min_score": KEYPOINT_MIN_SCORE,
         "person_size": list(cfg.person_size),
-        "derivation": "reid_masks.derive v1 (README: How masks are derived)",
+        "derivation": "reid_masks.derive v2 (README: How masks are derived)",
     }
 
 
-def hash_files(root: Path, rows: list[tuple[str, int, Record]], workers: int) -> list[bytes]:
+def hash_files(paths: list[Path], workers: int, progress: Progress | None = None) -> list[bytes]:
+    """:func:`fingerprint` of every file (``b"missing"`` for one that cannot be read), in threads.
+
+    blake2b and file reads release the GIL, so threads scale on local disks and hide the
+    latency of network file systems (rates: docs/benchmarks.md, "Fingerprint check").
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(rec: Record) -> bytes:
+    def one(path: Path) -> bytes:
         try:
-            return fingerprint((root / rec.path).read_bytes())
+            return fingerprint(path.read_bytes())
         except OSError:
             return b"missing"
 
+    out: list[bytes] = []
+    step = 1024
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(one, [r for _, _, r in rows], chunksize=256))
+        for start in range(0, len(paths), step):
+            out.extend(pool.map(one, paths[start : start + step]))
+            if progress is not None:
+                progress.update(len(paths[start : start + step]))
+    return out
 
 
 def compare_with_existing(out: Path, ds: ReIDDataset, rows: list[tuple[str, int, Record]], prov: dict, workers: int) -> tuple[list[bool], MaskCache]:
@@ -305,7 +316,7 @@ def compare_with_existing(out: Path, ds: ReIDDataset, rows: list[tuple[str, int,
     old_prov = dict(old.attrs.get("provenance", {}))
     if strip_volatile(old_prov) != strip_volatile(prov):
         raise UserError(f"{out}: existing cache was made with other options ({diff_keys(old_prov, prov)}); remove it or choose another --out")
-    current = hash_files(ds.root, rows, workers)
+    current = hash_files([ds.root / r.path for _, _, r in rows], workers)
     known = {s: dict(zip(old.column(s, "path"), old.column(s, "fingerprint"))) for s in old.splits}
     same = [known.get(s, {}).get(r.path) == fp for (s, _, r), fp in zip(rows, current)]
     return same, old
@@ -406,8 +417,23 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             raise Interrupted(f"interrupted by {signal.Signals(signum).name}: {kept} finished chunk(s) kept in {partial}; rerun the same command to resume", signum) from None
 
 
+def check_images_exist(ds: ReIDDataset, rows: list[tuple[str, int, Record]], sample: int = 64) -> None:
+    """Refuse a root where none of a spread-out sample of the listed images exists.
+
+    A missing file is recorded as an ``unreadable`` row (never dropped); but when none of the
+    sample is there, the root is wrong (e.g. MSMT17 list files found, images elsewhere) and a
+    cache full of unreadable rows would only waste the run.
+    """
+    if not rows:
+        return
+    picks = [rows[i][2] for i in np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)]
+    if not any((ds.root / r.path).exists() for r in picks):
+        raise UserError(f"{ds.root}: none of {len(picks)} images listed by the {ds.name} adapter exists there (first: {picks[0].path}); is --root the dataset's folder?")
+
+
 def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path) -> GenerateResult:
     rows = work_rows(ds)
+    check_images_exist(ds, rows)
     backend = make_backend(cfg)
     parser = make_parser(cfg)
     prov = provenance(cfg, backend, parser)

@@ -21,15 +21,39 @@ def read_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: unreadable image, expected a complete JPEG/PNG ({exc})") from None
 
 
-def read_label_png(path: str | Path) -> np.ndarray:
-    """A single-channel label map (LIP parsing or a 0/255 mask) as HxW uint8."""
+LABEL_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")  # single channel, 1 to 32 bits
+
+
+def read_label_png(path: str | Path, num_labels: int | None = None, what: str = "label") -> np.ndarray:
+    """A single-channel label map, 8- or 16-bit, with its values as stored (no modulo-256 wrap).
+
+    With ``num_labels`` every value must lie in 0..num_labels-1 (a UserError naming the file
+    otherwise) and the map comes back as uint8; without, person masks keep their values
+    (any nonzero value is the person).
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("L", "P", "1", "I", "I;16"):
-                raise UserError(f"{path}: expected a single-channel label PNG (mode L or P), got mode {im.mode}")
-            return np.asarray(im.convert("L") if im.mode == "1" else im).astype(np.uint8)
+            mode = im.mode
+            if mode in LABEL_MODES:
+                labels = np.asarray(im.convert("L") if mode == "1" else im)
     except FileNotFoundError:
-        raise UserError(f"{path}: label PNG not found") from None
+        raise UserError(f"{path}: {what} PNG not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable label PNG ({exc})") from None
+        raise UserError(f"{path}: unreadable {what} PNG ({exc})") from None
+    if mode not in LABEL_MODES:
+        raise UserError(f"{path}: expected a single-channel {what} PNG (8- or 16-bit grey or palette), got mode {mode}")
+    if num_labels is None:
+        return labels
+    bad = (labels < 0) | (labels >= num_labels)
+    if bad.any():
+        values = ", ".join(str(v) for v in np.unique(labels[bad])[:5])
+        raise UserError(f"{path}: {int(bad.sum())} pixel(s) with {what} value(s) {values} outside 0..{num_labels - 1}")
+    return labels.astype(np.uint8)
+
+
+def read_parsing_png(path: str | Path) -> np.ndarray:
+    """LIP parsing labels (0..19) as HxW uint8; any other value is refused with the file's name."""
+    from reid_masks.derive import LIP_LABELS
+
+    return read_label_png(path, num_labels=len(LIP_LABELS), what="LIP parsing label")

@@ -3,6 +3,8 @@
 Area statistics, the upper-above-bottom check and the keypoint presence rate are computed
 over the rows where a person was found (status ``ok`` or ``no_keypoints``); rows with
 status ``no_person`` / ``unreadable`` carry empty masks and would only drag them to 0.
+The region-cut sources (``cuts``) are counted over all rows, so each line's counts add up
+to the split's rows.
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from typing import Any
 import click
 import numpy as np
 
-from reid_masks.cache import MASK_HW, STATUS, STATUS_NAMES, MaskCache
+from reid_masks.cache import CUT_NAMES, MASK_HW, STATUS, STATUS_NAMES, MaskCache
 
 PERCENTILES = (5, 25, 50, 75, 95)
 #: Statuses whose rows hold a person (and so masks worth measuring).
 PERSON_STATUSES = ("ok", "no_keypoints")
 MASK_NAMES = ("whole", "upper", "bottom")
-KNOWN_ATTRS = ("schema_version", "dataset", "dataset_root", "person_size", "status_names", "region_names", "provenance")
+KNOWN_ATTRS = ("schema_version", "dataset", "dataset_root", "person_size", "status_names", "region_names", "cut_names", "provenance")
+CUT_LINES = ("shoulder", "hip")  # the two columns of ``cuts``
 _PERSON_CHUNK = 256
 
 
@@ -70,14 +73,36 @@ def _person_area(cache: MaskCache, split: str, n: int) -> tuple[np.ndarray, list
     return out, hw
 
 
+def count_codes(codes: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
+    """How many of ``codes`` name each of ``names``; unknown codes as ``code_<n>``."""
+    codes = np.asarray(codes, dtype=np.int64)
+    out = {name: int((codes == code).sum()) for code, name in enumerate(names)}
+    for code in sorted(set(np.unique(codes).tolist()) - set(range(len(names)))):
+        out[f"code_{code}"] = int((codes == code).sum())
+    return out
+
+
+def detector_input_size(provenance: dict[str, Any]) -> dict[str, list[int]] | None:
+    """Each detector model's input size as [short side, long-side cap], from the provenance (None without a detector)."""
+    backend = provenance.get("backend") if isinstance(provenance, dict) else None
+    models = backend.get("models") if isinstance(backend, dict) else None
+    if not isinstance(models, dict) or not models:
+        return None
+    out = {}
+    for key, model in models.items():
+        if isinstance(model, dict) and "min_size_test" in model:  # detectron2: the config's test size per model
+            out[key] = [model["min_size_test"], model["max_size_test"]]
+        elif backend.get("min_size") is not None:  # torchvision: one size for both models
+            out[key] = [backend["min_size"], backend["max_size"]]
+    return out or None
+
+
 def summarize_split(cache: MaskCache, split: str) -> dict[str, Any]:
     """Counts, status histogram, area statistics and sanity checks of one split."""
     n = cache.num_rows(split)
-    cols = cache.rows(split, columns=["pid", "camid", "status", "masks", "keypoints"])
+    cols = cache.rows(split, columns=["pid", "camid", "status", "masks", "keypoints", "cuts"])
     status = cols["status"].astype(np.int64)
-    hist = {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
-    for code in sorted(set(np.unique(status).tolist()) - set(range(len(STATUS_NAMES)))):
-        hist[f"code_{code}"] = int((status == code).sum())
+    hist = count_codes(status, STATUS_NAMES)
     sel = np.isin(status, [STATUS[s] for s in PERSON_STATUSES])
     masks = cols["masks"][sel]
     cells = MASK_HW[0] * MASK_HW[1]
@@ -96,6 +121,7 @@ def summarize_split(cache: MaskCache, split: str) -> dict[str, Any]:
         "ids": int(len(np.unique(cols["pid"]))),
         "cameras": int(len(np.unique(cols["camid"]))),
         "status": hist,
+        "cuts": {line: count_codes(cols["cuts"].reshape(-1, 2)[:, k], CUT_NAMES) for k, line in enumerate(CUT_LINES)},
         "person_hw": person_hw,
         "area": area,
         "upper_above_bottom": {
@@ -122,6 +148,7 @@ def summarize(cache: MaskCache) -> dict[str, Any]:
         "dataset_root": attrs.get("dataset_root"),
         "person_size": attrs.get("person_size"),
         "provenance": attrs.get("provenance") or {},
+        "detector_input_size": detector_input_size(attrs.get("provenance") or {}),
         "attrs": {k: v for k, v in attrs.items() if k != "provenance"},
         "splits": {split: summarize_split(cache, split) for split in cache.splits},
     }
@@ -144,6 +171,10 @@ def _pct(count: int, total: int) -> str:
     return f"{100.0 * count / total:.1f}%" if total else "-"
 
 
+def _counts(counts: dict[str, int], total: int) -> str:
+    return ", ".join(f"{name} {c} ({_pct(c, total)})" if c else f"{name} 0" for name, c in counts.items())
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A readable multi-line report of :func:`summarize`'s result."""
     lines = [f"mask cache: {summary['path']} (schema {summary.get('schema_version')})"]
@@ -160,12 +191,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"  {k}: {json.dumps(v) if isinstance(v, list) else v}" for k, v in _flatten(prov)]
     else:
         lines.append(f"  {prov}")
+    sizes = summary.get("detector_input_size")
+    if sizes:
+        lines.append("detector input size (short side / long-side cap): " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in sizes.items()))
     head = ["mean", "min"] + [f"p{q}" for q in PERCENTILES] + ["max"]
     for split, s in summary["splits"].items():
         n = s["rows"]
         lines.append("")
         lines.append(f"[{split}] {n} rows, {s['ids']} ids, {s['cameras']} cameras")
-        lines.append("  status: " + ", ".join(f"{name} {c} ({_pct(c, n)})" if c else f"{name} 0" for name, c in s["status"].items()))
+        lines.append("  status: " + _counts(s["status"], n))
         area = s["area"]
         lines.append(f"  area fraction over {area['rows']} rows with a person ({'/'.join(PERSON_STATUSES)}):")
         lines.append("    " + f"{'':16}" + "".join(f"{h:>7}" for h in head))
@@ -180,6 +214,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         pres = "-" if kp["presence"] is None else f"{100 * kp['presence']:.1f}%"
         anyk = "-" if kp["rows_with_any"] is None else f"{100 * kp['rows_with_any']:.1f}%"
         lines.append(f"  keypoints present: {pres} of 17 per row; rows with any keypoint: {anyk}")
+        for line in CUT_LINES:
+            lines.append(f"  {line} cut from: " + _counts(s["cuts"][line], n))
     return "\n".join(lines)
 
 

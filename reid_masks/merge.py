@@ -50,7 +50,7 @@ def merge_shards(shards: list[Path], out: Path, command: str = "") -> Path:
                 missing = int((counts == 0).sum())
                 raise UserError(f"merge: {missing} {split} row(s) are in no shard (first: row {int(np.argmax(counts == 0))}); is a shard missing or unfinished? (shards given: {len(caches)} of {ref_attrs.get('shard', '?/?').split('/')[-1]})")
             layout[split] = (n, None)
-        attrs = {k: v for k, v in ref_attrs.items() if k not in ("schema_version", "status_names", "region_names", "shard")}
+        attrs = {k: v for k, v in ref_attrs.items() if k not in ("schema_version", "status_names", "region_names", "cut_names", "shard")}
         attrs["shard"] = "0/1"
         attrs["merged_from"] = [str(p) for p in shards]
         person_hw = tuple(ref_attrs.get("person_size", DEFAULT_PERSON_HW))

@@ -31,13 +31,14 @@ from typing import Any, Sequence
 
 import click
 
+from reid_masks.cliopts import dataset_flags, dataset_options_from_cli
 from reid_masks.errors import UserError
 from reid_masks.fileio import write_text_atomic
 
 JOBS_FILE = "jobs.json"
 JOBS_VERSION = 1
 # Options of ``generate`` that submit sets itself (per task or from its own options).
-OWN_GENERATE_OPTIONS = ("--shard", "--out", "--dataset", "--root", "--parsing-dir")
+OWN_GENERATE_OPTIONS = ("--shard", "--out", "--dataset", "--dataset-option", "--root", "--parsing-dir")
 
 
 @dataclass
@@ -248,7 +249,7 @@ def check_generate_args(args: Sequence[str], gpus: int | None) -> list[str]:
     for a in args:
         name = a.split("=", 1)[0]
         if name in OWN_GENERATE_OPTIONS:
-            raise UserError(f"{name} after '--': submit sets it itself (give --dataset/--root/--out/--parsing-dir to submit, before '--'; --shard comes from the array task id)")
+            raise UserError(f"{name} after '--': submit sets it itself (give --dataset/--dataset-option/--root/--out/--parsing-dir to submit, before '--'; --shard comes from the array task id)")
     out = list(args)
     if gpus and not any(a.split("=", 1)[0] == "--device" for a in out):
         out += ["--device", "cuda"]
@@ -256,7 +257,7 @@ def check_generate_args(args: Sequence[str], gpus: int | None) -> list[str]:
 
 
 def submit_new(out: Path, folder: Path, logs: Path, dataset: str, root: Path, parsing_dir: Path | None, generate_args: list[str],
-               shards: int, resources: Resources, max_running: int | None, dry_run: bool) -> None:
+               shards: int, resources: Resources, max_running: int | None, dry_run: bool, dataset_options: Sequence[str] = ()) -> None:
     """Write both scripts, submit the array then the merge after it, record both in jobs.json."""
     from reid_masks.generate import shard_path  # imports torch: not at CLI start-up
 
@@ -273,7 +274,7 @@ def submit_new(out: Path, folder: Path, logs: Path, dataset: str, root: Path, pa
     folder.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     exe = reid_masks_executable()
-    gen_args = ["--dataset", dataset, "--root", str(root), "--out", str(out)]
+    gen_args = ["--dataset", dataset, *[a for pair in dataset_options for a in ("--dataset-option", pair)], "--root", str(root), "--out", str(out)]
     if parsing_dir is not None:
         gen_args += ["--parsing-dir", str(parsing_dir)]
     gen_args += generate_args
@@ -290,7 +291,7 @@ def submit_new(out: Path, folder: Path, logs: Path, dataset: str, root: Path, pa
     gen_cmd = ["sbatch", "--parsable", f"--array={array}", str(gen_path)]
     jobs: dict[str, Any] = {
         "version": JOBS_VERSION, "out": str(out), "shards": shards, "shard_files": [str(p) for p in shard_files],
-        "dataset": dataset, "root": str(root), "parsing_dir": str(parsing_dir) if parsing_dir else None,
+        "dataset": dataset, "dataset_options": list(dataset_options), "root": str(root), "parsing_dir": str(parsing_dir) if parsing_dir else None,
         "generate_args": generate_args, "generate_script": str(gen_path), "merge_script": str(merge_path) if shards > 1 else None,
         "logs": str(logs), "submissions": [],
     }
@@ -382,7 +383,7 @@ def resubmit_missing(folder: Path, resources: Resources, max_running: int | None
 
 
 @click.command("submit", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", help="market1501, dukemtmc, cuhk03, msmt17 (or cuhk03_labeled / cuhk03_detected).")
+@dataset_flags(required=False)
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Dataset root folder (as seen from the compute nodes).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Merged cache to write (.h5); shard files go beside it.")
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs (passed to generate).")
@@ -399,7 +400,7 @@ def resubmit_missing(folder: Path, resources: Resources, max_running: int | None
 @click.option("--dry-run", is_flag=True, help="Write the scripts and print the sbatch commands without submitting.")
 @click.option("--resubmit-failed", is_flag=True, help="Resubmit only the shards whose file is missing, and a new merge after them.")
 @click.argument("generate_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- GENERATE OPTIONS...]")
-def submit_command(dataset: str | None, root: Path | None, out: Path, parsing_dir: Path | None, shards: int | None, partition: str | None,
+def submit_command(dataset: str | None, dataset_option: tuple[str, ...], root: Path | None, out: Path, parsing_dir: Path | None, shards: int | None, partition: str | None,
                    account: str | None, time_limit: str | None, mem: str | None, cpus_per_task: int | None, gpus_per_task: int | None,
                    max_running: int | None, logs: Path | None, job_dir: Path | None, dry_run: bool, resubmit_failed: bool,
                    generate_args: tuple[str, ...]) -> None:
@@ -413,7 +414,7 @@ def submit_command(dataset: str | None, root: Path | None, out: Path, parsing_di
     folder = job_folder(out, job_dir)
     if resubmit_failed:
         jobs = read_jobs(folder)
-        given = {"out": str(out), "dataset": dataset, "root": str(root.absolute()) if root else None, "shards": shards,
+        given = {"out": str(out), "dataset": dataset, "dataset_options": list(dataset_option) or None, "root": str(root.absolute()) if root else None, "shards": shards,
                  "parsing_dir": str(parsing_dir.absolute()) if parsing_dir else None,
                  "generate_args": check_generate_args(generate_args, gpus_per_task) if generate_args else None}
         differ = [k for k, v in given.items() if v is not None and v != jobs.get(k)]
@@ -430,10 +431,11 @@ def submit_command(dataset: str | None, root: Path | None, out: Path, parsing_di
     for name, value in (("--dataset", dataset), ("--root", root)):
         if value is None:
             raise UserError(f"{name} is required (or --resubmit-failed to finish an earlier run)")
+    dataset_options_from_cli(dataset, dataset_option)  # refused here, not in every array task
     gen = check_generate_args(generate_args, gpus_per_task)
     logs = (logs or folder / "logs").absolute()
     submit_new(out, folder, logs, dataset, root.absolute(), parsing_dir.absolute() if parsing_dir else None, gen,
-               shards, resources, max_running, dry_run)
+               shards, resources, max_running, dry_run, dataset_option)
 
 
 @click.command("slurm-status")

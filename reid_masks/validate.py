@@ -1,11 +1,14 @@
 """Check a user's dataset copy against its manifest before hours of GPU time are spent."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from reid_masks.datasets.cuhk03 import read_split_mat
 from reid_masks.datasets.folders import compile_pattern, list_images, resolve_root
+from reid_masks.datasets.manifest import load_manifest
 from reid_masks.datasets.msmt17 import find_base, image_dir, read_list
 from reid_masks.datasets.records import SPLITS, Record
 from reid_masks.errors import UserError
@@ -71,18 +74,15 @@ def check_lists(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[t
         except UserError as exc:
             problems.append(f"{split}: {exc}")
             continue
-        absent = [r.path for r in recs if not (base / r.path).is_file()]
-        if absent:
-            problems.append(f"{split}: {len(absent)} listed image(s) missing (first: {', '.join(absent[:MAX_LISTED])})")
         problems += compare_counts(split, spec, {"images": len(recs), "ids": len({r.pid for r in recs})})
-        seen += [(base / r.path, r) for r in recs if (base / r.path).is_file()]
+        seen += [(base / r.path, r) for r in recs]
     return problems, seen
 
 
 def check_cuhk03(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[tuple[Path, Record]]]:
     import h5py
 
-    base = resolve_root(root, manifest, manifest["variants"]["labeled"]["split_mat"])
+    base = resolve_root(root, manifest, next(iter(manifest["variants"].values()))["split_mat"])
     problems, seen = [], []
     raw = base / manifest["raw_mat"]
     for variant, vspec in manifest["variants"].items():
@@ -98,7 +98,7 @@ def check_cuhk03(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[
             problems += compare_counts(f"{variant} {name}", vspec["splits"][name], found)
             for fname, pid in zip(names, split["labels"][idx]):
                 path = base / vspec["images_dir"] / fname
-                if path.is_file():
+                if path.is_file() or path.is_symlink():  # absent ones are extracted from the .mat
                     seen.append((path, Record(path.relative_to(base).as_posix(), int(pid), 0, name)))
         if not (base / vspec["images_dir"]).is_dir():
             if not raw.is_file():
@@ -111,6 +111,39 @@ def check_cuhk03(manifest: dict[str, Any], root: Path) -> tuple[list[str], list[
                 except OSError:
                     problems.append(f"{variant}: {raw} is not MATLAB v7.3 (HDF5) as cuhk03_release ships it")
     return problems, seen
+
+
+def check_built(name: str, root: Path, options: dict[str, Any]) -> tuple[list[str], list[tuple[Path, Record]]]:
+    """A dataset without a manifest (e.g. ``folder``): does its adapter read it, and what it lists."""
+    from reid_masks.datasets import build_dataset
+
+    try:
+        ds = build_dataset(name, root, **options)
+    except UserError as exc:
+        return [str(exc)], []
+    return [], [(ds.abspath(r), r) for s in SPLITS for r in ds.split(s)]
+
+
+def unreachable_files(seen: list[tuple[Path, Record]]) -> list[str]:
+    """Lines for listed or globbed images that cannot be opened: missing, dangling symlinks, no permission."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for path, rec in seen:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if os.path.islink(path):
+                found.setdefault((rec.split, "dangling symlink(s)"), []).append(f"{rec.path} -> {os.readlink(path)}")
+            else:
+                found.setdefault((rec.split, "listed image(s) missing"), []).append(rec.path)
+            continue
+        except OSError as exc:
+            found.setdefault((rec.split, "image(s) that cannot be opened"), []).append(f"{rec.path} ({exc.strerror})")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            found.setdefault((rec.split, "listed path(s) that are not files"), []).append(rec.path)
+        elif not os.access(path, os.R_OK):
+            found.setdefault((rec.split, "image(s) without read permission"), []).append(rec.path)
+    return [f"{split}: {len(v)} {what} (first: {', '.join(v[:MAX_LISTED])})" for (split, what), v in found.items()]
 
 
 def unreadable_images(paths: list[Path], workers: int = 2) -> list[str]:
@@ -131,17 +164,39 @@ def unreadable_images(paths: list[Path], workers: int = 2) -> list[str]:
     return [r for r in results if r]
 
 
+CHECKERS = {"folders": check_folders, "lists": check_lists, "cuhk03": check_cuhk03}
+
+
 def validate_dataset(
-    name: str, root: str | Path, manifest: dict[str, Any], check_images: bool = False, workers: int = 2
+    name: str, root: str | Path, manifest: dict[str, Any] | None = None, check_images: bool = False, workers: int = 2,
+    options: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Every difference between the copy at ``root`` and ``manifest``; empty when it matches."""
+    """Every difference between the copy at ``root`` and ``manifest``; empty when it matches.
+
+    ``manifest`` None: the packaged one; a dataset without any (``folder``) is checked by
+    reading it with its adapter and ``options``. Every listed image must be a readable file.
+    """
+    from reid_masks.datasets import DATASET_NAMES, resolve_dataset
+
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: dataset root not found")
-    if manifest["name"] != name:
-        raise UserError(f"manifest is for {manifest['name']!r}, not {name!r}")
-    checker = {"folders": check_folders, "lists": check_lists, "cuhk03": check_cuhk03}[manifest["layout"]]
-    problems, seen = checker(manifest, root)
+    base_name, options = resolve_dataset(name, dict(options or {}))
+    if manifest is None and base_name in DATASET_NAMES:
+        manifest = load_manifest(base_name)
+    if manifest is None:
+        problems, seen = check_built(base_name, root, options)
+    else:
+        if manifest["name"] != base_name:
+            raise UserError(f"manifest is for {manifest['name']!r}, not {name!r}")
+        if "variant" in options and "variants" in manifest:  # cuhk03_detected: that variant only
+            manifest = {**manifest, "variants": {options["variant"]: manifest["variants"][options["variant"]]}}
+        checker = CHECKERS.get(manifest["layout"])
+        if checker is None:  # a layout without its own checker: read it with the adapter
+            problems, seen = check_built(base_name, root, options)
+        else:
+            problems, seen = checker(manifest, root)
+    problems += unreachable_files(seen)
     if check_images:
-        problems += unreadable_images([p for p, _ in seen], workers)
+        problems += unreadable_images([p for p, _ in seen if os.path.isfile(p)], workers)
     return problems

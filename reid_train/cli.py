@@ -75,6 +75,7 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
     """Train a model; checkpoints, metrics.jsonl and evaluation.json go to train.output_dir."""
     from reid_masks.fileio import check_writable
     from reid_train.config import load_config
+    from reid_train.engine.preemption import Stopped, continue_command
     from reid_train.engine.trainer import Trainer
     from reid_train.runs import absolute_paths, first_missing, load_run_config, remove_unstarted_run
 
@@ -102,6 +103,10 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
             remove_unstarted_run(created, out_dir, out_dir / "log.txt" if new_log else None)
             raise
         record = trainer.fit()
+    except Stopped as stopped:  # SIGTERM / SIGUSR1 / Ctrl-C: checkpoint written; 128 + signal number
+        if int(os.environ.get("RANK", "0")) == 0:
+            logging.getLogger("reid_train").warning("%s; continue with: %s", stopped, continue_command())
+        sys.exit(stopped.exit_status)
     finally:
         _close_file_logs()
     if trainer.rank != 0:
@@ -165,7 +170,7 @@ def extract(checkpoint: Path, split: str, out: Path, overrides: tuple[str, ...])
     model, cfg, dataset, device, amp, channels_last, _ = _load_for_inference(checkpoint, overrides)
     loader = build_test_loader(dataset, split, cfg, pin_memory=device.type == "cuda", region_masks=getattr(model, "region_masks", None))
     feats, pids, camids = extract_features(model, loader, device, cfg.test.flip, amp, channels_last, progress=f"{split} features")
-    paths = np.asarray([r.path for r in dataset.split(split)], dtype=str)
+    paths = np.asarray([r.path for r in loader.dataset.records], dtype=str)  # train: unusable cache rows left out
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, features=feats.numpy(), pids=pids, camids=camids, paths=paths)
     click.echo(f"wrote {feats.shape[0]} {split} features of dim {feats.shape[1]} "

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from reid_masks.datasets import check_dataset_options
 from reid_masks.errors import UserError
 from reid_train.models import ARCH_CHANNELS, model_names
 
@@ -50,7 +51,7 @@ class DataConfig:
     dataset: str = "market1501"  # a reid_masks.datasets.build_dataset name
     root: str = ""  # dataset root folder
     cache: str = ""  # HDF5 mask cache from 'reid-masks generate' (needed by wmga/dmga/mmga; mgran* also at evaluation)
-    options: dict[str, Any] = field(default_factory=dict)  # extra build_dataset options (e.g. folder pattern)
+    options: dict[str, Any] = field(default_factory=dict)  # the dataset adapter's options (e.g. folder pattern), as reid-masks --dataset-option
     height: int = field(default=384, metadata=_range(16))
     width: int = field(default=128, metadata=_range(16))
     num_ids: int = field(default=24, metadata=_range(1))  # P identities per batch
@@ -244,12 +245,7 @@ def _set_value(cfg: Config, dotted: str, value: Any, origin: str, from_text: boo
     if rest:  # free-form mapping keys, e.g. data.options.variant=detected
         if typing.get_origin(tp) is not dict:
             raise _unknown("config key", dotted, [f"{section}.{k}" for k in fields], origin)
-        parsed = value
-        if from_text:  # typed like YAML when it parses ("3", "true", "[.jpg]"), else the raw text (a regex)
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                parsed = value
+        parsed = value  # text stays text: data.options values are typed by the adapter (reid_masks.datasets.options)
         mapping = copy.deepcopy(getattr(obj, key))
         node = mapping
         for p in rest[:-1]:
@@ -286,6 +282,10 @@ def _validate(cfg: Config, origin: str) -> Config:
             raise UserError(f"{origin}: data.{key} must have 3 values (R, G, B), got {value}")
     if min(cfg.data.std) <= 0:
         raise UserError(f"{origin}: data.std values must be > 0, got {cfg.data.std}")
+    try:  # the same check as reid-masks --dataset-option (names and values from the adapter)
+        check_dataset_options(cfg.data.dataset, cfg.data.options)
+    except UserError as exc:
+        raise UserError(f"{origin}: data.dataset/data.options: {exc}") from None
     return cfg
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reid_masks.cache import MASK_HW, STATUS, Rows, write_cache
+from reid_masks.cache import CUT, MASK_HW, STATUS, Rows, write_cache
 from reid_masks.datasets import build_dataset
 from reid_masks.imageio import read_label_png
 
@@ -62,6 +62,7 @@ def split_rows(dataset, split: str) -> Rows:
         masks=masks,
         person=person,
         regions=regions,
+        cuts=np.full((n, 2), CUT["parsing"], np.uint8),
     )
 
 

@@ -204,5 +204,7 @@ def test_raw_mat_of_wrong_kind(synth_dataset, tmp_path):
 def test_unknown_dataset_and_option(synth_dataset):
     with pytest.raises(UserError, match="unknown dataset 'market'"):
         build_dataset("market", "/tmp")
-    with pytest.raises(UserError, match="unknown option"):
+    with pytest.raises(UserError, match="market1501: unknown dataset option.s. variant; market1501 takes no options"):
         build_dataset("market1501", synth_dataset("market1501"), variant="x")
+    with pytest.raises(UserError, match=r"cuhk03: unknown dataset option.s. pattern; valid: variant \(one of labeled, detected\)"):
+        build_dataset("cuhk03", synth_dataset("market1501"), pattern="x")

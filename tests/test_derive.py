@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from reid_masks.backends.base import Instances
-from reid_masks.cache import STATUS
+from reid_masks.cache import CUT, STATUS
 from reid_masks.derive import (
-    BOTTOM_LABELS, HEAD_LABELS, LOWER_LABELS, Observation, UPPER_LABELS, UPPER_ONLY_LABELS, area_resize, derive, select_target,
+    BOTTOM_LABELS, HEAD_LABELS, HIP_FRACTION, KEYPOINT_MIN_SCORE, LOWER_LABELS, Observation, UPPER_LABELS, UPPER_ONLY_LABELS, area_resize, derive, select_target,
 )
 from reid_masks.synth.render import render_person, sample_identity
 
@@ -161,3 +161,46 @@ def test_detector_without_keypoints_is_flagged():
     d = derive(detector_obs(parsing, info, with_keypoints=False))
     assert d.status == STATUS["no_keypoints"]
     assert set(np.unique(d.regions)) <= {0, 1, 2, 3} and (d.regions > 0).sum() == (parsing > 0).sum()
+
+
+def with_scores(obs: Observation, scores: np.ndarray) -> Observation:
+    """``obs`` with its one instance's keypoint scores replaced (positions kept)."""
+    kp = obs.instances.keypoints.copy()
+    kp[0, :, 2] = scores
+    obs.instances.keypoints = kp
+    return obs
+
+
+def test_detector_rows_without_confident_keypoints_are_no_keypoints():
+    """Backends return zero-filled keypoints for an unmatched target: that is no_keypoints, cut like no keypoint model."""
+    image, parsing, info = next(people(1))
+    bare = derive(detector_obs(parsing, info, with_keypoints=False))
+    for scores in (np.zeros(17), np.full(17, KEYPOINT_MIN_SCORE - 0.01)):
+        d = derive(with_scores(detector_obs(parsing, info), scores))
+        assert d.status == STATUS["no_keypoints"]
+        assert np.array_equal(d.regions, bare.regions) and np.array_equal(d.masks, bare.masks)
+        assert tuple(d.cuts) == tuple(bare.cuts) == (CUT["estimate"], CUT["estimate"])
+    one = np.zeros(17)
+    one[0] = KEYPOINT_MIN_SCORE  # a confident nose: keypoints exist, but no line can be drawn
+    d = derive(with_scores(detector_obs(parsing, info), one))
+    assert d.status == STATUS["ok"] and tuple(d.cuts) == (CUT["estimate"], CUT["estimate"])
+
+
+def test_cuts_say_which_source_placed_each_line():
+    image, parsing, info = next(p for p in people() if min(p[2]["keypoints"][[5, 6, 11, 12], 2]) > 0)
+    assert tuple(derive(detector_obs(parsing, info)).cuts) == (CUT["keypoints"], CUT["keypoints"])
+    # shoulders confident, hips not: the hip line is the estimate at HIP_FRACTION of the person's height
+    scores = np.ones(17)
+    scores[[11, 12]] = 0
+    d = derive(with_scores(detector_obs(parsing, info), scores))
+    assert d.status == STATUS["ok"] and tuple(d.cuts) == (CUT["keypoints"], CUT["estimate"])
+    rows = np.nonzero((parsing > 0).any(axis=1))[0]
+    hip = rows[0] + HIP_FRACTION * (rows[-1] + 1 - rows[0])
+    ys = np.arange(parsing.shape[0])[:, None] + 0.5
+    assert np.array_equal(d.regions == 3, (parsing > 0) & (ys >= hip))
+    # parsing alone: both lines follow the labels; parsing + keypoints of the detector: the keypoint lines
+    assert tuple(derive(Observation(128, 64, None, parsing, None)).cuts) == (CUT["parsing"], CUT["parsing"])
+    both = detector_obs(parsing, info)
+    both.parsing = parsing
+    assert tuple(derive(both).cuts) == (CUT["keypoints"], CUT["keypoints"])
+    assert tuple(derive(Observation(128, 64, Instances.empty(128, 64), None, None)).cuts) == (CUT["prior"], CUT["prior"])

@@ -224,3 +224,123 @@ def test_random_weights_provenance_and_generate_hook(d2: SimpleNamespace) -> Non
     assert prov["score_threshold"] == 0.6 and prov["keypoint_score_threshold"] == 0.3
     out = backend.predict([person_image(96, 48, (10, 5, 38, 90))])
     assert len(out) == 1 and out[0].masks.shape == (1, 96, 48)
+
+
+def _person_rows(instances) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes, scores) of the person instances of one detectron2 output, score-sorted."""
+    inst = instances[instances.pred_classes == 0]
+    order = torch.argsort(inst.scores, descending=True, stable=True)
+    return inst.pred_boxes.tensor[order].numpy(), inst.scores[order].numpy()
+
+
+def test_persons_are_kept_before_the_instance_budget(d2: SimpleNamespace) -> None:
+    """TEST.DETECTIONS_PER_IMAGE counts persons only; below the budget the persons equal detectron2's own."""
+    from detectron2.modeling import build_model
+
+    images = [person_image(128, 64, (16, 8, 48, 120)), person_image(100, 150, (60, 20, 100, 90))]
+    backend = make_backend(d2, min_size=64, score_threshold=0.2, detections_per_img=1)
+    assert backend.mask.cfg.TEST.DETECTIONS_PER_IMAGE == 1 and backend.provenance()["detections_per_img"] == 1
+    plain = build_model(backend.mask.cfg)  # detectron2 as DefaultPredictor runs it: top-1 over all classes
+    plain.eval()
+    for im, out in zip(images, backend.predict(images)):
+        assert len(out) == 1 and out.scores[0] == pytest.approx(0.9, abs=1e-5)  # the person, not the 0.95 car
+        raw = plain(backend._inputs(backend.mask, [im]))[0]["instances"]
+        assert raw.pred_classes.tolist() == [2]  # the library itself keeps the car and no person
+
+    wide = make_backend(d2, min_size=64, score_threshold=0.2)  # budget 100 > detections: same persons as the library
+    plain = build_model(wide.mask.cfg)
+    plain.eval()
+    mask_out, _ = wide.forward_raw(images)
+    for im, mine in zip(images, mask_out):
+        theirs = plain(wide._inputs(wide.mask, [im]))[0]["instances"]
+        (b0, s0), (b1, s1) = _person_rows(mine["instances"]), _person_rows(theirs)
+        assert len(s0) == 2 and np.array_equal(b0, b1) and np.array_equal(s0, s1)
+        assert len(theirs) == 3 and len(mine["instances"]) == 2  # the car is not even computed
+
+
+def test_detector_rows_without_matched_keypoints_are_no_keypoints(d2: SimpleNamespace) -> None:
+    from reid_masks.cache import CUT, STATUS
+    from reid_masks.derive import Observation, derive
+
+    im = person_image(128, 64, (16, 8, 48, 120))
+    for match_iou, status, cut in ((0.5, "ok", "keypoints"), (0.99, "no_keypoints", "estimate")):
+        inst = make_backend(d2, min_size=64, match_iou=match_iou).predict([im])[0]
+        assert inst.keypoints.shape == (1, 17, 3)  # always an array, zero-filled when unmatched
+        d = derive(Observation(128, 64, inst, None, None))
+        assert d.status == STATUS[status] and tuple(d.cuts) == (CUT[cut], CUT[cut])
+
+
+def test_both_backends_choose_the_same_target_from_the_same_detections(d2: SimpleNamespace) -> None:
+    """The same proposals and class probabilities through each backend's post-processing keep the same persons."""
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes as D2Boxes, Instances as D2Instances
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    from reid_masks.backends.torchvision_backend import _person_only_postprocess
+    from reid_masks.derive import select_target
+
+    h, w, budget = 128, 64, 4
+    rng = np.random.default_rng(0)
+    boxes: list[list[float]] = []
+    probs = []  # (person, car) probabilities per proposal
+    for i in range(4):  # four cars scoring above every person, each in its own place
+        x = 4.0 + 14 * i
+        boxes.append([x, 2.0, x + 10, 20.0])
+        probs.append((0.0, 0.99 - 0.01 * i))
+    boxes.append([40.0, 10.0, 64.0, 110.0])  # a confident passer-by cut by the right border
+    probs.append((0.95, 0.0))
+    boxes.append([14.0, 6.0, 50.0, 124.0])  # the centred, tall target, less confident
+    probs.append((0.7, 0.02))
+    for _ in range(6):  # low persons and cars scattered below the threshold
+        x0, y0 = rng.uniform(0, 40), rng.uniform(0, 90)
+        boxes.append([x0, y0, x0 + 20, y0 + 30])
+        probs.append((rng.uniform(0, 0.4), rng.uniform(0, 0.4)))
+    props = torch.tensor(boxes, dtype=torch.float32)
+    p = torch.tensor(probs, dtype=torch.float32)
+    n = len(props)
+
+    # torchvision: 91 columns, background 0, person 1, car 3
+    tv_probs = torch.zeros(n, 91)
+    tv_probs[:, 1], tv_probs[:, 3] = p[:, 0], p[:, 1]
+    tv_probs[:, 0] = 1 - p.sum(1)
+    heads = RoIHeads(None, None, None, 0.5, 0.5, 512, 0.25, None, 0.5, 0.5, budget)
+    tv_boxes, tv_scores, _ = _person_only_postprocess(heads, tv_probs.clamp_min(1e-12).log(), torch.zeros(n, 91 * 4), [props], [(h, w)])
+
+    # detectron2: 81 columns, person 0, car 2, background last; through the backend's patched predictor
+    d2_probs = torch.zeros(n, 81)
+    d2_probs[:, 0], d2_probs[:, 2] = p[:, 0], p[:, 1]
+    d2_probs[:, -1] = 1 - p.sum(1)
+    proposals = D2Instances((h, w))
+    proposals.proposal_boxes = D2Boxes(props)
+    predictions = (d2_probs.clamp_min(1e-12).log(), torch.zeros(n, 4))
+    backend = make_backend(d2, detections_per_img=budget)
+    (mine,), _ = backend.mask.model.roi_heads.box_predictor.inference(predictions, [proposals])
+    plain = build_model(backend.mask.cfg).roi_heads.box_predictor  # the library's cut: top-4 over all classes
+    (theirs,), _ = plain.inference(predictions, [proposals])
+
+    tv = Instances(tv_boxes[0].numpy(), tv_scores[0].numpy(), None, None)
+    d2_boxes, d2_scores = _person_rows(mine)
+    assert len(tv) == len(d2_scores) == 2
+    np.testing.assert_allclose(d2_boxes, tv.boxes, atol=1e-4)
+    np.testing.assert_allclose(d2_scores, tv.scores, atol=1e-5)
+    target_tv = select_target(tv, h, w)
+    target_d2 = select_target(Instances(d2_boxes, d2_scores, None, None), h, w)
+    np.testing.assert_allclose(tv.boxes[target_tv], [14, 6, 50, 124], atol=1e-4)
+    np.testing.assert_allclose(d2_boxes[target_d2], tv.boxes[target_tv], atol=1e-4)
+    # detectron2's own cut keeps the four cars: no person at all, so the rule is what makes the backends agree
+    assert theirs.pred_classes.tolist() == [2, 2, 2, 2]
+
+
+def test_min_size_help_names_each_backends_default(d2: SimpleNamespace) -> None:
+    from click.testing import CliRunner
+
+    from reid_masks.backends.torchvision_backend import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE
+    from reid_masks.cli import main
+
+    result = CliRunner().invoke(main, ["generate", "--help"], terminal_width=1000)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    cfg = make_backend(d2).mask.cfg  # the zoo config's test size, what the backend uses without --min-size
+    assert f"torchvision {DEFAULT_MIN_SIZE} (long side <= {DEFAULT_MAX_SIZE})" in text
+    assert f"detectron2 the config's INPUT.MIN_SIZE_TEST ({cfg.INPUT.MIN_SIZE_TEST}, long side <= {cfg.INPUT.MAX_SIZE_TEST}" in text
+    assert "default 256" not in text

@@ -160,7 +160,7 @@ def test_paper_recipes_load_with_the_paper_hyper_parameters() -> None:
 
 def test_set_overrides_are_typed() -> None:
     cfg = apply_overrides(Config(), ["solver.epochs=12", "solver.weight_decay=1e-4", "test.rerank=true",
-                                     "data.mean=[0.5, 0.5, 0.5]", "model.pretrained=none", "data.options.variant=detected"])
+                                     "data.mean=[0.5, 0.5, 0.5]", "model.pretrained=none", "data.dataset=cuhk03", "data.options.variant=detected"])
     assert cfg.solver.epochs == 12 and cfg.solver.weight_decay == 1e-4 and cfg.test.rerank is True
     assert cfg.data.mean == [0.5, 0.5, 0.5] and cfg.model.pretrained == "none"
     assert cfg.data.options == {"variant": "detected"}

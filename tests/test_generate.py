@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from reid_masks.cache import COLUMNS, STATUS, MaskCache
+from reid_masks.cache import COLUMNS, CUT, STATUS, MaskCache
 from reid_masks.cli import main
 
 
@@ -54,11 +54,12 @@ def reference(market, tmp_path_factory) -> Path:
 
 def test_cache_contract(market, reference):
     from reid_masks.datasets import build_dataset
+    from reid_masks.imageio import read_label_png
 
     ds = build_dataset("market1501", market)
     with MaskCache(reference) as c:
         a = c.attrs
-        assert a["schema_version"] == 1 and a["dataset"] == "market1501"
+        assert a["schema_version"] == 2 and a["dataset"] == "market1501"
         assert a["provenance"]["backend"] == {"name": "none"} and a["provenance"]["parsing_dir"]
         assert "reid-masks generate" in a["provenance"]["command"] and a["provenance"]["version"]
         for s in ("train", "query", "gallery"):
@@ -73,6 +74,13 @@ def test_cache_contract(market, reference):
             assert set(np.unique(c.column(s, "regions"))) <= {0, 1, 2, 3}
             # parsing alone: no keypoints, and the status says so
             assert set(c.column(s, "status")) == {STATUS["no_keypoints"]}
+            # ... and the region cuts follow the labels; the hip line is estimated only without
+            # pants, skirt, upper clothes or coat labels (e.g. a dress)
+            cuts = c.column(s, "cuts")
+            assert cuts.shape == (n, 2) and cuts.dtype == np.uint8
+            assert (cuts[:, 0] == CUT["parsing"]).all()
+            clothes = [np.isin(read_label_png((market / "parsing" / r.path).with_suffix(".png")), (5, 7, 9, 12)).any() for r in recs]
+            assert cuts[:, 1].tolist() == [CUT["parsing"] if has else CUT["estimate"] for has in clothes]
             assert len(set(c.column(s, "fingerprint"))) == n
 
 
@@ -160,6 +168,7 @@ def test_corrupt_image_gets_its_status_and_the_run_finishes(market, tmp_path):
         status = c.column("query", "status")
         i = paths.index(f"query/{victim.name}")
         assert status[i] == STATUS["unreadable"]
+        assert c.column("query", "cuts")[i].tolist() == [CUT["none"], CUT["none"]]
         assert (np.delete(status, i) == STATUS["no_keypoints"]).all()
 
 

@@ -321,7 +321,6 @@ def test_up_to_date_rerun_writes_nothing_and_says_so(market, reference, tmp_path
     assert out.stat().st_mtime_ns == before
 
 
-@pytest.mark.xfail(strict=True, reason="the folder adapters drop dangling links until the input-validation work (issue 11, part 2) lands")
 def test_dangling_symlink_is_an_unreadable_row(market, tmp_path):
     root = tmp_path / "m"
     shutil.copytree(market, root)
@@ -364,3 +363,16 @@ def test_merge_of_shards_from_different_image_sets_says_so(market, tmp_path):
     code, msg = run("merge", tmp_path / "a.shard0of2.h5", tmp_path / "b.shard1of2.h5", "--out", tmp_path / "m.h5")
     assert code == 2 and "made from different image sets" in msg and msg.count("\n") == 1
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_a_root_where_no_listed_image_exists_is_refused_at_once(synth_dataset, tmp_path):
+    msmt = synth_dataset("msmt17")
+    root = tmp_path / "lists-only"
+    root.mkdir()
+    for lst in msmt.glob("list_*.txt"):
+        shutil.copy(lst, root / lst.name)
+    (root / "train").mkdir()
+    (root / "test").mkdir()
+    code, msg = run("generate", "--dataset", "msmt17", "--root", root, "--out", tmp_path / "x.h5", "--backend", "none", "--parsing-dir", msmt / "parsing")
+    assert code == 2 and "none of" in msg and "is --root the dataset's folder?" in msg, msg
+    assert not (tmp_path / "x.h5.partial").exists()

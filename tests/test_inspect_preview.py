@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from reid_masks import visual
-from reid_masks.cache import STATUS, MaskCache, Rows, write_cache
+from reid_masks.cache import CUT, STATUS, MaskCache, Rows, write_cache
 from reid_masks.cli import Group
 from reid_masks.errors import UserError
 from reid_masks.inspect import format_summary, inspect_command, summarize
@@ -41,10 +41,13 @@ def make_rows(split: str) -> Rows:
     regions = np.zeros((n,) + PERSON_HW, np.uint8)
     kps = np.zeros((n, 17, 3), np.float32)
     status = np.zeros(n, np.uint8)
+    cuts = np.zeros((n, 2), np.uint8)
     for i in range(n):
         if split == "query" and i == 2:
             status[i] = STATUS["no_person"]
+            cuts[i] = CUT["prior"]
             continue
+        cuts[i] = (CUT["keypoints"], CUT["keypoints"] if i % 2 else CUT["estimate"])
         r0, r1, c0, c1 = rect(i)
         mid = (r0 + r1) // 2
         value = 0.5 if (split, i) == ("train", 4) else 1.0  # one soft mask
@@ -79,6 +82,7 @@ def make_rows(split: str) -> Rows:
         masks=masks,
         person=person,
         regions=regions,
+        cuts=cuts,
     )
 
 
@@ -131,6 +135,10 @@ def test_summarize_counts_and_statistics(made):
         assert got["upper_above_bottom"]["count"] == exp["above"]
         assert got["upper_above_bottom"]["rows"] == len(exp["sel"])
         assert got["keypoints"]["presence"] == pytest.approx(exp["presence"])
+        for k, line in enumerate(("shoulder", "hip")):  # every row counted once per line, by its code's name
+            assert sum(got["cuts"][line].values()) == len(r)
+            for name, code in CUT.items():
+                assert got["cuts"][line][name] == sum(int(c) == code for c in r.cuts[:, k])
     q, g, t = s["splits"]["query"], s["splits"]["gallery"], s["splits"]["train"]
     assert q["status"] == {"ok": 4, "no_person": 1, "no_keypoints": 1, "unreadable": 0}
     assert t["status"] == {"ok": 6, "no_person": 0, "no_keypoints": 0, "unreadable": 0}
@@ -142,7 +150,27 @@ def test_summarize_counts_and_statistics(made):
     assert t["area"]["whole"]["max"] == pytest.approx(20 * 5 / 192)
     assert t["area"]["whole"]["min"] == pytest.approx(19 * 6 * 0.5 / 192)
     assert t["keypoints"]["rows_with_any"] == 1.0 and q["keypoints"]["rows_with_any"] == pytest.approx(4 / 5)
+    assert q["cuts"]["hip"] == {"none": 0, "keypoints": 3, "parsing": 0, "estimate": 2, "prior": 1}  # rows 1,3,5 | 0,4 | 2
+    assert s["detector_input_size"] is None  # the hand-made provenance names no detector model
     json.dumps(s)  # JSON-ready
+
+
+def test_inspect_shows_the_detector_input_size(made, tmp_path):
+    from reid_masks.inspect import detector_input_size
+
+    tv = {"backend": {"backend": "torchvision", "models": {"mask": "maskrcnn_resnet50_fpn_v2", "keypoint": "keypointrcnn_resnet50_fpn"}, "min_size": 256, "max_size": 768}}
+    d2 = {"backend": {"backend": "detectron2", "min_size": None, "models": {
+        "mask": {"config": "m.yaml", "min_size_test": 800, "max_size_test": 1333},
+        "keypoint": {"config": "k.yaml", "min_size_test": 640, "max_size_test": 1000}}}}
+    assert detector_input_size(tv) == {"mask": [256, 768], "keypoint": [256, 768]}
+    assert detector_input_size(d2) == {"mask": [800, 1333], "keypoint": [640, 1000]}
+    assert detector_input_size({"backend": {"name": "none"}}) is None
+    rows = {s: make_rows(s) for s in ("train", "query", "gallery")}
+    write_cache(tmp_path / "d2.h5", {s: (ROWS, r) for s, r in rows.items()}, {"dataset": "x", "provenance": d2})
+    result = CliRunner().invoke(inspect_command, [str(tmp_path / "d2.h5")])
+    assert result.exit_code == 0, result.output
+    assert "detector input size (short side / long-side cap): mask 800/1333, keypoint 640/1000" in result.output
+    assert "  hip cut from: none 0, keypoints 3 (50.0%), parsing 0, estimate 3 (50.0%), prior 0" in result.output
 
 
 def test_summarize_empty_split(tmp_path):

@@ -117,6 +117,13 @@ def test_defaults_documented() -> None:
     assert DEFAULT_MIN_SIZE == 256 and DEFAULT_MAX_SIZE >= 2 * DEFAULT_MIN_SIZE
 
 
+def test_long_side_cap_follows_min_size() -> None:
+    """--min-size 800 alone (torchvision's own evaluation size) must work: the cap is 3x the short side."""
+    b = TorchvisionBackend(random_weights=True, with_keypoints=False, min_size=800)
+    assert b.max_size == 2400 and b.provenance()["max_size"] == 2400
+    assert TorchvisionBackend(random_weights=True, with_keypoints=False).max_size == DEFAULT_MAX_SIZE == 768
+
+
 def test_missing_weights_in_hub_cache(empty_hub_dir: Path) -> None:
     with pytest.raises(UserError) as ei:
         TorchvisionBackend()
@@ -244,3 +251,26 @@ def test_match_instances_prefers_higher_iou_pair() -> None:
 def test_match_instances_empty() -> None:
     assert match_instances(np.zeros((0, 4)), np.zeros((3, 4))).shape == (0,)
     np.testing.assert_array_equal(match_instances(np.zeros((2, 4)) + [0, 0, 5, 5], np.zeros((0, 4))), [-1, -1])
+
+
+def test_unmatched_targets_are_no_keypoints_rows(random_backend: TorchvisionBackend, batch_result: list[Instances], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target without a matched keypoint instance gets zero keypoints from the backend and status no_keypoints."""
+    from reid_masks.cache import STATUS
+    from reid_masks.derive import KEYPOINT_MIN_SCORE, Observation, derive, select_target
+
+    def rows(results: list[Instances]) -> list[tuple[int, np.ndarray]]:
+        out = []
+        for im, inst in zip(_images(), results):
+            if len(inst):
+                assert inst.keypoints is not None and inst.keypoints.shape == (len(inst), 17, 3)
+                h, w = im.shape[:2]
+                out.append((derive(Observation(h, w, inst, None, None)).status, inst.keypoints[select_target(inst, h, w)]))
+        return out
+
+    matched = rows(batch_result)  # match_iou ~0: targets overlapping a keypoint instance get its keypoints
+    assert [s for s, _ in matched] == [STATUS["ok"] if (kp[:, 2] >= KEYPOINT_MIN_SCORE).any() else STATUS["no_keypoints"] for _, kp in matched]
+    assert STATUS["ok"] in [s for s, _ in matched]
+    monkeypatch.setattr(random_backend, "match_iou", 1.01)  # IoU never reaches it: nothing matches
+    unmatched = rows(random_backend.predict(_images()))
+    assert len(unmatched) == len(matched)
+    assert all(s == STATUS["no_keypoints"] and not kp.any() for s, kp in unmatched)

@@ -37,6 +37,11 @@ class Instances:
         )
 
 
+#: The instance rule both detector backends follow (README, "How masks are derived").
+PERSON_RULE = "person class only: score threshold, NMS, then the top detections_per_img by score"
+DEFAULT_DETECTIONS_PER_IMG = 100  # torchvision's box_detections_per_img and detectron2's TEST.DETECTIONS_PER_IMAGE
+
+
 class Backend(Protocol):
     """Batched person instance segmentation + keypoints."""
 

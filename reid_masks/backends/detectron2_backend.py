@@ -34,6 +34,20 @@ MAX_SIZE_TEST)`` from ``detectron2.data.transforms``; a float32 CHW tensor) and 
 detectron2 pads the batch itself and post-processes each result back to the original
 ``height x width`` (``detector_postprocess``).
 
+Instances: persons first, then the budget
+-----------------------------------------
+Both backends follow one rule (``base.PERSON_RULE``): the person class alone goes through
+the score threshold and NMS, and only then the top ``detections_per_img`` (detectron2's
+``TEST.DETECTIONS_PER_IMAGE``, 100) are kept. detectron2's own ``fast_rcnn_inference``
+cuts the top-k over ALL 80 classes, so a car or a handbag can take a person's slot; here
+the box predictor's ``predict_probs`` is wrapped to multiply every non-person class
+column by 0 (person and background untouched), so no other class passes the threshold
+and the cut sees persons only. Person scores, boxes, NMS (class-wise, person is class 0)
+and the mask / keypoint heads are unchanged, so the result equals ``DefaultPredictor``'s
+persons whenever its top-k kept all of them, i.e. whenever fewer than
+``detections_per_img`` detections of all classes pass the threshold; otherwise it has
+the persons ``DefaultPredictor`` dropped for other classes.
+
 Outputs
 -------
 Only COCO's person class (contiguous id 0) is kept, sorted by score. detectron2 returns
@@ -56,8 +70,10 @@ and a warning logged.
 Input size
 ----------
 ``min_size=None`` keeps the config's test size (800, max 1333: the zoo's evaluation
-setting). Re-ID crops gain little from that ~10x upscale; see the torchvision backend's
-docstring for the cost/benefit, and pass ``min_size=256`` (``--min-size``) for speed.
+setting, and what ``DefaultPredictor`` uses), unlike the torchvision backend's 256/768.
+Re-ID crops gain little from that ~10x upscale; see the torchvision backend's docstring
+for the cost/benefit, and pass ``min_size=256`` (``--min-size``) for speed. The size used
+is recorded per model in the provenance and shown by ``reid-masks inspect``.
 """
 from __future__ import annotations
 
@@ -73,13 +89,13 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from reid_masks.backends.base import Instances, attach_keypoints, parse_device
+from reid_masks.backends.base import DEFAULT_DETECTIONS_PER_IMG, PERSON_RULE, Instances, attach_keypoints, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detectron2Backend", "PERSON_CLASS", "INSTALL_HINT", "detectron2_cache_dir", "import_detectron2"]
+__all__ = ["Detectron2Backend", "PERSON_CLASS", "INSTALL_HINT", "detectron2_cache_dir", "import_detectron2", "persons_before_topk"]
 
 PERSON_CLASS = 0  # COCO "person" in detectron2's contiguous ids
 INSTALL_HINT = "detectron2 is not installed: install it from source: pip install 'git+https://github.com/facebookresearch/detectron2.git'"
@@ -120,6 +136,33 @@ def detectron2_cache_dir() -> Path:
 
 
 
+def persons_before_topk(model: Any, where: str) -> None:
+    """Make ``model``'s box predictor(s) score every class but person 0, so the top-k cut counts persons only.
+
+    Wraps ``roi_heads.box_predictor.predict_probs`` (one predictor, or each stage's in a
+    cascade), which detectron2's ``FastRCNNOutputLayers.inference`` calls before
+    ``fast_rcnn_inference``; the columns are multiplied, so a non-finite row stays
+    non-finite and is dropped exactly as before.
+    """
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    predictors = list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
+    if not all(callable(getattr(p, "predict_probs", None)) for p in predictors):
+        raise UserError(f"{where}: the model has no roi_heads.box_predictor.predict_probs, so persons cannot be kept before the per-image top-k")
+    for p in predictors:
+        original = p.predict_probs
+
+        def predict_probs(predictions: Any, proposals: Any, _original: Any = original) -> tuple[torch.Tensor, ...]:
+            out = []
+            for probs in _original(predictions, proposals):
+                keep = torch.zeros(probs.shape[-1], dtype=probs.dtype, device=probs.device)
+                keep[PERSON_CLASS] = 1
+                keep[-1] = 1  # background
+                out.append(probs * keep)
+            return tuple(out)
+
+        p.predict_probs = predict_probs
+
+
 @dataclass
 class _Model:
     """One built detectron2 model and how its inputs are prepared."""
@@ -147,6 +190,8 @@ class Detectron2Backend:
         min_size / max_size: override ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``.
         download: let detectron2 fetch missing zoo weights (needs internet).
         match_iou: minimum box IoU to attach a keypoint instance to a mask instance.
+        detections_per_img: most person instances per image (``TEST.DETECTIONS_PER_IMAGE``),
+            counted over persons only (see the module doc).
     """
 
     name = "detectron2"
@@ -164,10 +209,11 @@ class Detectron2Backend:
         max_size: Optional[int] = None,
         download: bool = False,
         match_iou: float = 0.5,
+        detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
         **unknown: Any,
     ) -> None:
         if unknown:
-            known = "device, mask_config, keypoint_config, mask_weights, keypoint_weights, random_weights, score_threshold, min_size, max_size, download, match_iou"
+            known = "device, mask_config, keypoint_config, mask_weights, keypoint_weights, random_weights, score_threshold, min_size, max_size, download, match_iou, detections_per_img"
             raise UserError(f"detectron2 backend: unknown option(s) {', '.join(sorted(unknown))} (known: {known})")
         if random_weights and (mask_weights is not None or keypoint_weights is not None):
             raise UserError("random weights and a weights file were both requested; choose one")
@@ -175,6 +221,8 @@ class Detectron2Backend:
             raise UserError(f"score threshold must be in [0, 1], got {score_threshold}")
         if (min_size is not None and int(min_size) < 1) or (max_size is not None and int(max_size) < 1):
             raise UserError(f"bad input size: min_size={min_size} max_size={max_size}")
+        if int(detections_per_img) < 1:
+            raise UserError(f"detections per image must be >= 1, got {detections_per_img}")
         self.device = parse_device(device, "detectron2 backend")
         self.d2 = import_detectron2()
         self.random_weights = bool(random_weights)
@@ -184,6 +232,7 @@ class Detectron2Backend:
         self.max_size = None if max_size is None else int(max_size)
         self.download = bool(download)
         self.match_iou = float(match_iou)
+        self.detections_per_img = int(detections_per_img)
         self._warned_scores = False
         self._provenance: Optional[dict[str, Any]] = None
         if self.random_weights:
@@ -219,6 +268,7 @@ class Detectron2Backend:
             raise UserError(f"{what} config {path}: INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not RGB or BGR")
         cfg.MODEL.DEVICE = str(self.device)
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_threshold)
+        cfg.TEST.DETECTIONS_PER_IMAGE = self.detections_per_img
         if self.min_size is not None:
             cfg.INPUT.MIN_SIZE_TEST = self.min_size
         if self.max_size is not None:
@@ -259,6 +309,7 @@ class Detectron2Backend:
         cfg.freeze()
         model = self.d2.build_model(cfg)
         model.eval()
+        persons_before_topk(model, f"{what} config {path}")
         if weights is not None:
             self._load(what, model, weights[0])
             log.info("loaded %s weights from %s", what, weights[0])
@@ -322,6 +373,8 @@ class Detectron2Backend:
                 "keypoint_score_threshold": self.keypoint_score_threshold,
                 "keypoint_match": "greedy box IoU",
                 "match_iou": self.match_iou,
+                "instances": PERSON_RULE,
+                "detections_per_img": self.detections_per_img,
                 "keypoint_score": "sigmoid(heatmap peak logit)",
                 "mask": "detectron2 pasted masks thresholded at 0.5, as 0/1",
                 "min_size": self.min_size,

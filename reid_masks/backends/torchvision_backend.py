@@ -24,7 +24,11 @@ plain ``BatchNorm2d`` with ``eps=1e-5`` instead, a slightly different network.
 Only the person class (COCO label 1) is kept. For the 91-class Mask R-CNN the box
 post-processing is restricted to the person class *before* the per-image top-k
 (``detections_per_img``), so other classes neither take person slots nor cost mask-head
-time; scores are the usual 91-way softmax probabilities, unchanged.
+time; scores are the usual 91-way softmax probabilities, unchanged. The detectron2
+backend follows the same rule (``base.PERSON_RULE``), so both keep the same instances
+from the same detections. Compared with torchvision's own ``postprocess_detections``
+(top-k over all classes), the persons are the same whenever fewer than
+``detections_per_img`` detections of all classes pass the threshold.
 
 Keypoints come from the second model. Its instances are matched to the mask model's
 instances by box IoU (:func:`match_instances`: greedy, highest IoU first, each instance
@@ -55,8 +59,8 @@ network needs:
   ``min_size=128``, ~0.28 s at 256, ~0.9 s at 400, ~4.6 s at 800 (1333x667); both models
   end to end run ~2.2x more crops/s at 256 than at 800 (6-8 vs 18-21 CPU-s per crop).
 
-Default: ``min_size=256`` (4x for 64-px-wide crops) and ``max_size=768`` (keeps crops up
-to 3:1 uncapped). 128 (person ~220 px, 256x128 input) would also sit inside the anchors'
+Default: ``min_size=256`` (4x for 64-px-wide crops) and ``max_size=3 * min_size`` (768:
+keeps crops up to 3:1 uncapped, at any ``min_size``). 128 (person ~220 px, 256x128 input) would also sit inside the anchors'
 range, but at these sizes the backbone is not the bottleneck (the heads are, see below),
 so 256 costs only ~0.2 s/crop more on CPU while keeping the scale closer to what the
 models were trained on (COCO at a 640-800 px short side) and giving bystanders and
@@ -105,7 +109,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reid_masks.backends.base import Instances, attach_keypoints, box_iou_np, match_instances, parse_device
+from reid_masks.backends.base import DEFAULT_DETECTIONS_PER_IMG, PERSON_RULE, Instances, attach_keypoints, box_iou_np, match_instances, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -242,7 +246,7 @@ def build_mask_model(
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     score_threshold: float = 0.5,
-    detections_per_img: int = 100,
+    detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
     rpn_post_nms_top_n: int = 1000,
 ) -> nn.Module:
     """``maskrcnn_resnet50_fpn_v2`` with random weights (nothing downloaded), person-only post-processing."""
@@ -260,7 +264,7 @@ def build_keypoint_model(
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
     score_threshold: float = 0.5,
-    detections_per_img: int = 100,
+    detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
     rpn_post_nms_top_n: int = 1000,
 ) -> nn.Module:
     """``keypointrcnn_resnet50_fpn`` as torchvision builds it for COCO_V1, with random weights.
@@ -319,7 +323,7 @@ class TorchvisionBackend:
         keypoint_weights: str | os.PathLike | None = None,
         random_weights: bool = False,
         min_size: int = DEFAULT_MIN_SIZE,
-        max_size: int = DEFAULT_MAX_SIZE,
+        max_size: int | None = None,
         score_threshold: float = 0.5,
         with_keypoints: bool = True,
         with_masks: bool = True,
@@ -327,11 +331,13 @@ class TorchvisionBackend:
         amp_dtype: str = "float16",
         keypoint_score_threshold: Optional[float] = None,
         match_iou: float = 0.5,
-        detections_per_img: int = 100,
+        detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
         rpn_post_nms_top_n: int = 1000,
     ) -> None:
         if not (with_masks or with_keypoints):
             raise UserError("the torchvision backend needs masks or keypoints (or both) enabled")
+        if max_size is None:  # 3x the short side: never binds on portrait re-ID crops (768 at the default 256)
+            max_size = max(DEFAULT_MAX_SIZE, 3 * int(min_size))
         if int(min_size) < 1 or int(max_size) < int(min_size):
             raise UserError(f"bad input size: need 1 <= min_size <= max_size, got min_size={min_size} max_size={max_size}")
         if not 0.0 <= float(score_threshold) <= 1.0:
@@ -421,6 +427,7 @@ class TorchvisionBackend:
                 "keypoint_score_threshold": self.keypoint_score_threshold if (self.with_masks and self.with_keypoints) else None,
                 "keypoint_match": "greedy box IoU" if (self.with_masks and self.with_keypoints) else None,
                 "match_iou": self.match_iou,
+                "instances": PERSON_RULE,
                 "keypoint_score": "sigmoid(heatmap logit)",
                 "min_size": self.min_size,
                 "max_size": self.max_size,

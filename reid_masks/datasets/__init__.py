@@ -7,68 +7,85 @@ Record(path='bounding_box_train/0002_c1s1_000451_03.jpg', pid=0, camid=0, split=
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from reid_masks.datasets.cuhk03 import load_cuhk03
-from reid_masks.datasets.folders import load_folder_dataset, load_manifest_folders
+from reid_masks.datasets.folders import load_folder, load_manifest_folders
 from reid_masks.datasets.manifest import DATASET_NAMES, load_manifest, read_manifest_file
 from reid_masks.datasets.msmt17 import load_msmt17
+from reid_masks.datasets.options import check_options, describe, loader_options
 from reid_masks.datasets.records import SPLITS, Record, ReIDDataset, relabel
 from reid_masks.errors import UserError
 
 __all__ = [
-    "DATASET_NAMES", "SPLITS", "Record", "ReIDDataset", "build_dataset", "dataset_names",
-    "load_manifest", "read_manifest_file", "relabel",
+    "DATASET_NAMES", "SPLITS", "Record", "ReIDDataset", "build_dataset", "check_dataset_options",
+    "dataset_names", "dataset_options", "load_manifest", "read_manifest_file", "relabel",
 ]
+
+# A loader's keyword-only parameters are its dataset's options (reid_masks.datasets.options).
+# Datasets with a packaged manifest are loaded by their manifest's "layout":
+# loader(manifest, root, *, options). Datasets without one: loader(root, *, options).
+LAYOUT_LOADERS: dict[str, Callable[..., ReIDDataset]] = {
+    "folders": load_manifest_folders,
+    "lists": load_msmt17,
+    "cuhk03": load_cuhk03,
+}
+OWN_LOADERS: dict[str, Callable[..., ReIDDataset]] = {"folder": load_folder}
+# Names that fix some options of another dataset.
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "cuhk03_labeled": ("cuhk03", {"variant": "labeled"}),
+    "cuhk03_detected": ("cuhk03", {"variant": "detected"}),
+}
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Names ``build_dataset`` accepts (``cuhk03`` takes ``variant='labeled'|'detected'``)."""
-    return DATASET_NAMES + ("cuhk03_labeled", "cuhk03_detected", "folder")
+    """Names ``build_dataset`` accepts."""
+    return DATASET_NAMES + tuple(ALIASES) + tuple(OWN_LOADERS)
+
+
+def dataset_loader(name: str) -> Callable[..., ReIDDataset]:
+    """The loader of a dataset name (no alias); unknown names are a one-line UserError."""
+    if name in OWN_LOADERS:
+        return OWN_LOADERS[name]
+    if name not in DATASET_NAMES:
+        raise UserError(f"unknown dataset {name!r}: expected one of {', '.join(dataset_names())}")
+    return LAYOUT_LOADERS[load_manifest(name)["layout"]]
+
+
+def resolve_dataset(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The dataset's own name (aliases resolved) and its checked, typed options."""
+    if name in ALIASES:
+        base, fixed = ALIASES[name]
+        for key, value in fixed.items():
+            if key in options and str(options[key]) != str(value):
+                raise UserError(f"{name}: dataset option {key}={options[key]!r} contradicts the name (use {base} with {key}={options[key]})")
+        name, options = base, {**options, **fixed}
+    return name, check_options(name, dataset_loader(name), options)
+
+
+def check_dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` typed for dataset ``name``; unknown names or bad values are a UserError.
+
+    The one check behind ``--dataset-option`` (reid-masks) and ``data.options`` (reid-train).
+    """
+    return resolve_dataset(name, options)[1]
+
+
+def dataset_options(name: str) -> dict[str, str]:
+    """``{option: how its value is written}`` for a dataset (aliases resolved)."""
+    base, fixed = ALIASES.get(name, (name, {}))
+    return {k: describe(h) for k, (h, _) in loader_options(dataset_loader(base)).items() if k not in fixed}
 
 
 def build_dataset(name: str, root: str | Path, **options: Any) -> ReIDDataset:
     """Load a dataset's train/query/gallery records.
 
-    Options: ``variant`` for cuhk03 (``labeled`` default, or ``detected``); for
-    ``folder``: ``pattern`` (regex with named groups ``pid`` and ``camid``),
-    ``train_dir``/``query_dir``/``gallery_dir``, ``extensions``, ``junk_pid``,
-    ``camera_base``.
+    Options (see ``dataset_options``): ``variant`` for cuhk03 (``labeled`` default, or
+    ``detected``); for ``folder``: ``pattern`` (regex with named groups ``pid`` and
+    ``camid``), ``train_dir``/``query_dir``/``gallery_dir``, ``extensions``,
+    ``junk_pid``, ``camera_base``. Text values are converted to the option's type.
     """
-    if name in ("cuhk03_labeled", "cuhk03_detected"):
-        name, options = "cuhk03", {**options, "variant": name.split("_")[1]}
-    if name == "folder":
-        return _build_folder(root, **options)
-    manifest = load_manifest(name)
-    allowed = {"cuhk03": {"variant"}}.get(name, set())
-    unknown = set(options) - allowed
-    if unknown:
-        raise UserError(f"{name}: unknown option(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed)) or 'none'})")
-    if manifest["layout"] == "folders":
-        return load_manifest_folders(manifest, root)
-    if manifest["layout"] == "lists":
-        return load_msmt17(manifest, root)
-    return load_cuhk03(manifest, root, **options)
-
-
-def _build_folder(
-    root: str | Path,
-    pattern: str | None = None,
-    train_dir: str = "train",
-    query_dir: str = "query",
-    gallery_dir: str = "gallery",
-    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png"),
-    junk_pid: int | None = None,
-    camera_base: int = 0,
-) -> ReIDDataset:
-    if not pattern:
-        raise UserError("folder: option 'pattern' is required (a regex with named groups (?P<pid>...) and (?P<camid>...))")
-    return load_folder_dataset(
-        "folder",
-        root,
-        {"train": train_dir, "query": query_dir, "gallery": gallery_dir},
-        pattern,
-        extensions=tuple(e.lower() for e in extensions),
-        camera_base=camera_base,
-        junk_pid=junk_pid,
-    )
+    name, options = resolve_dataset(name, options)
+    if name in OWN_LOADERS:
+        return OWN_LOADERS[name](root, **options)
+    return dataset_loader(name)(load_manifest(name), root, **options)

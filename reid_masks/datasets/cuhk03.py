@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from reid_masks.datasets.folders import compile_pattern, resolve_root
 from reid_masks.datasets.records import Record, ReIDDataset, relabel
 from reid_masks.errors import UserError
 
-VARIANTS = ("labeled", "detected")
+Variant = Literal["labeled", "detected"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 
 
 def read_split_mat(path: Path) -> dict[str, np.ndarray]:
@@ -81,7 +82,7 @@ def extract_images(mat_path: Path, variant: str, out_dir: Path) -> int:
     return count
 
 
-def load_cuhk03(manifest: dict[str, Any], root: str | Path, variant: str = "labeled") -> ReIDDataset:
+def load_cuhk03(manifest: dict[str, Any], root: str | Path, *, variant: Variant = "labeled") -> ReIDDataset:
     if variant not in VARIANTS:
         raise UserError(f"cuhk03: unknown variant {variant!r} (expected labeled or detected)")
     spec = manifest["variants"][variant]

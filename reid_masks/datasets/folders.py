@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Tuple
 
 from reid_masks.datasets.records import Record, ReIDDataset, SPLITS, relabel
 from reid_masks.errors import UserError
@@ -36,7 +36,12 @@ def compile_pattern(pattern: str, origin: str) -> re.Pattern:
 
 
 def list_images(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+    """Image files in ``folder``, dangling symlinks included: they become rows marked unreadable
+    (``validate`` reports them), never a silently shorter split."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.suffix.lower() in extensions and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )
 
 
 def parse_names(
@@ -105,4 +110,32 @@ def load_manifest_folders(manifest: dict[str, Any], root: str | Path) -> ReIDDat
         junk_pid=manifest.get("junk_pid"),
         manifest=manifest,
         origin=f"data_manifests/{manifest['name']}.json",
+    )
+
+
+def load_folder(
+    root: str | Path,
+    *,
+    pattern: Optional[str] = None,
+    train_dir: str = "train",
+    query_dir: str = "query",
+    gallery_dir: str = "gallery",
+    extensions: Tuple[str, ...] = (".jpg", ".jpeg", ".png"),
+    junk_pid: Optional[int] = None,
+    camera_base: int = 0,
+) -> ReIDDataset:
+    """A user layout: ``pattern`` is a regex with named groups ``pid`` and ``camid``.
+
+    The keyword-only parameters are the ``folder`` dataset's options (``--dataset-option``).
+    """
+    if not pattern:
+        raise UserError("folder: dataset option 'pattern' is required (a regex with named groups (?P<pid>...) and (?P<camid>...))")
+    return load_folder_dataset(
+        "folder",
+        root,
+        {"train": train_dir, "query": query_dir, "gallery": gallery_dir},
+        pattern,
+        extensions=tuple(e.lower() for e in extensions),
+        camera_base=camera_base,
+        junk_pid=junk_pid,
     )

@@ -17,12 +17,8 @@ DATASET_NAMES = ("market1501", "dukemtmc", "cuhk03", "msmt17")
 
 def load_manifest(name: str) -> dict[str, Any]:
     """The packaged manifest of a known dataset."""
-    if name == "folder":
-        raise UserError("dataset 'folder' (your own layout) has no packaged manifest: pass one with --manifest FILE "
-                        "(the format of data_manifests/market1501.json, with \"name\": \"folder\")")
     if name not in DATASET_NAMES:
-        raise UserError(f"unknown dataset {name!r}: expected one of {', '.join(DATASET_NAMES)}, "
-                        f"cuhk03_labeled, cuhk03_detected or folder")
+        raise UserError(f"no packaged manifest for dataset {name!r}: expected one of {', '.join(DATASET_NAMES)}")
     text = resources.files("data_manifests").joinpath(f"{name}.json").read_text()
     return json.loads(text)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from reid_masks.datasets.folders import compile_pattern
-from reid_masks.datasets.records import Record, ReIDDataset, SPLITS, relabel
+from reid_masks.datasets.records import Record, ReIDDataset, SPLITS, leaves_root, relabel
 from reid_masks.errors import UserError
 
 
@@ -39,6 +39,8 @@ def read_list(path: Path, folder: str, regex: re.Pattern, split: str, camera_bas
         m = regex.match(Path(parts[0]).name) if len(parts) == 2 else None
         if m is None or not parts[1].lstrip("-").isdigit():
             raise UserError(f"{path}:{lineno}: cannot parse {line.strip()!r} (expected '<pid dir>/<file> <label>' with names like {regex.pattern!r})")
+        if leaves_root(parts[0]):
+            raise UserError(f"{path}:{lineno}: {parts[0]!r} leaves the dataset root (expected a path relative to {folder}/, like '<pid dir>/<file>')")
         camid = int(m.group("camid")) - camera_base
         records.append(Record(f"{folder}/{parts[0]}", int(parts[1]), camid, split))
     return records

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 SPLITS = ("train", "query", "gallery")
@@ -65,3 +65,13 @@ def relabel(records: list[Record]) -> list[Record]:
     """Training ids mapped to 0..N-1 in increasing order of the original id."""
     mapping = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
     return [r._replace(pid=mapping[r.pid]) for r in records]
+
+
+def leaves_root(entry: str) -> bool:
+    """True for a path read from a file that is absolute or climbs out with ``..``.
+
+    Adapters refuse such entries: a record's image must lie under the dataset root
+    (symlinks inside the root may still point elsewhere; that is the user's own layout).
+    """
+    posix, windows = PurePosixPath(entry), PureWindowsPath(entry)
+    return posix.is_absolute() or bool(windows.drive or windows.root) or ".." in windows.parts

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reid_masks.backends.base import parse_device
+from reid_masks.derive import LIP_LABELS
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -100,11 +101,7 @@ __all__ = [
     "schp_geometry",
 ]
 
-NUM_CLASSES = 20
-LIP_LABELS = (
-    "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
-    "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm", "left-leg", "right-leg", "left-shoe", "right-shoe",
-)
+NUM_CLASSES = len(LIP_LABELS)
 FLIP_PAIRS = ((14, 15), (16, 17), (18, 19))  # left/right arm, leg, shoe
 SCHP_LIP_FILENAME = "exp-schp-201908261155-lip.pth"
 SCHP_README = "https://github.com/GoGoDuck912/Self-Correction-Human-Parsing#trained-models"

@@ -8,7 +8,7 @@ fork). Images are decoded in ``__getitem__``, i.e. in the DataLoader workers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ class ReIDImageDataset(Dataset):
     upper, lower; see ``regions.py``) at the image's resolution: the cache's masks are
     resized to the transform's size with nearest sampling, then moved by the same flip /
     pad + crop as the image (so MGRAN needs them in training and evaluation alike).
+
+    ``indices``: the records of the split to use (default all), e.g. the usable rows that
+    :func:`reid_train.data.cache_check.check_cache_images` returns.
     """
 
     def __init__(
@@ -64,15 +67,18 @@ class ReIDImageDataset(Dataset):
         transform: PairedTransform,
         cache: str | Path | MaskCache | None = None,
         region_masks: str | None = None,
+        indices: Sequence[int] | None = None,
     ) -> None:
         self.dataset = dataset
         self.split = split
-        self.records = dataset.split(split)
+        records = dataset.split(split)
+        keep = np.arange(len(records)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.records = [records[i] for i in keep]
         self.transform = transform
         if region_masks is not None and cache is None:
             raise ValueError(f"region_masks={region_masks!r} needs a mask cache")
-        self.region_masks = load_split_region_masks(cache, dataset, split, region_masks) if region_masks else None
-        self.masks = load_split_masks(cache, dataset, split) if cache is not None and not region_masks else None
+        self.region_masks = load_split_region_masks(cache, dataset, split, region_masks, keep) if region_masks else None
+        self.masks = load_split_masks(cache, dataset, split)[keep] if cache is not None and not region_masks else None
         self.pids = [r.pid for r in self.records]
         self.camids = [r.camid for r in self.records]
 

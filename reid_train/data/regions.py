@@ -34,10 +34,9 @@ the kind:
     whole image as the box.
 
 Status: rows whose cache status is ``unreadable`` have all-zero masks (stage 1 could not
-decode the image), which would turn all four inputs into constant images with identical
-features; they are refused with a :class:`UserError` naming the cache, the split, the
-count and the first path ("regenerate the cache"). ``no_person`` rows (the documented
-prior box) and ``no_keypoints`` rows are used as they are.
+decode the image); callers leave them out through ``indices`` (the rule of
+``reid_train.data.cache_check``: unusable train rows are left out, query/gallery refused).
+``no_person`` rows (the documented prior box) and ``no_keypoints`` rows are used as they are.
 
 Memory: the masks of a split are held in one (N, h, w) uint8 array (``regions | person <<
 2``): 32 KiB per image at 256x128, ~0.4 GB for Market-1501's train split, ~0.65 GB for its
@@ -59,7 +58,6 @@ from reid_masks.datasets import ReIDDataset
 from reid_masks.derive import (  # the mask stage's own cut rules: one definition
     HIP_FRACTION, KEYPOINT_MIN_SCORE, KP_L_HIP, KP_L_SHOULDER, KP_R_HIP, KP_R_SHOULDER, SHOULDER_FRACTION,
 )
-from reid_masks.errors import UserError
 
 __all__ = ["REGION_KINDS", "SplitRegionMasks", "load_split_region_masks", "part_rows", "part_masks"]
 
@@ -141,11 +139,12 @@ class SplitRegionMasks:
         return torch.stack([person, label == 1, label == 2, label == 3]).to(torch.uint8)
 
 
-def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str, kind: str = "regions") -> SplitRegionMasks:
+def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str, kind: str = "regions",
+                            indices: np.ndarray | None = None) -> SplitRegionMasks:
     """MGRAN masks of ``dataset``'s ``split`` in record order (module docstring).
 
-    Records the cache lacks are a UserError naming the cache file (``check_cache_matches``),
-    and so are rows whose status is ``unreadable``.
+    ``indices``: the records to load (default all), in that order. Records the cache lacks
+    are a UserError naming the cache file (``check_cache_matches``).
     """
     if kind not in REGION_KINDS:
         raise ValueError(f"region mask kind must be one of {REGION_KINDS}, got {kind!r}")
@@ -153,17 +152,8 @@ def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset,
     mc = MaskCache(cache) if own else cache
     try:
         rows = check_cache_matches(mc, dataset, [split])[split]
-        status_names = list(mc.attrs.get("status_names", []))
-        status = mc.column(split, "status")[rows] if len(rows) else np.zeros(0, np.uint8)
-        if "unreadable" in status_names:
-            bad = np.nonzero(status == status_names.index("unreadable"))[0]
-            if len(bad):
-                first = dataset.split(split)[int(bad[0])].path
-                raise UserError(
-                    f"{mc.path}: {len(bad)} {split} image(s) have status 'unreadable' (first: {first}); MGRAN needs their "
-                    f"pedestrian and region masks at {'training' if split == 'train' else 'inference'} time -- fix the images "
-                    f"and regenerate the cache ('reid-masks generate --update'), or drop them from the dataset"
-                )
+        if indices is not None:
+            rows = rows[np.asarray(indices, dtype=np.int64)]
         hw = tuple(mc.rows(split, rows[:1], columns=("person",))["person"].shape[1:])
         codes = np.zeros((len(rows),) + hw, np.uint8)
         parts = np.zeros((len(rows), 6), np.int32) if kind == "parts" else None

@@ -16,7 +16,8 @@ per epoch, an epoch ~4x longer on Market-1501.
 The order of epoch ``e`` depends only on ``(seed, e)``, so sampling is deterministic and a
 resumed run draws exactly the batches the interrupted run would have drawn; the state is
 just ``{"seed", "epoch"}``. Call :meth:`set_epoch` before iterating (like
-``DistributedSampler``); the trainer does.
+``DistributedSampler``); the trainer does. ``set_epoch(e, start=k)`` yields the epoch's
+batches from the k-th on (a run resumed mid-epoch continues where it stopped).
 
 The samplers yield lists of dataset indices: pass them as ``batch_sampler`` to a
 ``DataLoader``.
@@ -60,15 +61,17 @@ class IdentitySampler(Sampler[list[int]]):
         self.num_instances = num_instances
         self.seed = int(seed)
         self.epoch = 0
+        self.start = 0
 
     @property
     def batch_size(self) -> int:
         """Images per batch yielded by this sampler."""
         return self.num_ids * self.num_instances
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose batches the next iteration yields, from batch ``start`` on."""
         self.epoch = int(epoch)
+        self.start = int(start)
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch}
@@ -100,7 +103,7 @@ class IdentitySampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.global_batches()
+        yield from self.global_batches()[self.start :]
 
 
 class DistributedIdentitySampler(IdentitySampler):
@@ -145,5 +148,5 @@ class DistributedIdentitySampler(IdentitySampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         share = self.batch_size
-        for batch in self.global_batches():
+        for batch in self.global_batches()[self.start :]:
             yield batch[self.rank * share : (self.rank + 1) * share]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,10 @@ from reid_masks.fileio import write_json_atomic
 from reid_masks.progress import Progress
 from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
+from reid_train.data.cache_check import check_cache_images
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
+from reid_train.engine.preemption import ignore_stop_signals
 from reid_train.models.mgran import region_inputs
 
 __all__ = ["extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "write_json_atomic"]
@@ -37,16 +40,28 @@ def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory:
                       region_masks: str | None = None) -> DataLoader:
     """Images of ``split`` in record order with the evaluation transform (no masks).
 
+    With ``data.cache`` set, the split's images are first checked against the cache
+    (:func:`check_cache_images`: changed images and unusable query/gallery rows are a
+    UserError; unusable train rows are left out). A cache file that does not exist is
+    skipped with a warning for models that need no masks at inference (MMGA family).
     ``region_masks`` (a model's ``region_masks``: MGRAN needs its masks at inference too):
-    items also carry the (4, H, W) masks read from ``data.cache``; images the cache lacks,
-    or whose cache status is ``unreadable``, are a UserError naming the cache file.
+    items also carry the (4, H, W) masks read from ``data.cache``; images the cache lacks
+    are a UserError naming the cache file.
     """
     _, test_tf = build_transforms((cfg.data.height, cfg.data.width), mean=cfg.data.mean, std=cfg.data.std)
     if region_masks and not cfg.data.cache:
         raise UserError(f"model.name={cfg.model.name} needs the {region_masks} masks of every query/gallery image: "
                         f"set data.cache to the HDF5 file of 'reid-masks generate'")
-    ds = ReIDImageDataset(dataset, split, test_tf, cache=cfg.data.cache if region_masks else None, region_masks=region_masks)
-    return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=cap_workers(cfg.data.num_workers), pin_memory=pin_memory)
+    indices = None
+    if cfg.data.cache and (region_masks or Path(cfg.data.cache).is_file()):
+        indices = check_cache_images(cfg.data.cache, dataset, [split])[split]
+    elif cfg.data.cache:
+        logger.warning("data.cache=%s does not exist: the %s images are not checked against it", cfg.data.cache, split)
+    ds = ReIDImageDataset(dataset, split, test_tf, cache=cfg.data.cache if region_masks else None, region_masks=region_masks,
+                          indices=indices)
+    workers = cap_workers(cfg.data.num_workers)
+    return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                      worker_init_fn=ignore_stop_signals if workers else None)
 
 
 @torch.no_grad()

@@ -6,8 +6,10 @@ One :class:`Trainer` per run. Everything a run produces lives in ``train.output_
 * ``checkpoint.pth`` written after every epoch through a temporary file and
   ``os.replace``, so a crash never leaves a truncated checkpoint: model, optimizer,
   scheduler, GradScaler, sampler state, RNG states (python, numpy, torch, cuda), the
-  number of completed epochs, the config and the number of classes. It loads with
-  ``torch.load(..., weights_only=True)``;
+  number of completed epochs, the config and the number of classes; a run stopped by a
+  signal also records the iteration it stopped after (``iteration``), the epoch's loader
+  seed and loss sums. It loads with ``torch.load(..., weights_only=True)``; temporary
+  files of writers that died (same host) are removed when ``fit`` starts;
 * ``metrics.jsonl`` one JSON object per epoch (see :meth:`Trainer.train_epoch`), plus
   ``rank1 rank5 rank10 mAP`` on the epochs that were evaluated;
 * ``evaluation.json`` the latest evaluation (``{rank1, rank5, rank10, mAP, num_query,
@@ -20,6 +22,15 @@ same weights (bitwise on CPU with ``data.num_workers=0``). That holds because th
 sampler's order depends only on (seed, epoch), all RNG states are restored, DataLoader
 worker seeds are drawn from the restored torch RNG, and evaluation runs with the RNG
 state saved and put back, so evaluating (or not) never changes training.
+
+**Stopping mid-epoch** (SIGTERM, SIGUSR1, Ctrl-C; ``preemption.py``): the current
+iteration is finished, the checkpoint records the iteration and the RNG states of that
+moment, and :class:`Stopped` is raised. ``--resume`` then continues with the next
+iteration: the sampler yields the epoch's batches from there (``num_workers=0``), or the
+loader replays the skipped batches in its workers, seeded from the epoch's saved loader
+seed (``num_workers>0``: the workers' RNG streams are those of the uninterrupted run), so
+the final weights equal an uninterrupted run's. Under DDP the ranks agree after every
+iteration (one all-reduce of a flag) so they stop at the same one.
 
 Multi-GPU: launched by ``torchrun``, the trainer joins the process group (NCCL on CUDA,
 gloo on CPU), wraps the model in DDP (optionally with SyncBatchNorm, ``train.sync_bn``)
@@ -35,6 +46,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -48,12 +60,14 @@ from torch.utils.data import DataLoader
 
 from reid_masks.datasets import ReIDDataset, build_dataset
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, write_json_atomic, write_text_atomic
+from reid_masks.fileio import atomic_path, remove_dead_temps, write_json_atomic, write_text_atomic
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
+from reid_train.data.cache_check import check_cache_images
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.engine.evaluator import evaluate_model
+from reid_train.engine.preemption import StopSignals, Stopped, ignore_stop_signals
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 
@@ -308,10 +322,12 @@ class Trainer:
                 raise UserError(f"model.name={cfg.model.name} is trained with body masks: set data.cache to the HDF5 file of 'reid-masks generate'")
             cache = d.cache
         elif d.cache:
-            logger.info("model.name=%s uses no mask loss: data.cache is not read", cfg.model.name)
+            logger.info("model.name=%s uses no mask loss: data.cache only serves to check the images", cfg.model.name)
+        # before any computation: stale masks and unusable query/gallery rows are refused, unusable train rows left out
+        usable = check_cache_images(d.cache, self.dataset, ("train", "query", "gallery"))["train"] if d.cache else None
 
         train_tf, _ = build_transforms((d.height, d.width), d.flip_prob, d.pad, d.erasing_prob, d.mean, d.std)
-        self.train_set = ReIDImageDataset(self.dataset, "train", train_tf, cache=cache, region_masks=self.region_masks)
+        self.train_set = ReIDImageDataset(self.dataset, "train", train_tf, cache=cache, region_masks=self.region_masks, indices=usable)
         if self.world_size > 1:
             self.sampler: IdentitySampler = DistributedIdentitySampler(
                 self.train_set.pids, d.num_ids, d.num_instances, cfg.train.seed, self.world_size, self.rank)
@@ -342,6 +358,10 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
 
         self.start_epoch = 0
+        self.start_iter = 0  # iterations of start_epoch already done (a run stopped mid-epoch)
+        self._resumed_epoch: dict[str, Any] | None = None  # that epoch's loader seed and loss sums
+        if self.main:
+            remove_dead_temps(self.output_dir, CHECKPOINT_NAME)  # 37-99 MB each, left by killed writes
         if resume:
             self._resume()
         elif self.main:
@@ -406,19 +426,29 @@ class Trainer:
             if self.world_size > 1:  # no state per rank: re-seed so ranks still augment differently, reproducibly
                 seed_everything(self.cfg.train.seed + self.rank + 7919 * int(ckpt["epoch"]))
         self.start_epoch = int(ckpt["epoch"])
+        self.start_iter = int(ckpt.get("iteration", 0))
+        if self.start_iter:
+            parts = ckpt.get("partial_per_rank")
+            own = parts[self.rank] if parts is not None and len(parts) == self.world_size else ckpt["partial"]
+            self._resumed_epoch = {"loader_seed": int(ckpt["loader_seed"]), **own}
         if self.main and self.metrics_path.exists():  # drop lines of epochs after the checkpoint
             keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
             write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in keep))
-        logger.info("resumed from %s at epoch %d", self.ckpt_path, self.start_epoch)
+        logger.info("resumed from %s at epoch %d%s", self.ckpt_path, self.start_epoch,
+                    f" + {self.start_iter} iteration(s)" if self.start_iter else "")
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
         """Under DDP, every rank's RNG states (collective: all ranks call it); else None."""
+        return self._gather(get_rng_state())
+
+    def _gather(self, obj: Any) -> list[Any] | None:
+        """Under DDP, ``obj`` of every rank (collective); else None."""
         if self.world_size == 1:
             return None
         import torch.distributed as dist
 
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, get_rng_state())
+        dist.all_gather_object(gathered, obj)
         return gathered
 
     def checkpoint_state(self, epoch: int, metrics: dict[str, Any], rank_rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -427,6 +457,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "epoch": epoch,
+            "iteration": 0,
             "num_classes": self.num_classes,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -444,15 +475,30 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
 
-    def _loader(self) -> DataLoader:
-        # persistent_workers=False: each epoch's workers are seeded from the torch RNG of
-        # that moment, which a resumed run restores (persistent ones would keep old seeds).
-        return DataLoader(
-            self.train_set, batch_sampler=self.sampler, num_workers=cap_workers(self.cfg.data.num_workers),
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )
+    def _loader(self, epoch: int, start: int, seed: int) -> Iterator[dict[str, Any]]:
+        """Epoch ``epoch``'s batches from iteration ``start`` on.
 
-    def _batches(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        The loader's own generator, seeded with ``seed`` (drawn from the torch RNG at the
+        start of the epoch and saved with a mid-epoch checkpoint), seeds its workers.
+        ``persistent_workers=False``: each epoch's workers are seeded anew, from a seed that
+        a resumed run restores (persistent ones would keep old seeds). Without workers the
+        sampler skips the first ``start`` batches; with workers they are loaded and dropped,
+        so every worker's RNG stream is that of the uninterrupted epoch.
+        """
+        workers = cap_workers(self.cfg.data.num_workers)
+        self.sampler.set_epoch(epoch, start=0 if workers else start)
+        loader = DataLoader(
+            self.train_set, batch_sampler=self.sampler, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            worker_init_fn=ignore_stop_signals if workers else None,  # a signal must not kill the batch in flight
+            generator=torch.Generator().manual_seed(seed),
+        )
+        batches = iter(loader)
+        for _ in range(start if workers else 0):
+            next(batches)
+        return batches
+
+    def _batches(self, loader: Iterator[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         for batch in loader:
             images = batch["image"].to(self.device, non_blocking=True)
             if self.channels_last:
@@ -463,23 +509,32 @@ class Trainer:
                 images = region_inputs(images, batch["region_masks"].to(self.device, non_blocking=True))
             yield images, pids, masks
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, stop: StopSignals | None = None) -> dict[str, Any]:
         """One epoch (``epoch`` 0-based). Returns the JSONL record of the epoch:
 
         ``epoch`` (1-based, completed epochs), the batch-weighted mean of every loss term of
         :class:`MMGALoss` (``total``, ``ce_whole``, [``ce_local``], ``triplet``,
         [``att``, ``att_m1_whole``, ``att_m2_*``]), ``lr_backbone``, ``lr_head``,
-        ``images_per_s``, ``time_s``.
+        ``images_per_s``, ``time_s``. The epoch a run resumed in mid-epoch continues
+        from its saved iteration, loader seed and loss sums. When ``stop`` has caught a
+        signal, the epoch ends after the current iteration with a checkpoint and
+        :class:`Stopped`.
         """
         cfg = self.cfg
-        self.sampler.set_epoch(epoch)
         self.net.train()
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         sums: dict[str, float] = defaultdict(float)
-        seen = 0
+        seen, first, before = 0, 0, 0.0
+        resumed = self._resumed_epoch if epoch == self.start_epoch else None
+        if resumed is not None:
+            first, seed = self.start_iter, resumed["loader_seed"]
+            sums.update(resumed["sums"])
+            seen, before = int(resumed["seen"]), float(resumed["time_s"])
+        else:  # the draw a DataLoader makes for its base seed, taken here so a checkpoint can keep it
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
         iters = len(self.sampler)
-        start = time.perf_counter()
-        for it, (images, pids, masks) in enumerate(self._batches(self._loader())):
+        start = time.perf_counter() - before
+        for it, (images, pids, masks) in enumerate(self._batches(self._loader(epoch, first, seed)), start=first):
             terms = train_step(self.net, self.criterion, self.optimizer, self.scaler, images, pids, masks,
                                self.amp_dtype, where=f"epoch {epoch + 1} iteration {it + 1}: ")
             n = images.shape[0]
@@ -490,11 +545,14 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 rate = seen * self.world_size / max(elapsed, 1e-9)
                 remaining_iters = (iters - it - 1) + (cfg.solver.epochs - epoch - 1) * iters
-                eta = remaining_iters * elapsed / (it + 1)
+                eta = remaining_iters * (elapsed - before) / (it + 1 - first)
                 logger.info("epoch %d/%d [%d/%d] loss %.4f (%s) lr %.4g/%.4g %.1f img/s eta %s",
                             epoch + 1, cfg.solver.epochs, it + 1, iters, sums["total"] / seen,
                             " ".join(f"{k} {sums[k] / seen:.4f}" for k in terms if k != "total"),
                             lrs.get("backbone", 0.0), lrs.get("head", 0.0), rate, _format_eta(eta))
+            if stop is not None and it + 1 < iters and self._stop_agreed(stop):
+                partial = {"sums": dict(sums), "seen": seen, "time_s": time.perf_counter() - start}
+                self._stop(stop, epoch, it + 1, {"loader_seed": seed, "partial": partial}, self._gather(partial))
         elapsed = time.perf_counter() - start
         if self.world_size > 1:  # mean over all ranks' images
             import torch.distributed as dist
@@ -518,15 +576,56 @@ class Trainer:
         self.net.train()
         return results
 
+    def _stop_agreed(self, stop: StopSignals) -> bool:
+        """Whether any rank caught a stop signal (collective under DDP: all ranks stop at the same iteration)."""
+        if self.world_size == 1:
+            return stop.requested
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _stop(self, stop: StopSignals, epoch: int, iteration: int, extra: dict[str, Any] | None = None,
+              partial_per_rank: list[Any] | None = None) -> None:
+        """Raise :class:`Stopped` after ``iteration`` iterations of ``epoch``, saving a checkpoint
+        there first (``iteration`` 0: at the end of epoch ``epoch``, whose checkpoint is written)."""
+        if iteration:
+            rank_rng = self._rank_rng_states()
+            if self.main:
+                state = self.checkpoint_state(epoch, {}, rank_rng)
+                state["iteration"] = iteration
+                state.update(extra or {})
+                if partial_per_rank is not None:
+                    state["partial_per_rank"] = partial_per_rank
+                save_checkpoint(self.ckpt_path, state)
+            self._barrier()
+        name = stop.name or "a stop signal on another rank"
+        where = f"iteration {iteration}/{len(self.sampler)} of epoch {epoch + 1}" if iteration else f"epoch {epoch}"
+        raise Stopped(f"stopped by {name} after {where}: {self.ckpt_path} keeps the run up to there",
+                      stop.signum or signal.SIGTERM)
+
     def fit(self) -> dict[str, Any]:
-        """Train from ``start_epoch`` to ``solver.epochs``; returns the last epoch's record."""
+        """Train from ``start_epoch`` to ``solver.epochs``; returns the last epoch's record.
+
+        SIGTERM, SIGUSR1 and Ctrl-C stop the run cleanly (module docstring): a checkpoint,
+        then :class:`Stopped`.
+        """
+        with StopSignals() as stop:
+            try:
+                return self._fit(stop)
+            finally:
+                if self.tb is not None:
+                    self.tb.close()
+
+    def _fit(self, stop: StopSignals) -> dict[str, Any]:
         cfg = self.cfg
         epochs = cfg.solver.epochs
         record: dict[str, Any] = {}
         if self.start_epoch >= epochs:
             logger.info("checkpoint is at epoch %d >= solver.epochs=%d: nothing to train", self.start_epoch, epochs)
         for epoch in range(self.start_epoch, epochs):
-            record = self.train_epoch(epoch)
+            record = self.train_epoch(epoch, stop)
             self.scheduler.step()
             done = epoch + 1
             period = cfg.train.eval_period
@@ -553,9 +652,9 @@ class Trainer:
                 logger.info("epoch %d/%d done: %s", done, epochs, ", ".join(
                     f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
             self._barrier()
+            if done < epochs and self._stop_agreed(stop):  # caught during the evaluation or the save
+                self._stop(stop, done, 0)
         ddp.dump_param_checksums(self.model, max(self.start_epoch, epochs))  # debug, only with $REID_TRAIN_PARAM_CHECKSUM_DIR
-        if self.tb is not None:
-            self.tb.close()
         return record
 
     def _keep_unevaluated_epoch(self, done: int, record: dict[str, Any], exc: BaseException) -> None:

@@ -96,6 +96,7 @@ _DEFAULTS = {
     },
     "INPUT": {"MIN_SIZE_TRAIN": (800,), "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333, "FORMAT": "BGR"},
     "DATASETS": {"TRAIN": (), "TEST": ()},
+    "TEST": {"DETECTIONS_PER_IMAGE": 100},
 }
 
 

@@ -3,8 +3,11 @@
 The fake keeps detectron2's contract: ``model(batched_inputs)`` in eval mode takes a list
 of ``{"image": CHW float tensor in cfg.INPUT.FORMAT, "height": h, "width": w}``, detects
 in the coordinates of the image it received and returns ``[{"instances": Instances}]``
-post-processed to the ORIGINAL ``height x width`` (``detector_postprocess``). Detections
-with a score below ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` are dropped, as in detectron2.
+post-processed to the ORIGINAL ``height x width`` (``detector_postprocess``). The fake
+makes a few proposals with class probabilities and hands them to
+``model.roi_heads.box_predictor.inference`` (``roi_heads.fast_rcnn``), so the score
+threshold, per-class NMS and the TEST.DETECTIONS_PER_IMAGE cut over all classes happen
+there, as in detectron2's StandardROIHeads; masks and keypoints follow the kept proposals.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
 __all__ = ["build_model", "detector_postprocess", "GeneralizedRCNN"]
@@ -32,6 +36,7 @@ class GeneralizedRCNN(nn.Module):
         self.score_thresh = float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
         self.backbone = nn.Conv2d(3, 4, 1)
         self.roi_heads = nn.Module()
+        self.roi_heads.box_predictor = FastRCNNOutputLayers.from_config(cfg)
         if self.mask_on:
             self.roi_heads.mask_head = nn.Conv2d(4, 1, 1)
         if self.keypoint_on:
@@ -68,33 +73,38 @@ class GeneralizedRCNN(nn.Module):
     def _detect(self, image: torch.Tensor) -> Instances:
         _, H, W = image.shape
         bright = image.max(0).values > 127
-        boxes, scores, classes, masks = [], [], [], []
+        # proposals: (box, {class: probability}, mask); the rest of each row is background
+        proposals: list[tuple[torch.Tensor, dict[int, float], torch.Tensor]] = []
+        other = CAR if self.num_classes > 1 else None
         if bright.any():
             ys = torch.nonzero(bright.any(1)).flatten()
             xs = torch.nonzero(bright.any(0)).flatten()
             box = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
             if self.keypoint_on:
                 box = box + torch.tensor([1.0, 1.0, 1.0, 1.0])  # a slightly different box: matching by IoU
-            half = box.clone()
-            half[2] = (box[0] + box[2]) / 2
-            boxes += [box, half]
-            scores += [0.9, 0.3]  # the second person is below a 0.5 threshold
-            classes += [PERSON, PERSON]
-            masks += [bright, bright & (torch.arange(W, device=bright.device)[None, :] < half[2].item())]
-        if self.num_classes > 1:
-            boxes.append(torch.tensor([0.0, 0.0, W, H]))
-            scores.append(0.95)
-            classes.append(CAR)
-            masks.append(torch.ones(H, W, dtype=torch.bool, device=image.device))
-        keep = [i for i, s in enumerate(scores) if s > self.score_thresh]
+            third = box.clone()
+            third[2] = box[0] + (box[2] - box[0]) / 3
+            person = {PERSON: 0.9, other: 0.05} if other is not None else {PERSON: 0.9}
+            proposals.append((box, person, bright))
+            # a second person below a 0.5 threshold (IoU 1/3 with the first: NMS keeps both)
+            proposals.append((third, {PERSON: 0.3}, bright & (torch.arange(W, device=bright.device)[None, :] < third[2].item())))
+        if other is not None:
+            proposals.append((torch.tensor([0.0, 0.0, W, H]), {other: 0.95}, torch.ones(H, W, dtype=torch.bool, device=image.device)))
+        probs = torch.zeros(len(proposals), self.num_classes + 1)
+        for i, (_, p, _) in enumerate(proposals):
+            for c, v in p.items():
+                probs[i, c] = v
+            probs[i, -1] = 1.0 - sum(p.values())
+        props = Instances((H, W))
+        props.proposal_boxes = Boxes(torch.stack([b for b, _, _ in proposals]) if proposals else torch.zeros(0, 4))
+        logits = probs.clamp_min(1e-12).log()  # softmax gives the probabilities back
+        (inst,), (kept,) = self.roi_heads.box_predictor.inference((logits, torch.zeros(len(proposals), 4)), [props])
+        keep = kept.tolist()
+        masks = [proposals[i][2] for i in keep]
         n = len(keep)
-        inst = Instances((H, W))
-        inst.pred_boxes = Boxes(torch.stack([boxes[i] for i in keep]) if n else torch.zeros(0, 4))
-        inst.scores = torch.tensor([scores[i] for i in keep], dtype=torch.float32)
-        inst.pred_classes = torch.tensor([classes[i] for i in keep], dtype=torch.int64)
         if self.mask_on:
             # detectron2 keeps (N, 1, 28, 28) mask probabilities until detector_postprocess pastes them
-            inst.pred_masks = torch.stack([masks[i].float() for i in keep])[:, None] if n else torch.zeros(0, 1, H, W)
+            inst.pred_masks = torch.stack([m.float() for m in masks])[:, None] if n else torch.zeros(0, 1, H, W)
         if self.keypoint_on:
             b = inst.pred_boxes.tensor
             t = (torch.arange(17, dtype=torch.float32) + 1) / 18
