@@ -452,12 +452,14 @@ def fit_sets(ctx: Ctx, model: str, amp: str, out: Path, epochs: int) -> list[str
     pairs: dict[str, Any] = {
         "data.root": ctx.data, "data.height": s.height, "data.width": s.width, "data.num_ids": s.p,
         "data.num_instances": s.k, "data.num_workers": s.data_workers, "model.backbone": s.backbone,
-        "model.pretrained": "none", "solver.epochs": epochs, "solver.backbone_lr": 0.0025, "solver.lr": 0.005,
+        "model.pretrained": "none", "solver.epochs": epochs, "solver.backbone_lr": 0.0025,
         "train.device": ctx.device, "train.amp": amp, "train.channels_last": "true", "train.output_dir": out,
         "train.eval_period": 0, "train.log_period": 1, "train.tensorboard": "false", "test.batch_size": s.test_batch,
     }
     if model != "baseline":  # the baseline reads no masks
         pairs["data.cache"] = ctx.cache
+    if model != "mgran":  # MGRAN has no head parameters (no solver.lr group): the config loader refuses the key
+        pairs["solver.lr"] = 0.005
     return ["--config", RECIPES[model], *sets(pairs)]
 
 

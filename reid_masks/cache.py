@@ -16,12 +16,15 @@ import numpy as np
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
-SCHEMA_VERSION = 2  # 2: the `cuts` column (which source placed each region cut)
+SCHEMA_VERSION = 3  # 2: the `cuts` column (which source placed each region cut); 3: the `parts` column
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # older caches are read without the newer columns
+COLUMNS_SINCE = {"cuts": 2, "parts": 3}  # columns a cache of an older schema version does not have
 MASK_HW = (24, 8)
 DEFAULT_PERSON_HW = (256, 128)
 STATUS_NAMES = ("ok", "no_person", "no_keypoints", "unreadable")
 STATUS = {name: code for code, name in enumerate(STATUS_NAMES)}
 REGION_NAMES = ("background", "head", "upper", "lower")
+PART_NAMES = ("background", "head", "torso", "arms", "legs")
 #: Where a region cut (the shoulder line head | upper, the hip line upper | lower) came from:
 #: none (unreadable image), the target's two keypoints, the parsing labels, fixed fractions
 #: of the person's height, or the no-person prior. README, "How masks are derived".
@@ -48,6 +51,7 @@ class Rows:
     person: np.ndarray  # (n, H, W) uint8 0/1 at the cache's person size
     regions: np.ndarray  # (n, H, W) uint8: 0 bg, 1 head, 2 upper, 3 lower
     cuts: np.ndarray  # (n, 2) uint8, CUT codes of the shoulder line and the hip line
+    parts: np.ndarray  # (n, H, W) uint8: PART_NAMES codes (0 bg, 1 head, 2 torso, 3 arms, 4 legs)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -115,6 +119,7 @@ class CacheWriter:
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["status_names"] = json.dumps(STATUS_NAMES)
         f.attrs["region_names"] = json.dumps(REGION_NAMES)
+        f.attrs["part_names"] = json.dumps(PART_NAMES)
         f.attrs["cut_names"] = json.dumps(CUT_NAMES)
         for split, (num_rows, stored) in layout.items():
             group = f.create_group(split)
@@ -190,7 +195,8 @@ class CacheWriter:
 
 
 #: Columns stored per row (``index`` is implicit in a complete cache).
-WRITTEN_COLUMNS = ("path", "fingerprint", "pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions", "cuts")
+WRITTEN_COLUMNS = ("path", "fingerprint", "pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions",
+                   "cuts", "parts")
 
 
 def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -203,6 +209,7 @@ def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...]
         "status": ((), np.uint8), "score": ((), np.float32), "box": ((4,), np.float32), "keypoints": ((17, 3), np.float32),
         "image_size": ((2,), np.int32), "masks": ((3, *MASK_HW), np.float32), "person": ((ph, pw), np.uint8), "regions": ((ph, pw), np.uint8),
         "cuts": ((2,), np.uint8),
+        "parts": ((ph, pw), np.uint8),
     }
 
 
@@ -220,9 +227,11 @@ class MaskCache:
         except OSError:
             raise UserError(f"{self.path}: not an HDF5 mask cache (unreadable HDF5 file)") from None
         version = self._file.attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             self._file.close()
-            raise UserError(f"{self.path}: cache schema version {version}, this reid-masks reads version {SCHEMA_VERSION} (regenerate the cache)")
+            raise UserError(f"{self.path}: cache schema version {version}, this reid-masks reads versions "
+                            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (regenerate the cache)")
+        self.schema_version = int(version)
 
     def close(self) -> None:
         self._file.close()
@@ -262,7 +271,17 @@ class MaskCache:
         group = self._file[split]
         return group["index"][()] if "index" in group else np.arange(len(group["path"]))
 
+    def has_column(self, name: str) -> bool:
+        """Whether this cache's schema version has column ``name`` (``COLUMNS_SINCE``: ``cuts`` 2, ``parts`` 3)."""
+        return self.schema_version >= COLUMNS_SINCE.get(name, 1)
+
+    def _need(self, name: str) -> None:
+        if not self.has_column(name):
+            raise UserError(f"{self.path}: cache schema version {self.schema_version} has no '{name}' column (added in version "
+                            f"{COLUMNS_SINCE[name]}); regenerate the cache with 'reid-masks generate' (without --update)")
+
     def column(self, split: str, name: str) -> np.ndarray:
+        self._need(name)
         data = self._file[split][name][()]
         if name == "path":
             data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in data], dtype=object)
@@ -273,6 +292,7 @@ class MaskCache:
         group = self._file[split]
         out = {}
         for name in columns:
+            self._need(name)
             if name == "index":
                 out[name] = self.row_index(split) if index is None else self.row_index(split)[np.asarray(index, dtype=np.int64)]
             elif index is None:
@@ -288,6 +308,8 @@ class MaskCache:
     def block(self, split: str, start: int, stop: int) -> Rows:
         """Stored rows ``start:stop`` of a split as :class:`Rows` (``index`` = their split positions)."""
         group = self._file[split]
+        for name in WRITTEN_COLUMNS:
+            self._need(name)
         values = {name: group[name][start:stop] for name in WRITTEN_COLUMNS}
         values["path"] = np.asarray([p.decode() if isinstance(p, bytes) else p for p in values["path"]], dtype=object)
         values["index"] = group["index"][start:stop] if "index" in group else np.arange(start, start + len(values["pid"]), dtype=np.int64)
@@ -302,20 +324,42 @@ class MaskCache:
     def path_index(self, split: str) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.column(split, "path"))}
 
+    def gather(self, located: list[tuple[str, np.ndarray, np.ndarray]], name: str, n: int) -> np.ndarray:
+        """Column ``name`` of ``n`` records found with :func:`locate_records`, in record order."""
+        self._need(name)
+        ref = self._file[self.splits[0]][name]
+        out = np.zeros((n,) + ref.shape[1:], dtype=ref.dtype)
+        for split, positions, rows in located:
+            out[positions] = self.column(split, name)[rows]  # one sequential read per group (h5py point reads are slow)
+        return out
 
-def check_cache_matches(cache: MaskCache, dataset: Any, splits: Iterable[str] = ("train", "query", "gallery")) -> dict[str, np.ndarray]:
-    """Row of each dataset record in the cache, per split; a clear error when they do not match."""
+
+def locate_records(cache: MaskCache, dataset: Any, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Where the records of ``dataset``'s ``split`` are in the cache, matched by path.
+
+    Returns ``[(cache split, positions in the record list, rows in that cache split)]``.
+    A record is looked up in the cache split of the same name first, then in the others:
+    CUHK03's classic splits regroup the images of a cache made for the new protocol
+    (``reid-masks generate --dataset cuhk03_labeled``). A record in no split, or a cache of
+    another dataset, is a UserError naming the cache file.
+    """
     name = cache.dataset
     if name and name != dataset.name:
         raise UserError(f"{cache.path}: cache is for dataset {name!r}, not {dataset.name!r}")
-    out = {}
-    for split in splits:
-        if split not in cache.splits:
-            raise UserError(f"{cache.path}: no '{split}' group (expected a cache of all of {dataset.name})")
-        index = cache.path_index(split)
-        recs = dataset.split(split)
-        missing = [r.path for r in recs if r.path not in index]
-        if missing:
-            raise UserError(f"{cache.path}: {len(missing)} {split} image(s) of {dataset.root} are not in the cache (first: {missing[0]}); regenerate it for this dataset")
-        out[split] = np.asarray([index[r.path] for r in recs], dtype=np.int64)
-    return out
+    recs = dataset.split(split)
+    where = np.full(len(recs), -1, dtype=np.int64)
+    rows = np.zeros(len(recs), dtype=np.int64)
+    order = [split] + [s for s in cache.splits if s != split] if split in cache.splits else cache.splits
+    for k, cache_split in enumerate(order):
+        todo = np.flatnonzero(where < 0)
+        if not len(todo):
+            break
+        index = cache.path_index(cache_split)
+        for i in todo:
+            row = index.get(recs[i].path)
+            if row is not None:
+                where[i], rows[i] = k, row
+    missing = np.flatnonzero(where < 0)
+    if len(missing):
+        raise UserError(f"{cache.path}: {len(missing)} {split} image(s) of {dataset.root} are not in the cache (first: {recs[missing[0]].path}); regenerate it for this dataset")
+    return [(order[k], np.flatnonzero(where == k), rows[where == k]) for k in range(len(order)) if np.any(where == k)]

@@ -18,6 +18,15 @@ Rules (documented in README, "How masks are derived"):
   upper) and both hips (upper | lower). Without keypoints the cuts come from the parsing
   labels (head labels, upper, lower groups) when parsing exists, else from the estimated
   lines. ``Derived.cuts`` records the source of each line (``cache.CUT_NAMES``).
+* Body parts (``parts``, MGRAN-PL; codes ``PART_NAMES``: 1 head, 2 torso, 3 arms, 4 legs),
+  always inside the pedestrian mask. With parsing, from the LIP labels: head
+  (``HEAD_LABELS``), torso (``TORSO_LABELS``), arms (``ARM_LABELS``), legs (``LEG_LABELS``);
+  dress / jumpsuit pixels are torso above the hip line, legs below it; pedestrian pixels
+  without a body-part label stay 0. Without parsing, the MGRAN regions split by the limbs:
+  arms are the pedestrian pixels within ``ARM_RADIUS_FRACTION`` x the person's height of
+  the shoulder-elbow and elbow-wrist segments whose two keypoints are confident; the rest
+  is head / torso / legs as the regions head / upper / lower. Without keypoints either
+  there are no arm pixels.
 * Status: ``ok`` when the target has at least one keypoint with score >=
   ``KEYPOINT_MIN_SCORE``, else ``no_keypoints`` (rows made without a keypoint model, and
   detector rows whose target matched no confident keypoint instance).
@@ -32,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reid_masks.backends.base import Instances
-from reid_masks.cache import CUT, MASK_HW, STATUS
+from reid_masks.cache import CUT, MASK_HW, PART_NAMES, STATUS
 
 LIP_LABELS = (  # the 20 LIP parsing labels, by value
     "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
@@ -43,6 +52,12 @@ UPPER_ONLY_LABELS = (3, 5, 7, 11, 14, 15)  # glove, upper-clothes, coat, scarf, 
 LOWER_LABELS = (8, 9, 12, 16, 17, 18, 19)  # socks, pants, skirt, legs, shoes
 SPLIT_AT_HIP_LABELS = (6, 10)  # dress, jumpsuits
 UPPER_LABELS = HEAD_LABELS + UPPER_ONLY_LABELS  # MMGA's upper body includes the head
+TORSO_LABELS = (5, 7, 11)  # upper-clothes, coat, scarf (+ dress / jumpsuit above the hip line)
+ARM_LABELS = (3, 14, 15)  # glove, left arm, right arm
+LEG_LABELS = LOWER_LABELS  # socks, pants, skirt, legs, shoes (+ dress / jumpsuit below the hip line)
+PART = {name: code for code, name in enumerate(PART_NAMES)}
+KP_ARMS = ((5, 7), (7, 9), (6, 8), (8, 10))  # COCO shoulder-elbow, elbow-wrist, left and right
+ARM_RADIUS_FRACTION = 0.045  # arm half-width, as a fraction of the person's height (keypoint fallback)
 BOTTOM_LABELS = LOWER_LABELS
 KP_L_SHOULDER, KP_R_SHOULDER, KP_L_HIP, KP_R_HIP = 5, 6, 11, 12
 KEYPOINT_MIN_SCORE = 0.3  # keypoints below this score are treated as absent for the cuts
@@ -71,6 +86,7 @@ class Derived:
     person: np.ndarray  # (H, W) bool at image resolution
     regions: np.ndarray  # (H, W) uint8 at image resolution
     cuts: np.ndarray  # (2,) uint8: CUT codes of the shoulder line and the hip line
+    parts: np.ndarray  # (H, W) uint8 PART_NAMES codes at image resolution
 
 
 def select_target(instances: Instances, height: int, width: int) -> int | None:
@@ -162,6 +178,44 @@ def below(line: np.ndarray, height: int) -> np.ndarray:
     return ys >= line[None, :]
 
 
+def arm_mask(kps: np.ndarray | None, person: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels within the arm radius of a confident arm segment (capsules)."""
+    h, w = person.shape
+    out = np.zeros((h, w), bool)
+    if kps is None:
+        return out
+    top, bottom = person_extent(person)
+    radius = ARM_RADIUS_FRACTION * (bottom - top)
+    ys = np.arange(h, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(w, dtype=np.float32)[None, :] + 0.5
+    for a, b in KP_ARMS:
+        if kps[a, 2] < KEYPOINT_MIN_SCORE or kps[b, 2] < KEYPOINT_MIN_SCORE:
+            continue
+        (px, py), (qx, qy) = kps[a, :2], kps[b, :2]
+        dx, dy = qx - px, qy - py
+        t = np.clip(((xs - px) * dx + (ys - py) * dy) / max(dx * dx + dy * dy, 1e-6), 0.0, 1.0)
+        out |= (xs - px - t * dx) ** 2 + (ys - py - t * dy) ** 2 <= radius * radius
+    return out
+
+
+def parts_from_parsing(parsing: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 body-part codes from LIP labels; ``low``: below the hip line (dress split)."""
+    split = np.isin(parsing, SPLIT_AT_HIP_LABELS)
+    out = np.zeros(parsing.shape, np.uint8)
+    out[np.isin(parsing, HEAD_LABELS)] = PART["head"]
+    out[np.isin(parsing, TORSO_LABELS) | (split & ~low)] = PART["torso"]
+    out[np.isin(parsing, ARM_LABELS)] = PART["arms"]
+    out[np.isin(parsing, LEG_LABELS) | (split & low)] = PART["legs"]
+    return out
+
+
+def parts_from_regions(regions: np.ndarray, arms: np.ndarray) -> np.ndarray:
+    """Body-part codes from MGRAN regions (head / upper / lower) with the arm pixels carved out."""
+    out = np.choose(np.minimum(regions, 3), [0, PART["head"], PART["torso"], PART["legs"]]).astype(np.uint8)
+    out[arms & (regions > 0)] = PART["arms"]
+    return out
+
+
 def prior_mask(height: int, width: int) -> np.ndarray:
     x0, y0, x1, y1 = PRIOR_BOX
     m = np.zeros((height, width), bool)
@@ -195,7 +249,8 @@ def derive(obs: Observation) -> Derived:
         upper, bottom = whole & ~below(hip, h), whole & below(hip, h)
         regions = np.where(upper, 2, np.where(bottom, 3, 0)).astype(np.uint8)
         cuts = np.array([CUT["prior"], CUT["prior"]], np.uint8)
-        return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions, cuts)
+        parts = parts_from_regions(regions, np.zeros_like(person))
+        return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions, cuts, parts)
 
     status = STATUS["ok"] if has_keypoints(kps) else STATUS["no_keypoints"]
     shoulders = keypoint_line(kps, KP_L_SHOULDER, KP_R_SHOULDER, w)
@@ -233,7 +288,13 @@ def derive(obs: Observation) -> Derived:
         region = np.where(below(hip_cut, h), 3, np.where(below(sh, h), 2, 1))
     regions = np.where(person, region, 0).astype(np.uint8)
     cuts = np.array([sh_src, hip_src], np.uint8)
-    return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions, cuts)
+
+    # MGRAN-PL body parts on the pedestrian mask
+    if obs.parsing is not None:
+        parts = np.where(person, parts_from_parsing(obs.parsing, below(hip_cut, h)), 0).astype(np.uint8)
+    else:
+        parts = parts_from_regions(regions, arm_mask(kps, person))
+    return Derived(status, score, box, keypoints, stack_masks(whole, upper, bottom), person, regions, cuts, parts)
 
 
 def stack_masks(whole: np.ndarray, upper: np.ndarray, bottom: np.ndarray) -> np.ndarray:

@@ -155,6 +155,20 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def read_json(path: str | Path, missing: str, expected: str) -> Any:
+    """A JSON file's content; a missing or unparseable file is a one-line UserError:
+    ``"{path}: {missing}"`` or ``"{path}: expected {expected} (reason)"``."""
+    from reid_masks.errors import UserError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {missing}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: expected {expected} ({exc})") from None
+
+
 class OutputLock:
     """An exclusive lock on an output file, held while one run writes it.
 

@@ -191,6 +191,7 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
             status=STATUS["unreadable"], score=0.0, box=np.zeros(4, np.float32), keypoints=np.zeros((17, 3), np.float32),
             image_size=np.zeros(2, np.int32), masks=np.zeros((3, 24, 8), np.float32),
             person=np.zeros((ph, pw), np.uint8), regions=np.zeros((ph, pw), np.uint8), cuts=np.zeros(2, np.uint8),
+            parts=np.zeros((ph, pw), np.uint8),
         )
     d = item.derived
     h, w = d.person.shape
@@ -200,7 +201,7 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
 
     return dict(
         status=d.status, score=d.score, box=d.box, keypoints=d.keypoints, image_size=np.array([h, w], np.int32),
-        masks=d.masks, person=nearest(d.person), regions=nearest(d.regions), cuts=d.cuts,
+        masks=d.masks, person=nearest(d.person), regions=nearest(d.regions), cuts=d.cuts, parts=nearest(d.parts),
     )
 
 
@@ -219,6 +220,7 @@ def rows_from(items: list[Item], person_hw: tuple[int, int]) -> Rows:
         status=col("status", np.uint8), score=col("score", np.float32), box=col("box", np.float32),
         keypoints=col("keypoints", np.float32), image_size=col("image_size", np.int32), masks=col("masks", np.float32),
         person=col("person", np.uint8), regions=col("regions", np.uint8), cuts=col("cuts", np.uint8).reshape(-1, 2),
+        parts=col("parts", np.uint8),
     )
 
 

@@ -21,7 +21,8 @@ PERCENTILES = (5, 25, 50, 75, 95)
 #: Statuses whose rows hold a person (and so masks worth measuring).
 PERSON_STATUSES = ("ok", "no_keypoints")
 MASK_NAMES = ("whole", "upper", "bottom")
-KNOWN_ATTRS = ("schema_version", "dataset", "dataset_root", "person_size", "status_names", "region_names", "cut_names", "provenance")
+KNOWN_ATTRS = ("schema_version", "dataset", "dataset_root", "person_size", "status_names", "region_names", "cut_names",
+               "part_names", "provenance")
 CUT_LINES = ("shoulder", "hip")  # the two columns of ``cuts``
 _PERSON_CHUNK = 256
 

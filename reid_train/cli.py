@@ -199,12 +199,13 @@ def configs(name: str | None) -> None:
 
 
 def _register_inference_commands() -> None:
-    """export / visualize / curves live in their own modules (torch is imported only when they run)."""
+    """export / visualize / curves / summarize live in their own modules (torch is imported only when they run)."""
     from reid_train.curves import curves_command
     from reid_train.export import export_command
+    from reid_train.summarize import summarize_command
     from reid_train.visualize import visualize_command
 
-    for command in (export_command, visualize_command, curves_command):
+    for command in (export_command, visualize_command, curves_command, summarize_command):
         add_command(main, command)
 
 

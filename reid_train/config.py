@@ -8,7 +8,10 @@ value is converted to the key's type. An unknown key, a value of the wrong type 
 outside the allowed set is a one-line :class:`UserError` that names the key and what is
 allowed -- a typo must not silently train 900 epochs with a default.
 
-Every key has code behind it; ``reid-train fit --help`` and the README list them.
+Every key has code behind it; ``reid-train fit --help`` and the README list them. Some
+keys are read by one model family only (:data:`READ_WHEN`): a config file or ``--set`` that
+sets such a key for a model that ignores it is refused too (e.g. ``loss.lambda1`` for
+``mgran``), so a config cannot quote a setting that changes nothing.
 """
 from __future__ import annotations
 
@@ -23,12 +26,12 @@ import yaml
 
 from reid_masks.datasets import check_dataset_options
 from reid_masks.errors import UserError
-from reid_train.models import ARCH_CHANNELS, model_names
+from reid_train.models import ARCH_CHANNELS, MGRAN_VARIANTS, model_names
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "TrainConfig", "TestConfig",
     "load_config", "config_from_dict", "apply_overrides", "config_to_dict", "resolve_config_path",
-    "packaged_configs", "CONFIG_DIR",
+    "packaged_configs", "CONFIG_DIR", "READ_WHEN", "unread_keys",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -129,7 +132,7 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    """Evaluation: flip-averaged features, distance, optional k-reciprocal re-ranking."""
+    """Evaluation: flip-averaged features, distance, optional k-reciprocal re-ranking, multi-query."""
 
     batch_size: int = field(default=128, metadata=_range(1))
     flip: bool = True
@@ -138,6 +141,8 @@ class TestConfig:
     k1: int = field(default=20, metadata=_range(1))
     k2: int = field(default=6, metadata=_range(1))
     lambda_value: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    # Market-1501 multiple query: pool each query with its gt_bbox/ images of the same identity and camera
+    multi_query: str = field(default="none", metadata=_choices("none", "mean", "max"))
 
 
 @dataclass
@@ -148,6 +153,55 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
+
+
+# --------------------------------------------------------------------------- who reads what
+
+
+def _is_mgran(cfg: Config) -> bool:
+    return cfg.model.name in MGRAN_VARIANTS
+
+
+def _is_mmga(cfg: Config) -> bool:
+    return not _is_mgran(cfg)
+
+
+READ_WHEN: dict[str, typing.Callable[[Config], bool]] = {
+    # MMGA family (reid_train/models/mmga.py, MMGALoss in reid_train/losses.py)
+    "model.stage4_input": _is_mmga,
+    "model.whole_dim": _is_mmga,
+    "model.part_dim": _is_mmga,
+    "model.head_bn": _is_mmga,
+    "loss.lambda0": _is_mmga,
+    "loss.lambda1": _is_mmga,
+    "loss.lambda2": _is_mmga,
+    # MGRAN family (reid_train/models/mgran.py, MGRANLoss in reid_train/losses_mgran.py)
+    "model.reduction_dim": _is_mgran,
+    "model.id_head": _is_mgran,
+    "loss.msml_normalize": _is_mgran,
+    # the identity softmax: always in MMGA, only with model.id_head in MGRAN
+    "loss.label_smoothing": lambda cfg: _is_mmga(cfg) or cfg.model.id_head,
+    # the optimizer's non-backbone group: empty for an MGRAN without reduction layer or id head
+    "solver.lr": lambda cfg: _is_mmga(cfg) or cfg.model.id_head or cfg.model.reduction_dim > 0,
+}
+"""Keys that only some models read: ``key -> predicate(final config)``; every other key is
+read by every model."""
+
+
+def unread_keys(cfg: Config, keys: typing.Iterable[str]) -> list[str]:
+    """The dotted ``keys`` that ``cfg``'s model does not read (see :data:`READ_WHEN`)."""
+    return [k for k in keys if k in READ_WHEN and not READ_WHEN[k](cfg)]
+
+
+def _refuse_unread(cfg: Config, keys_by_origin: Mapping[str, str]) -> None:
+    """UserError naming the first key (and where it was set) that ``cfg``'s model ignores."""
+    unread = unread_keys(cfg, keys_by_origin)
+    if unread:
+        key = unread[0]
+        raise UserError(
+            f"{keys_by_origin[key]}: {key} is not read by model.name={cfg.model.name} (it changes nothing for this "
+            f"model); remove it{' (unread here: ' + ', '.join(unread) + ')' if len(unread) > 1 else ''}"
+        )
 
 
 # --------------------------------------------------------------------------- conversion
@@ -300,17 +354,29 @@ def config_from_dict(tree: Mapping[str, Any], origin: str = "config") -> Config:
 def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
     """A copy of ``cfg`` with ``section.key=value`` overrides applied (values typed per key)."""
     cfg = copy.deepcopy(cfg)
+    keys = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. solver.epochs=120")
         key, value = item.split("=", 1)
         _set_value(cfg, key.strip(), value.strip(), "--set", from_text=True)
+        keys[key.strip()] = "--set"
+    _refuse_unread(cfg, keys)
     return _validate(cfg, "--set")
 
 
-def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of builtins (JSON- and weights_only-safe), for checkpoints and logs."""
-    return dataclasses.asdict(cfg)
+def config_to_dict(cfg: Config, read_only: bool = False) -> dict[str, Any]:
+    """Plain nested dict of builtins (JSON- and weights_only-safe), for checkpoints and logs.
+
+    ``read_only``: leave out the keys ``cfg``'s model does not read, so the dict loads back
+    with :func:`load_config` (a run's ``config.yaml``).
+    """
+    tree = dataclasses.asdict(cfg)
+    if read_only:
+        for dotted in unread_keys(cfg, READ_WHEN):
+            section, key = dotted.split(".")
+            del tree[section][key]
+    return tree
 
 
 # --------------------------------------------------------------------------- files
@@ -336,8 +402,9 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     raise UserError(f"config {text!r} not found: not a file and not a packaged config (packaged: {', '.join(packaged_configs())})")
 
 
-def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML file's content merged over its ``_base_`` chain."""
+def _read_tree(path: Path, seen: tuple[Path, ...] = (), origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """A YAML file's content merged over its ``_base_`` chain; ``origins`` gets ``key -> file`` of the
+    file (nearest in the chain) that sets each key."""
     path = path.resolve()
     if path in seen:
         raise UserError(f"{path}: _base_ cycle ({' -> '.join(str(p) for p in seen + (path,))})")
@@ -349,11 +416,14 @@ def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise UserError(f"{path}: a config must be a mapping of sections, got {type(tree).__name__}")
     base = tree.pop("_base_", None)
     # validate keys here so the message names the file that has the typo
-    _flatten(tree, str(path))
+    own = _flatten(tree, str(path))
     if base is None:
-        return tree
-    merged = _read_tree(resolve_config_path(base, path.parent), seen + (path,))
-    return _deep_merge(merged, tree)
+        merged = tree
+    else:
+        merged = _deep_merge(_read_tree(resolve_config_path(base, path.parent), seen + (path,), origins), tree)
+    if origins is not None:
+        origins.update({key: str(path) for key, _ in own})
+    return merged
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -369,5 +439,7 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
 def load_config(name: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
     """Read a config file (path or packaged name) with its ``_base_`` chain, then ``--set`` overrides."""
     path = resolve_config_path(name)
-    cfg = config_from_dict(_read_tree(path), str(path))
-    return apply_overrides(cfg, overrides)
+    origins: dict[str, str] = {}
+    cfg = apply_overrides(config_from_dict(_read_tree(path, origins=origins), str(path)), overrides)
+    _refuse_unread(cfg, origins)
+    return cfg

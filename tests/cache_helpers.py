@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from reid_masks.cache import CUT, MASK_HW, STATUS, Rows, write_cache
 from reid_masks.datasets import build_dataset
+from reid_masks.derive import parts_from_parsing
 from reid_masks.imageio import read_label_png
 
 PERSON_HW = (64, 32)
@@ -37,6 +38,7 @@ def split_rows(dataset, split: str) -> Rows:
     masks = np.zeros((n, 3) + MASK_HW, np.float32)
     person = np.zeros((n,) + PERSON_HW, np.uint8)
     regions = np.zeros((n,) + PERSON_HW, np.uint8)
+    parts = np.zeros((n,) + PERSON_HW, np.uint8)
     sizes = np.zeros((n, 2), np.int32)
     for i, rec in enumerate(recs):
         parsing = read_label_png((dataset.root / "parsing" / rec.path).with_suffix(".png"))
@@ -48,6 +50,10 @@ def split_rows(dataset, split: str) -> Rows:
         small = _area(np.stack([whole, upper, bottom]), PERSON_HW)
         person[i] = small[0] >= 0.5
         regions[i] = np.where(small[2] >= 0.5, 3, np.where(small[1] >= 0.5, 2, 0)) * person[i]
+        labels = parts_from_parsing(parsing, np.zeros(parsing.shape, bool))  # nearest-sampled to the cache size
+        ys = (np.arange(PERSON_HW[0]) + 0.5) * parsing.shape[0] / PERSON_HW[0]
+        xs = (np.arange(PERSON_HW[1]) + 0.5) * parsing.shape[1] / PERSON_HW[1]
+        parts[i] = labels[ys.astype(int)[:, None], xs.astype(int)[None, :]] * person[i]
     return Rows(
         index=np.arange(n, dtype=np.int64),
         path=np.asarray([r.path for r in recs], dtype=object),
@@ -63,6 +69,7 @@ def split_rows(dataset, split: str) -> Rows:
         person=person,
         regions=regions,
         cuts=np.full((n, 2), CUT["parsing"], np.uint8),
+        parts=parts,
     )
 
 

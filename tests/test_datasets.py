@@ -102,6 +102,49 @@ def test_cuhk03_new_protocol(synth_dataset, variant):
     assert sorted({r.pid for r in ds.train}) == list(range(len({r.pid for r in ds.train})))
 
 
+@pytest.mark.parametrize("variant", ["labeled", "detected"])
+def test_cuhk03_classic_splits_from_the_mat_testsets(synth_dataset, variant):
+    import h5py
+    import numpy as np
+
+    root = synth_dataset("cuhk03")
+    classic = facts(root)["classic"]
+    assert classic["splits"] == 20 and classic["test_ids"] + classic["train_ids"] == classic["ids"] == 8
+    # every image of the variant, read straight from the .mat: (pair, person) -> number of images
+    with h5py.File(root / "cuhk03_release/cuhk-03.mat", "r") as mat:
+        images = {}
+        for pair, ref in enumerate(mat[variant][0]):
+            cells = mat[ref][()].T
+            for person in range(cells.shape[0]):
+                images[(pair + 1) * 1000 + person + 1] = sum(mat[r][()].ndim == 3 for r in cells[person])
+        tests = [{int(a) * 1000 + int(b) for a, b in mat[r][()].T} for r in mat["testsets"][0]]
+    seen = []
+    for split_id in (0, 7, 19):
+        ds = build_dataset("cuhk03", root, variant=variant, protocol="classic", split_id=split_id)
+        assert ds.info == {"variant": variant, "protocol": "classic", "split_id": split_id}
+        test_ids = {r.pid for r in ds.query}
+        assert test_ids == tests[split_id] and len(test_ids) == classic["test_ids"]
+        assert ds.query == [r._replace(split="query") for r in ds.gallery]  # query = gallery
+        assert len(ds.query) == sum(images[p] for p in test_ids)
+        assert len(ds.train) == sum(n for p, n in images.items() if p not in test_ids)
+        assert len({r.pid for r in ds.train}) == classic["train_ids"]
+        # identities are disjoint: the train images are exactly those of the other people
+        train_people = {int(r.path.split("/")[1][0]) * 1000 + int(r.path.split("/")[1][2:5]) for r in ds.train}
+        assert train_people.isdisjoint(test_ids) and train_people | test_ids == set(images)
+        assert {r.camid for r in ds.query} == {0, 1} and all(r.camid == int(r.path.split("_")[-2]) - 1 for r in ds.query)
+        assert all((root / r.path).is_file() for r in ds.train + ds.query)
+        seen.append(test_ids)
+    assert seen[0] != seen[1] or seen[1] != seen[2]
+    with pytest.raises(UserError, match=r"split_id=20 out of range; .*cuhk-03.mat has 20 classic splits"):
+        build_dataset("cuhk03", root, variant=variant, protocol="classic", split_id=20)
+    with pytest.raises(UserError, match=r"split_id=3 needs protocol=classic"):
+        build_dataset("cuhk03", root, variant=variant, split_id=3)
+    with pytest.raises(UserError, match=r"protocol='old': expected one of new, classic"):
+        build_dataset("cuhk03", root, protocol="old")
+    assert np.array_equal(sorted(r.pid for r in build_dataset("cuhk03", root, variant=variant).query),
+                          sorted(r.pid for r in build_dataset("cuhk03", root, variant=variant, protocol="new").query))
+
+
 def test_cuhk03_extraction_reused_and_images_match_mat(synth_dataset, tmp_path):
     import h5py
     import numpy as np

@@ -47,6 +47,30 @@ def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
     return np.mean(all_cmc, axis=0), float(np.mean(all_ap))
 
 
+def reference_eval_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, repeats=10):
+    """torchreid's ``eval_cuhk03`` algorithm as a plain per-query loop (torchreid is not
+    installable here): same-pid same-camera gallery items removed; per repeat, for each
+    identity in the order it first appears in the ranked list, ``np.random.choice`` of its
+    kept positions; CMC of the sampled list; curves averaged over repeats, then queries."""
+    all_cmc = []
+    for i in range(len(q_pids)):
+        order = np.argsort(distmat[i], kind="stable")
+        keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
+        kept = g_pids[order][keep]
+        if not np.any(kept == q_pids[i]):
+            continue
+        positions = {}
+        for pos, pid in enumerate(kept.tolist()):
+            positions.setdefault(pid, []).append(pos)
+        curve = np.zeros(max_rank, dtype=np.float32)
+        for _ in range(repeats):
+            sampled = sorted(np.random.choice(idxs) for idxs in positions.values())
+            hit = np.cumsum(kept[sampled] == q_pids[i]) >= 1
+            curve += np.pad(hit, (0, max(0, max_rank - len(hit))), constant_values=True)[:max_rank].astype(np.float32)
+        all_cmc.append(curve / repeats)
+    return np.asarray(all_cmc, dtype=np.float32).sum(axis=0) / len(all_cmc)
+
+
 def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value):
     """Dense loop version of k-reciprocal re-ranking (Zhong et al. 2017)."""
     nq = q_g_dist.shape[0]
@@ -248,6 +272,28 @@ def test_cuhk03_protocol():
     assert np.all(np.diff(cmc) >= 0) and 0 <= cmc[0] and cmc[-1] == pytest.approx(1.0)
     # fewer gallery images per identity: an easier task than the market protocol
     assert cmc[:10].mean() > market_cmc[:10].mean()
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_cuhk03_metric_equals_the_eval_cuhk03_algorithm_draw_for_draw(trial):
+    rng = np.random.default_rng(100 + trial)
+    num_q, num_g, ids = 30, 120, 14
+    g_pids, g_camids = rng.integers(0, ids, num_g), rng.integers(0, 2, num_g)
+    q_pids, q_camids = rng.integers(0, ids, num_q), rng.integers(0, 2, num_q)
+    distmat = rng.random((num_q, num_g)).astype(np.float32)
+    np.random.seed(trial)
+    expected = reference_eval_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, 10)
+    state = np.random.get_state()
+    # a private generator with the same seed: identical draws, the global state untouched
+    cmc, m_ap = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, 10, use_metric_cuhk03=True,
+                              seed=trial, chunk_bytes=num_g * 24 * 4)
+    np.testing.assert_array_equal(cmc, expected)
+    assert np.random.get_state()[1].tolist() == state[1].tolist()
+    # seed=None uses the global np.random, as torchreid does
+    np.random.seed(trial)
+    global_cmc, _ = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, 10, use_metric_cuhk03=True)
+    np.testing.assert_array_equal(global_cmc, expected)
+    assert m_ap == pytest.approx(reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, 10)[1], abs=1e-12)
 
 
 def test_cuhk03_is_deterministic_with_one_image_per_identity():

@@ -59,7 +59,7 @@ def test_cache_contract(market, reference):
     ds = build_dataset("market1501", market)
     with MaskCache(reference) as c:
         a = c.attrs
-        assert a["schema_version"] == 2 and a["dataset"] == "market1501"
+        assert a["schema_version"] == 3 and a["dataset"] == "market1501"
         assert a["provenance"]["backend"] == {"name": "none"} and a["provenance"]["parsing_dir"]
         assert "reid-masks generate" in a["provenance"]["command"] and a["provenance"]["version"]
         for s in ("train", "query", "gallery"):

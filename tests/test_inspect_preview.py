@@ -83,6 +83,7 @@ def make_rows(split: str) -> Rows:
         person=person,
         regions=regions,
         cuts=cuts,
+        parts=regions.copy(),
     )
 
 

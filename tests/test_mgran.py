@@ -9,19 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from click.testing import CliRunner
 
 from cache_helpers import split_rows
 from reid_masks.cache import STATUS, write_cache
 from reid_masks.datasets import build_dataset
-from reid_masks.derive import HEAD_LABELS, LOWER_LABELS, UPPER_ONLY_LABELS
+from reid_masks.backends.base import Instances
+from reid_masks.derive import HEAD_LABELS, LOWER_LABELS, UPPER_ONLY_LABELS, Observation, derive
 from reid_masks.errors import UserError
 from reid_masks.generate import GenerateConfig, generate
 from reid_masks.imageio import read_label_png
 from reid_train.cli import main
-from reid_train.config import load_config, packaged_configs
+from reid_train.config import READ_WHEN, config_to_dict, load_config, packaged_configs, unread_keys
 from reid_train.data import PairedTransform, ReIDImageDataset
-from reid_train.data.regions import load_split_region_masks, part_masks, part_rows
+from reid_train.data.regions import load_split_region_masks
 from reid_train.engine.evaluator import evaluate_model
 from reid_train.losses import MMGALoss
 from reid_train.losses_mgran import MGRANLoss, build_loss, msml_loss
@@ -176,9 +178,6 @@ def test_masks_are_joined_by_path_whatever_the_cache_row_order(market, tmp_path)
     splits, shuffled = {}, {}
     for split in ("train", "query", "gallery"):
         rows = split_rows(market, split)
-        rows.keypoints[:, [5, 6, 11, 12], 2] = 1.0
-        rows.keypoints[:, [5, 6], 1] = np.arange(len(rows))[:, None] % 40 + 20.0  # per-image shoulder rows
-        rows.keypoints[:, [11, 12], 1] = 90.0
         perm = np.random.default_rng(1).permutation(len(rows))
         other = rows.take(perm)
         other.index = np.arange(len(rows))  # the cache's row i holds record perm[i]
@@ -188,9 +187,7 @@ def test_masks_are_joined_by_path_whatever_the_cache_row_order(market, tmp_path)
     for kind in ("regions", "parts"):
         a = load_split_region_masks(tmp_path / "a.h5", market, "gallery", kind)
         b = load_split_region_masks(tmp_path / "b.h5", market, "gallery", kind)
-        assert np.array_equal(a.codes, b.codes)
-        if kind == "parts":
-            assert np.array_equal(a.parts, b.parts) and len(np.unique(a.parts[:, 1])) > 1
+        assert np.array_equal(a.codes, b.codes) and len(np.unique(a.codes)) > 3
 
 
 # --------------------------------------------------------------------------- model
@@ -215,15 +212,15 @@ def test_one_parameter_set_shared_by_the_four_branches() -> None:
         assert not torch.allclose(a, b)  # four different inputs, one weight tensor
 
 
-@pytest.mark.parametrize("name, branches", [("mgran", 4), ("mgran_gf", 3), ("mgran_pl", 4)])
-def test_one_batched_backbone_call_per_forward(name: str, branches: int) -> None:
+@pytest.mark.parametrize("name, branches, inputs", [("mgran", 4, 4), ("mgran_gf", 3, 4), ("mgran_pl", 5, 5)])
+def test_one_batched_backbone_call_per_forward(name: str, branches: int, inputs: int) -> None:
     model = build_model(name, 5, backbone="resnet18")
     calls: list[int] = []
     model.backbone.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
     conv_calls: list[int] = []
     model.backbone.conv1.register_forward_hook(lambda mod, inp, out: conv_calls.append(inp[0].shape[0]))
     n = 3
-    x = torch.randn(n, 4, 3, 64, 32)
+    x = torch.randn(n, inputs, 3, 64, 32)
     out = model(x)
     assert calls == [branches * n] and conv_calls == [branches * n]
     assert out["features"].shape == (n, branches * 512)
@@ -240,7 +237,10 @@ def test_one_batched_backbone_call_per_forward(name: str, branches: int) -> None
 def test_feature_dimensions() -> None:
     assert build_model("mgran", 10).feature_dim == 4 * 2048
     assert build_model("mgran_gf", 10).feature_dim == 3 * 2048
-    assert build_model("mgran_pl", 10).feature_dim == 4 * 2048
+    pl = build_model("mgran_pl", 10)
+    assert pl.feature_dim == 5 * 2048 and pl.branches == ("global", "head", "torso", "arms", "legs")
+    with pytest.raises(ValueError, match=r"mgran_pl takes the 5 inputs"):
+        pl(torch.randn(2, 4, 3, 64, 32))
     gf = build_model("mgran_gf", 10, backbone="resnet18")
     assert gf.feature_dim == 3 * 512 and gf.branches == ("head", "upper", "lower")
     gf.eval()
@@ -254,64 +254,87 @@ def test_feature_dimensions() -> None:
 # --------------------------------------------------------------------------- MGRAN-PL parts
 
 
-def test_part_rows_from_keypoints_with_fallbacks() -> None:
-    person = np.zeros((64, 32), bool)
-    person[8:60, 10:22] = True
-    person[30:40, 4:10] = True  # an arm: widens the box to x in [4, 22)
-    regions = np.zeros((64, 32), np.uint8)
-    regions[8:20][person[8:20]] = 1
-    regions[20:36][person[20:36]] = 2
-    regions[36:60][person[36:60]] = 3
+# LIP labels by body part, written out here (independent of reid_masks.derive's tables)
+_LIP_HEAD, _LIP_TORSO, _LIP_ARMS, _LIP_LEGS = (1, 2, 4, 13), (5, 7, 11), (3, 14, 15), (8, 9, 12, 16, 17, 18, 19)
+_LIP_DRESS = (6, 10)  # dress, jumpsuits: torso above the hip line, legs below
+
+
+def test_mgran_pl_part_inputs_are_the_parsed_body_parts_inside_the_person(market, native_cache) -> None:
+    src = load_split_region_masks(native_cache, market, "query", "parts")
+    ds = ReIDImageDataset(market, "query", _no_aug(), cache=native_cache, region_masks="parts")
+    seen = set()
+    for i in range(len(market.query)):
+        parsing = read_label_png((market.root / "parsing" / market.query[i].path).with_suffix(".png"))
+        m = ds[i]["region_masks"].numpy().astype(bool)  # (5, 128, 64): the cache's own size, no resampling
+        assert m.shape == (5,) + parsing.shape and torch.equal(src[i], ds[i]["region_masks"])
+        person, parts = m[0], m[1:]
+        assert np.array_equal(person, parsing > 0)  # no detector: the pedestrian mask is the parsing foreground
+        assert (parts.sum(axis=0) <= 1).all()  # disjoint
+        assert not (parts & ~person).any()  # nothing outside the person
+        assert np.array_equal(parts.any(axis=0), parsing > 0)  # every parsed pixel is in a part
+        for k, labels in enumerate((_LIP_HEAD, _LIP_TORSO, _LIP_ARMS, _LIP_LEGS)):
+            assert np.array_equal(parts[k] & ~np.isin(parsing, _LIP_DRESS), np.isin(parsing, labels)), k
+            seen.add(k) if parts[k].any() else None
+        dress = np.isin(parsing, _LIP_DRESS)
+        assert (parts[1][dress] | parts[3][dress]).all()  # dress pixels: torso or legs
+    assert seen == {0, 1, 2, 3}, "the synthetic query set should show every part"
+
+
+def test_parts_without_parsing_carve_keypoint_arms_out_of_the_regions() -> None:
+    h, w = 100, 60
+    person = np.zeros((h, w), bool)
+    person[10:95, 22:38] = True  # head + torso + legs
+    person[30:62, 38:44] = True  # a hanging arm beside the torso
     kps = np.zeros((17, 3), np.float32)
-    # image 128x64 (2x the cache): shoulders at y 33 and 35 -> 34 -> 17 in cache rows; hips 90/94 -> 46
-    kps[5], kps[6], kps[11], kps[12] = (20, 33, 0.9), (40, 35, 0.8), (22, 90, 0.9), (38, 94, 0.9)
-    rows = part_rows(person, regions, kps, np.array([128, 64]))
-    assert rows == (8, 17, 46, 60, 4, 22)
-    parts = part_masks(rows, (64, 32))
-    assert parts[0, 8:17, 4:22].all() and parts[1, 17:46, 4:22].all() and parts[2, 46:60, 4:22].all()
-    assert parts.sum() == (60 - 8) * (22 - 4)  # stripes tile the box: rectangles, background included
-    assert parts[2, 50, 4] == 1 and not person[50, 4]
-    # a low-confidence hip: the hip row comes from the regions (first row whose majority label is lower)
-    kps[11, 2] = 0.1
-    assert part_rows(person, regions, kps, np.array([128, 64])) == (8, 17, 36, 60, 4, 22)
-    # no keypoints at all: both rows from the regions
-    assert part_rows(person, regions, np.zeros((17, 3), np.float32), np.array([128, 64])) == (8, 20, 36, 60, 4, 22)
-    # no keypoints, no region labels: fixed fractions of the box (0.18, 0.5)
-    assert part_rows(person, np.zeros_like(regions), np.zeros((17, 3), np.float32), np.array([128, 64])) == (8, 17, 34, 60, 4, 22)
+    kps[5], kps[6] = (24, 28, 0.9), (40, 28, 0.9)  # shoulders (x, y)
+    kps[11], kps[12] = (26, 58, 0.9), (36, 58, 0.9)  # hips
+    kps[8], kps[10] = (41, 45, 0.9), (41, 60, 0.9)  # right elbow, wrist: right arm = 6 -> 8 -> 10
+    inst = Instances(boxes=np.array([[22, 10, 44, 95]], np.float32), scores=np.array([0.99], np.float32),
+                     masks=person[None].astype(np.float32), keypoints=kps[None])
+    d = derive(Observation(h, w, instances=inst))
+    assert d.status == STATUS["ok"]
+    assert not ((d.parts > 0) & ~person).any() and ((d.parts > 0) == person).all()
+    arms = d.parts == 3
+    assert arms[35:60, 39:43].all()  # the arm's own pixels, along the elbow-wrist segment
+    assert not arms[40:50, 22:30].any() and not arms[70:90].any()  # torso far from the arm, legs
+    # outside the arms: the MGRAN regions (head above the shoulders, legs below the hips)
+    rest = ~arms
+    assert ((d.parts == 1) == ((d.regions == 1) & rest)).all()
+    assert ((d.parts == 2) == ((d.regions == 2) & rest)).all()
+    assert ((d.parts == 4) == ((d.regions == 3) & rest)).all()
+    # without keypoints there is no arm: head / torso / legs are the regions
+    bare = derive(Observation(h, w, instances=Instances(inst.boxes, inst.scores, inst.masks, None)))
+    assert not (bare.parts == 3).any() and np.array_equal(bare.parts, np.choose(bare.regions, [0, 1, 2, 4]))
 
 
-def test_mgran_pl_dataset_parts_come_from_the_cached_keypoints(market, tmp_path) -> None:
-    splits = {}
-    for split in ("train", "query", "gallery"):
-        rows = split_rows(market, split)  # person/regions at 64x32, image_size = the real 128x64
-        rows.keypoints[:, [5, 6], 1] = 40.0  # shoulders at image row 40 -> cache row 20
-        rows.keypoints[:, [11, 12], 1] = 80.0  # hips at image row 80 -> cache row 40
-        rows.keypoints[:, [5, 6, 11, 12], 2] = 1.0
-        splits[split] = (len(rows), rows)
-    cache = tmp_path / "kp.h5"
-    write_cache(cache, splits, {"dataset": "market1501"})
-    src = load_split_region_masks(cache, market, "query", "parts")
-    person = src[0][0].numpy().astype(bool)
-    ys, xs = np.nonzero(person)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    assert tuple(src.parts[0]) == (y0, 20, 40, y1, x0, x1)
-    ds = ReIDImageDataset(market, "query", _no_aug(), cache=cache, region_masks="parts")
-    m = ds[0]["region_masks"]  # at 128x64: every cache row/column doubled
-    assert torch.equal(m[0].bool(), torch.from_numpy(person).repeat_interleave(2, 0).repeat_interleave(2, 1))
-    for k, (a, b) in enumerate(((y0, 20), (20, 40), (40, y1))):
-        expected = torch.zeros(128, 64, dtype=torch.uint8)
-        expected[2 * a : 2 * b, 2 * x0 : 2 * x1] = 1
-        assert torch.equal(m[k + 1], expected)
-    model = build_model("mgran_pl", 4, backbone="resnet18")
-    assert model.region_masks == "parts" and build_model("mgran", 4, backbone="resnet18").region_masks == "regions"
+@pytest.mark.parametrize("version, dropped", [(1, ("cuts", "parts")), (2, ("parts",))])
+def test_an_older_cache_is_read_but_has_no_parts(market, tmp_path, version, dropped) -> None:
+    import h5py
+
+    splits = {s: (len(market.split(s)), split_rows(market, s)) for s in ("train", "query", "gallery")}
+    old = tmp_path / f"v{version}.h5"
+    write_cache(old, splits, {"dataset": "market1501"})
+    with h5py.File(old, "r+") as f:  # what an older writer produced: without the newer columns
+        f.attrs["schema_version"] = version
+        for s in ("train", "query", "gallery"):
+            for name in dropped:
+                del f[s][name]
+    regions = load_split_region_masks(old, market, "query", "regions")
+    assert len(regions) == len(market.query) and regions[0].shape[0] == 4
+    with pytest.raises(UserError, match=rf"v{version}.h5: cache schema version {version} has no 'parts' column .*regenerate"):
+        load_split_region_masks(old, market, "query", "parts")
+    with h5py.File(old, "r+") as f:
+        f.attrs["schema_version"] = 4
+    with pytest.raises(UserError, match=r"cache schema version 4, this reid-masks reads versions 1, 2, 3"):
+        load_split_region_masks(old, market, "query", "regions")
 
 
 # --------------------------------------------------------------------------- masks at inference
 
 
 def _tiny_cfg(root: Path, cache: Path, out: Path, *extra: str):
-    return load_config("tiny_synthetic", [
-        f"data.root={root}", f"data.cache={cache}", f"train.output_dir={out}", "model.name=mgran",
+    return load_config("tiny_synthetic_mgran", [
+        f"data.root={root}", f"data.cache={cache}", f"train.output_dir={out}",
         "data.height=64", "data.width=32", "data.num_workers=0", "data.num_ids=4", "data.num_instances=2",
         "train.log_period=50", *extra,
     ])
@@ -346,9 +369,9 @@ def test_evaluation_refuses_images_without_masks(market, market_root, small_cach
 def test_fit_evaluate_extract_end_to_end_on_cpu(market, market_root, small_cache, tmp_path) -> None:
     out = tmp_path / "run"
     runner = CliRunner()
-    sets = [f"data.root={market_root}", f"data.cache={small_cache}", f"train.output_dir={out}", "model.name=mgran",
+    sets = [f"data.root={market_root}", f"data.cache={small_cache}", f"train.output_dir={out}",
             "solver.epochs=3", "data.height=64", "data.width=32", "solver.step_size=100"]
-    res = runner.invoke(main, ["fit", "--config", "tiny_synthetic", *[a for s in sets for a in ("--set", s)]])
+    res = runner.invoke(main, ["fit", "--config", "tiny_synthetic_mgran", *[a for s in sets for a in ("--set", s)]])
     assert res.exit_code == 0, res.output
     assert "rank-1" in res.stdout and "rank-5" in res.stdout
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -386,6 +409,39 @@ def test_packaged_mgran_configs() -> None:
         assert (cfg.model.name, cfg.data.dataset) == (model, dataset)
         assert cfg.model.backbone == "resnet50" and cfg.model.pretrained == "imagenet" and cfg.data.cache
         assert cfg.model.id_head is False and cfg.model.reduction_dim == 0 and cfg.loss.msml_normalize
-    assert load_config("mgran_cuhk03_labeled").data.options == {"variant": "labeled"}
-    assert load_config("mgran_cuhk03_detected").data.options == {"variant": "detected"}
+    # the paper's CUHK03 numbers are classic-protocol ones; CUHK03-NP has its own configs
+    assert load_config("mgran_cuhk03_labeled").data.options == {"variant": "labeled", "protocol": "classic", "split_id": 0}
+    assert load_config("mgran_cuhk03_detected").data.options == {"variant": "detected", "protocol": "classic", "split_id": 0}
+    assert load_config("mgran_cuhk03np_detected").data.options == {"variant": "detected", "protocol": "new", "split_id": 0}
+    assert load_config("mgran_pl_cuhk03_labeled").data.options["protocol"] == "classic"
     assert load_config("mgran_cuhk03_detected").data.cache != load_config("mgran_cuhk03_labeled").data.cache
+
+
+def test_a_key_the_model_does_not_read_is_refused(tmp_path) -> None:
+    # every packaged config loads: none sets a key its model ignores (the MGRAN ones used to
+    # inherit loss.lambda0/1/2 and solver.lr from the MMGA recipe)
+    for name in packaged_configs():
+        load_config(name)
+    assert unread_keys(load_config("mgran_market1501"), READ_WHEN) == [
+        "model.stage4_input", "model.whole_dim", "model.part_dim", "model.head_bn",
+        "loss.lambda0", "loss.lambda1", "loss.lambda2", "loss.label_smoothing", "solver.lr"]
+    with pytest.raises(UserError, match=r"^--set: loss.lambda1 is not read by model.name=mgran"):
+        load_config("mgran_market1501", ["loss.lambda1=3"])
+    with pytest.raises(UserError, match=r"^--set: solver.lr is not read by model.name=mgran"):
+        load_config("mgran_market1501", ["solver.lr=0.2"])
+    # solver.lr has a parameter group to act on once the model has non-backbone weights
+    assert load_config("mgran_market1501", ["model.id_head=true", "solver.lr=0.2"]).solver.lr == 0.2
+    assert load_config("mgran_market1501", ["model.reduction_dim=256", "solver.lr=0.2"]).solver.lr == 0.2
+    with pytest.raises(UserError, match=r"^--set: model.reduction_dim is not read by model.name=mmga"):
+        load_config("mmga_market1501", ["model.reduction_dim=256"])
+    # a file that sets one: the message names the file that sets it
+    (tmp_path / "bad.yaml").write_text("_base_: mgran_market1501\nloss:\n  lambda2: 0.1\n")
+    with pytest.raises(UserError, match=r"bad.yaml: loss.lambda2 is not read by model.name=mgran"):
+        load_config(tmp_path / "bad.yaml")
+    # switching an MMGA config to MGRAN: the MMGA file's own keys are refused, naming that file
+    with pytest.raises(UserError, match=r"mmga_market1501.yaml: loss.lambda0 is not read by model.name=mgran"):
+        load_config("tiny_synthetic", ["model.name=mgran"])
+    # a run's config.yaml keeps only the keys its model reads, so it loads back
+    cfg = load_config("tiny_synthetic_mgran", ["model.name=mgran_pl"])
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config_to_dict(cfg, read_only=True)))
+    assert config_to_dict(load_config(tmp_path / "run.yaml")) == config_to_dict(cfg)

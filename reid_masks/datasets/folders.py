@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from reid_masks.datasets.records import Record, ReIDDataset, SPLITS, relabel
+from reid_masks.datasets.records import MULTI_QUERY, Record, ReIDDataset, SPLITS, relabel
 from reid_masks.errors import UserError
 
 
@@ -98,8 +98,12 @@ def load_folder_dataset(
 
 
 def load_manifest_folders(manifest: dict[str, Any], root: str | Path) -> ReIDDataset:
-    """Market-1501 / DukeMTMC-reID from their manifest's layout facts."""
-    return load_folder_dataset(
+    """Market-1501 / DukeMTMC-reID from their manifest's layout facts.
+
+    A manifest with ``multi_query.dir`` (Market-1501: ``gt_bbox``) also reads that folder, when
+    present, into ``multi_query`` (junk ids dropped); a copy without it loads as before.
+    """
+    ds = load_folder_dataset(
         manifest["name"],
         root,
         {s: manifest["splits"][s]["dir"] for s in SPLITS},
@@ -111,6 +115,14 @@ def load_manifest_folders(manifest: dict[str, Any], root: str | Path) -> ReIDDat
         manifest=manifest,
         origin=f"data_manifests/{manifest['name']}.json",
     )
+    spec = manifest.get(MULTI_QUERY)
+    folder = ds.root / spec["dir"] if spec else None
+    if folder is not None and folder.is_dir():
+        regex = compile_pattern(manifest["filename"]["pattern"], f"data_manifests/{manifest['name']}.json")
+        files = list_images(folder, (manifest["filename"]["extension"],))
+        records = parse_names(files, regex, ds.root, MULTI_QUERY, manifest["camera_base"], manifest["cameras"])
+        ds.multi_query = [r for r in records if r.pid != manifest.get("junk_pid")]
+    return ds
 
 
 def load_folder(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reid_masks.errors import UserError
+from reid_masks.fileio import read_json
 
 DATASET_NAMES = ("market1501", "dukemtmc", "cuhk03", "msmt17")
 
@@ -25,13 +26,7 @@ def load_manifest(name: str) -> dict[str, Any]:
 
 def read_manifest_file(path: str | Path) -> dict[str, Any]:
     """A manifest from a file, e.g. the one ``reid-masks synth`` writes beside a synthetic copy."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: manifest file not found") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: expected a JSON dataset manifest ({exc})") from None
+    data = read_json(path, "manifest file not found", "a JSON dataset manifest")
     if not isinstance(data, dict) or "name" not in data or ("splits" not in data and "variants" not in data):
         raise UserError(f"{path}: expected a dataset manifest with 'name' and 'splits' keys")
     return data

@@ -6,6 +6,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 SPLITS = ("train", "query", "gallery")
+MULTI_QUERY = "multi_query"  # optional images pooled per query (Market-1501's gt_bbox/), see ReIDDataset
 
 
 class Record(NamedTuple):
@@ -24,7 +25,12 @@ class Record(NamedTuple):
 
 @dataclass
 class ReIDDataset:
-    """A dataset's three splits, with records relative to ``root``."""
+    """A dataset's three splits, with records relative to ``root``.
+
+    ``multi_query``: optional extra images of the query identities that multi-query
+    evaluation pools per (identity, camera) -- Market-1501's hand-drawn ``gt_bbox/`` boxes;
+    empty when the dataset has none. ``split("multi_query")`` returns them.
+    """
 
     name: str
     root: Path
@@ -32,10 +38,11 @@ class ReIDDataset:
     query: list[Record]
     gallery: list[Record]
     info: dict = field(default_factory=dict)
+    multi_query: list[Record] = field(default_factory=list)
 
     def split(self, name: str) -> list[Record]:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}: expected one of {SPLITS}")
+        if name not in SPLITS + (MULTI_QUERY,):
+            raise ValueError(f"unknown split {name!r}: expected one of {SPLITS + (MULTI_QUERY,)}")
         return getattr(self, name)
 
     def abspath(self, record: Record | str) -> Path:

@@ -111,10 +111,12 @@ def folder_jobs(layout: str, ids: int, rng: np.random.Generator, ident: Callable
         for cam in visits(rng, cams, 2, 4):
             for _ in range(int(rng.integers(1, 4))):
                 add("train", "bounding_box_train", pid, cam, ident(pid))
+    queried = []
     for pid in test_ids:
         seen = visits(rng, cams, 2, 4)
         for cam in seen[: int(rng.integers(1, 3))]:
             add("query", "query", pid, cam, ident(pid))
+            queried.append((pid, cam))
         for cam in seen:
             for _ in range(int(rng.integers(1, 4))):
                 add("gallery", "bounding_box_test", pid, cam, ident(pid))
@@ -127,6 +129,11 @@ def folder_jobs(layout: str, ids: int, rng: np.random.Generator, ident: Callable
     for pid in extra_ids:
         for cam in visits(rng, cams, 1, 2):
             add("gallery", "bounding_box_test", pid, cam, ident(pid))
+    if market:  # gt_bbox/: 1-3 hand-drawn-like boxes per queried (identity, camera), drawn last
+        counts["multi_query"] = {}
+        for pid, cam in queried:
+            for _ in range(int(rng.integers(1, 4))):
+                add("multi_query", "gt_bbox", pid, cam, ident(pid))
     return jobs, counts
 
 
@@ -202,10 +209,33 @@ def write_cuhk03(out: Path, ids: int, seed: int, rng: np.random.Generator, ident
             top = mat.create_dataset(variant, data=np.array([pair_refs], dtype=h5py.ref_dtype))
             top.attrs["MATLAB_class"] = np.bytes_("cell")
             facts[variant] = write_split_mat(out, variant, names, labels, ids, rng, scipy.io)
+        facts["classic"] = write_testsets(mat, refs, per_pair, rng)
     with open(tmp, "r+b") as fh:  # the 128-byte MATLAB header inside the userblock
         fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: reid-masks synth".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
     os.replace(tmp, raw)
     return facts
+
+
+CLASSIC_SPLITS = 20
+
+
+def write_testsets(mat: Any, refs: Any, per_pair: dict[int, list[int]], rng: np.random.Generator) -> dict:
+    """The classic protocol's ``testsets``: a (20 x 1) MATLAB cell of (n x 2) doubles
+    ``[camera pair, person in pair]`` (1-based), n = a quarter of the people (>= 2)."""
+    import h5py
+
+    people = [(p + 1, col + 1) for p in range(5) for col in range(len(per_pair[p]))]
+    n_test = max(2, len(people) // 4)
+    split_refs = []
+    for k in range(CLASSIC_SPLITS):
+        chosen = sorted(rng.choice(len(people), size=n_test, replace=False).tolist())
+        data = np.asarray([people[i] for i in chosen], np.float64).T  # MATLAB (n x 2), stored transposed
+        ds = refs.create_dataset(f"testset{k}", data=data)
+        ds.attrs["MATLAB_class"] = np.bytes_("double")
+        split_refs.append(ds.ref)
+    top = mat.create_dataset("testsets", data=np.array([split_refs], dtype=h5py.ref_dtype))
+    top.attrs["MATLAB_class"] = np.bytes_("cell")
+    return {"splits": CLASSIC_SPLITS, "ids": len(people), "test_ids": n_test, "train_ids": len(people) - n_test}
 
 
 def save_parsing_only(out: Path, rel: str, parsing: np.ndarray) -> None:
@@ -272,6 +302,8 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
     if layout in ("market1501", "dukemtmc"):
         jobs, counts = folder_jobs(layout, ids, rng, ident)
         write_jobs(out, jobs, seed, list(cache.values()), workers)
+        if "multi_query" in counts:
+            manifest["multi_query"]["images"] = sum(counts.pop("multi_query").values())
         for split, per_pid in counts.items():
             junk = per_pid.get(manifest["junk_pid"], 0) if manifest["junk_pid"] is not None else 0
             kept = {p: n for p, n in per_pid.items() if p != manifest["junk_pid"]}
@@ -291,6 +323,7 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
         for i in range(2 * ids):
             ident(i)
         facts = write_cuhk03(out, ids, seed, rng, ident, list(cache.values()), workers)
+        manifest["classic"].update(facts.pop("classic"))
         for variant, splits in facts.items():
             manifest["variants"][variant]["splits"] = splits
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -28,7 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
-from reid_masks.cache import STATUS_NAMES, MaskCache, check_cache_matches
+from reid_masks.cache import STATUS_NAMES, MaskCache, locate_records
 from reid_masks.datasets import ReIDDataset
 from reid_masks.errors import UserError
 from reid_masks.generate import hash_files
@@ -71,11 +71,11 @@ def check_cache_images(cache: str | Path, dataset: ReIDDataset, splits: Iterable
     splits = list(splits)
     start = time.perf_counter()
     with MaskCache(cache) as mc:
-        rows = check_cache_matches(mc, dataset, splits)
+        located = {s: locate_records(mc, dataset, s) for s in splits}  # by path, in any group of the cache
         names = list(mc.attrs.get("status_names", STATUS_NAMES))
         unusable_codes = [names.index(s) for s in UNUSABLE_STATUS if s in names]
-        stored = {s: mc.column(s, "fingerprint")[rows[s]] if len(rows[s]) else np.zeros(0, "S16") for s in splits}
-        status = {s: mc.column(s, "status")[rows[s]] if len(rows[s]) else np.zeros(0, np.uint8) for s in splits}
+        stored = {s: mc.gather(located[s], "fingerprint", len(dataset.split(s))) for s in splits}
+        status = {s: mc.gather(located[s], "status", len(dataset.split(s))) for s in splits}
         records = [(s, r) for s in splits for r in dataset.split(s)]
         total = len(records)
         progress = Progress(total, label="checking images against the mask cache") if total >= 20000 else None

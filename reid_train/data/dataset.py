@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from reid_masks.cache import MaskCache, check_cache_matches
+from reid_masks.cache import MaskCache, locate_records
 from reid_masks.datasets import ReIDDataset
 from reid_masks.imageio import read_image
 
@@ -28,18 +28,18 @@ __all__ = ["ReIDImageDataset", "load_split_masks"]
 def load_split_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str) -> torch.Tensor:
     """(N, 3, 24, 8) float32 masks of ``dataset``'s ``split`` records, in record order.
 
-    Rows are matched by path with :func:`check_cache_matches`, so a cache of another
-    dataset, or one missing some of this dataset's images, is a one-line UserError.
+    Rows are matched by path with :func:`locate_records` (in any split of the cache), so a
+    cache of another dataset, or one missing some of this dataset's images, is a one-line
+    UserError.
     """
     own = not isinstance(cache, MaskCache)
     mc = MaskCache(cache) if own else cache
     try:
-        rows = check_cache_matches(mc, dataset, [split])[split]
-        masks = mc.column(split, "masks")
+        masks = mc.gather(locate_records(mc, dataset, split), "masks", len(dataset.split(split)))
     finally:
         if own:
             mc.close()
-    return torch.from_numpy(np.ascontiguousarray(masks[rows], dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))
 
 
 class ReIDImageDataset(Dataset):

@@ -31,7 +31,7 @@ from reid_train.engine import distributed as ddp
 from reid_train.engine.preemption import ignore_stop_signals
 from reid_train.models.mgran import region_inputs
 
-__all__ = ["extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "write_json_atomic"]
+__all__ = ["extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "pool_multi_query", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,37 @@ def extract_features(
     return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
 
 
+def pool_multi_query(
+    qf: torch.Tensor,
+    q_pids: np.ndarray,
+    q_camids: np.ndarray,
+    mf: torch.Tensor,
+    m_pids: np.ndarray,
+    m_camids: np.ndarray,
+    mode: str = "mean",
+) -> torch.Tensor:
+    """Multi-query features: per query, its identity's images from its camera, pooled.
+
+    Market-1501's multiple-query setting (Zheng et al., ICCV 2015, and the dataset's
+    evaluation code): query ``i`` is represented by the ``mode`` ("mean" or "max",
+    element-wise) of the features ``mf`` of every multi-query (``gt_bbox``) image with the
+    query's identity *and* camera, L2-normalised again (so the pooled feature lives on
+    the same sphere as the gallery's). A query with no such image keeps its own feature.
+    """
+    if mode not in ("mean", "max"):
+        raise ValueError(f"multi-query pooling must be 'mean' or 'max', got {mode!r}")
+    out = qf.clone()
+    key = {}
+    for j, (p, c) in enumerate(zip(m_pids.tolist(), m_camids.tolist())):
+        key.setdefault((p, c), []).append(j)
+    for i, (p, c) in enumerate(zip(q_pids.tolist(), q_camids.tolist())):
+        members = key.get((p, c))
+        if members:
+            group = mf[members].to(qf.dtype)
+            out[i] = group.mean(dim=0) if mode == "mean" else group.amax(dim=0)
+    return F.normalize(out, dim=1)
+
+
 def _cmc_at(cmc: np.ndarray, k: int) -> float:
     """CMC at rank k; the evaluation clips max_rank to the gallery size, so clip k likewise."""
     return float(cmc[min(k, len(cmc)) - 1])
@@ -120,8 +151,15 @@ def evaluate_features(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
+    cuhk03_metric: bool = False,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """``{rank1, rank5, rank10, mAP, num_query, num_gallery}`` (fractions in [0, 1])."""
+    """``{rank1, rank5, rank10, mAP, num_query, num_gallery}`` (fractions in [0, 1]).
+
+    ``cuhk03_metric``: the CMC of the CUHK03 classic protocol (torchreid's ``eval_cuhk03``:
+    one random gallery image per identity, 10 draws averaged; ``seed`` seeds the draws,
+    see ``evaluate_rank``); mAP is computed over the whole gallery either way.
+    """
     from reid_train.evaluation import compute_distance_matrix, evaluate_from_features, evaluate_rank, re_ranking
 
     max_rank = max(1, min(50, len(g_pids)))  # small (test) galleries: no warning, CMC clipped as evaluate_rank does
@@ -131,9 +169,11 @@ def evaluate_features(
         qq = compute_distance_matrix(qf, qf, metric)
         gg = compute_distance_matrix(gf, gf, metric)
         distmat = re_ranking(qg, qq, gg, k1=k1, k2=k2, lambda_value=lambda_value)
-        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                                 use_metric_cuhk03=cuhk03_metric, seed=seed)
     else:
-        cmc, mAP = evaluate_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=max_rank)
+        cmc, mAP = evaluate_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=max_rank,
+                                          use_metric_cuhk03=cuhk03_metric, seed=seed)
     return {
         "rank1": _cmc_at(cmc, 1),
         "rank5": _cmc_at(cmc, 5),
@@ -156,22 +196,44 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Extract query and gallery features with ``cfg.test`` settings and score them.
 
+    The dataset's protocol picks the metric: CUHK03's classic splits (``data.options.protocol:
+    classic``) are scored with the CUHK03 single-shot CMC, its draws seeded with
+    ``train.seed``; the results name the protocol (and the classic ``split_id``).
+    ``test.multi_query`` (mean / max) replaces every query feature by its pooled
+    multi-query feature (:func:`pool_multi_query`) before ranking.
     ``log_result``: log the result line (the CLI prints it on stdout instead, once);
     ``progress``: report images/s and ETA per split on stderr (rank 0).
     """
     start = time.perf_counter()
     pin = device.type == "cuda"
+    mode = cfg.test.multi_query
+    splits = ("query", "gallery")
+    if mode != "none":
+        if not dataset.multi_query:
+            raise UserError(f"test.multi_query={mode}: {dataset.name} at {dataset.root} has no multi-query images "
+                            f"(Market-1501's gt_bbox/ folder); set test.multi_query=none")
+        splits += ("multi_query",)
     feats = {}
-    for split in ("query", "gallery"):
+    for split in splits:
         loader = build_test_loader(dataset, split, cfg, pin_memory=pin, region_masks=getattr(model, "region_masks", None))
         # under DDP each rank extracts a shard of whole batches; all ranks get all features
         label = f"{split} features" if progress and ddp.rank() == 0 else None
         feats[split] = ddp.extract_features_distributed(model, loader, device, cfg.test.flip, amp_dtype, channels_last, progress=label)
     (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
+    if mode != "none":
+        qf = pool_multi_query(qf, qp, qc, *feats["multi_query"], mode=mode)
     if device.type == "cuda" and not cfg.test.rerank:
         qf, gf = qf.to(device), gf.to(device)  # blocked distances on the GPU
     t = cfg.test
-    results = evaluate_features(qf, gf, qp, gp, qc, gc, t.metric, t.rerank, t.k1, t.k2, t.lambda_value) if ddp.rank() == 0 else None
+    classic = dataset.info.get("protocol") == "classic"
+    results = None
+    if ddp.rank() == 0:
+        results = evaluate_features(qf, gf, qp, gp, qc, gc, t.metric, t.rerank, t.k1, t.k2, t.lambda_value,
+                                    cuhk03_metric=classic, seed=cfg.train.seed)
+        results["protocol"] = "cuhk03_classic" if classic else "standard"
+        results["multi_query"] = mode
+        if classic:
+            results["split_id"] = int(dataset.info["split_id"])
     results = ddp.broadcast_object(results)  # DDP: rank 0 scores, every rank returns its numbers
     if log_result:
         logger.info("evaluation on %s (%.1fs)", result_line(results, dataset.name, cfg), time.perf_counter() - start)
@@ -181,7 +243,10 @@ def evaluate_model(
 def result_line(results: dict[str, Any], dataset_name: str, cfg: Config) -> str:
     """``<dataset> (Q query, G gallery; <how>): rank-1 .. mAP ..`` -- the one result line, saying how it was scored."""
     t = cfg.test
-    how = [t.metric, "flip-averaged" if t.flip else "no flip", f"re-ranked k1={t.k1} k2={t.k2} lambda={t.lambda_value:g}" if t.rerank else "no re-ranking"]
+    how = [f"{results.get('protocol', 'standard')} protocol", t.metric, "flip-averaged" if t.flip else "no flip",
+           f"re-ranked k1={t.k1} k2={t.k2} lambda={t.lambda_value:g}" if t.rerank else "no re-ranking"]
+    if results.get("multi_query", "none") != "none":
+        how.append(f"multi-query {results['multi_query']}")
     return (f"{dataset_name} ({results['num_query']} query, {results['num_gallery']} gallery; {', '.join(how)}): "
             f"rank-1 {100 * results['rank1']:.2f}%  rank-5 {100 * results['rank5']:.2f}%  "
             f"rank-10 {100 * results['rank10']:.2f}%  mAP {100 * results['mAP']:.2f}%")

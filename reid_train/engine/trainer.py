@@ -2,7 +2,8 @@
 
 One :class:`Trainer` per run. Everything a run produces lives in ``train.output_dir``:
 
-* ``config.yaml``   the resolved config (all keys, after ``_base_`` and ``--set``);
+* ``config.yaml``   the resolved config (every key the model reads, after ``_base_`` and
+  ``--set``; it loads back with ``--config``);
 * ``checkpoint.pth`` written after every epoch through a temporary file and
   ``os.replace``, so a crash never leaves a truncated checkpoint: model, optimizer,
   scheduler, GradScaler, sampler state, RNG states (python, numpy, torch, cuda), the
@@ -370,7 +371,7 @@ class Trainer:
                 self.metrics_path.unlink()  # a log without a checkpoint belongs to a run that never finished an epoch
         if self.main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg, read_only=True), sort_keys=False))
         self.tb = self._tensorboard() if self.main and cfg.train.tensorboard else None
         logger.info(
             "%s: %d train images, %d ids; model %s/%s (%s), feature dim %d; %s%s; P=%d K=%d, %d iterations/epoch",

@@ -34,6 +34,7 @@ distance matrix is.
 from __future__ import annotations
 
 import warnings
+from types import ModuleType
 from typing import Iterable, Iterator, Sequence, Tuple, Union
 
 import numpy as np
@@ -260,12 +261,17 @@ def _cuhk03_cmc(
     g_camids: np.ndarray,
     valid: np.ndarray,
     max_rank: int,
+    rng: Union[np.random.RandomState, ModuleType],
 ) -> np.ndarray:
     """CUHK03 protocol CMC for a block: one random gallery image per identity.
 
-    For each valid query, CUHK03_REPEATS times: keep one uniformly drawn image of
-    every gallery identity (junk removed), find the rank of the query's sampled
-    match among them; average the resulting step curves. Uses ``np.random``.
+    For each valid query, in query order, ``CUHK03_REPEATS`` times: keep one uniformly drawn
+    image of every gallery identity (same-pid same-camera items removed first) and find the
+    rank of the query identity's drawn image among the kept ones; the query's CMC is the
+    mean of the resulting step curves. The draws follow torchreid's ``eval_cuhk03`` call
+    for call -- per repeat, identities in the order of their first appearance in the
+    ranked list, one ``randint(0, #images)`` each (what ``np.random.choice`` draws) -- so
+    with the same generator state the curves are identical.
     """
     cmc = np.zeros((len(q_pids), max_rank), dtype=np.float32)
     for i in np.flatnonzero(valid):
@@ -273,15 +279,15 @@ def _cuhk03_cmc(
         pids = g_pids[ranked]
         keep = ~((pids == q_pids[i]) & (g_camids[ranked] == q_camids[i]))
         pids = pids[keep]
-        uniq, inverse, counts = np.unique(pids, return_inverse=True, return_counts=True)
-        by_pid = np.argsort(inverse, kind="stable")  # kept positions grouped by pid
-        first = np.cumsum(counts) - counts
-        q_slot = int(np.searchsorted(uniq, q_pids[i]))
-        hits = np.zeros(max_rank + 1, dtype=np.int64)
-        for _ in range(CUHK03_REPEATS):
-            chosen = by_pid[first + np.random.randint(0, counts)]
-            rank0 = np.count_nonzero(chosen < chosen[q_slot])
-            hits[min(rank0, max_rank)] += 1
+        uniq, first_pos, inverse, counts = np.unique(pids, return_index=True, return_inverse=True, return_counts=True)
+        by_pid = np.argsort(inverse, kind="stable")  # kept positions grouped by pid, ranked order within
+        starts = np.cumsum(counts) - counts
+        appearance = np.argsort(first_pos, kind="stable")  # identities in first-appearance order
+        draws = rng.randint(0, np.tile(counts[appearance], CUHK03_REPEATS)).reshape(CUHK03_REPEATS, -1)
+        chosen = by_pid[starts[appearance] + draws]  # (repeats, identities): kept positions
+        q_col = int(np.flatnonzero(uniq[appearance] == q_pids[i])[0])
+        rank0 = np.count_nonzero(chosen < chosen[:, q_col : q_col + 1], axis=1)
+        hits = np.bincount(np.minimum(rank0, max_rank), minlength=max_rank + 1)
         cmc[i] = np.cumsum(hits[:max_rank]).astype(np.float32) / np.float32(CUHK03_REPEATS)
     return cmc
 
@@ -300,8 +306,10 @@ def _evaluate_blocks(
     max_rank: int,
     use_metric_cuhk03: bool,
     algorithm: str,
+    seed: Union[int, None] = None,
 ) -> Tuple[np.ndarray, float]:
     gallery = _GalleryIndex(gp)
+    rng = np.random if seed is None else np.random.RandomState(seed)
     ap = np.zeros(num_q, dtype=np.float64)
     first = np.zeros(num_q, dtype=np.int64)
     valid = np.zeros(num_q, dtype=bool)
@@ -321,7 +329,7 @@ def _evaluate_blocks(
             t = block if isinstance(block, torch.Tensor) else torch.from_numpy(block)
             order = torch.sort(t, dim=1, stable=True)[1].cpu().numpy()
             cuhk_cmc[start:stop] = _cuhk03_cmc(
-                order, qp[start:stop], qc[start:stop], gp, gc, valid_b, max_rank
+                order, qp[start:stop], qc[start:stop], gp, gc, valid_b, max_rank, rng
             )
 
     num_valid = int(valid.sum())
@@ -402,6 +410,7 @@ def evaluate_rank(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     device: DeviceLike = None,
     algorithm: str = "auto",
+    seed: Union[int, None] = None,
 ) -> Tuple[np.ndarray, float]:
     """CMC curve (float32, length ``max_rank``) and mAP of a query-gallery distance matrix.
 
@@ -411,9 +420,12 @@ def evaluate_rank(
     numpy array (memory-mapped is fine) or a tensor on any device; it is read in
     blocks of queries whose working memory stays within ``chunk_bytes``.
 
-    ``use_metric_cuhk03=True`` follows torchreid's CUHK03 protocol: the CMC is
-    averaged over ``CUHK03_REPEATS`` random draws of one gallery image per
-    identity (via ``np.random``; seed it for reproducibility), mAP is unchanged.
+    ``use_metric_cuhk03=True`` follows torchreid's CUHK03 protocol (``eval_cuhk03``):
+    the CMC is averaged over ``CUHK03_REPEATS`` random draws of one gallery image per
+    identity, mAP is unchanged. Seeding: ``seed=None`` draws from the global
+    ``np.random`` state, as torchreid does (seed it with ``np.random.seed``); an int
+    draws from a private ``np.random.RandomState(seed)``, which leaves the global state
+    alone and gives exactly torchreid's curve after ``np.random.seed(seed)``.
 
     ``device``: where blocks are sorted (default: the tensor's device, or CPU
     for numpy). ``algorithm``: "sort" ranks every row with a stable
@@ -431,7 +443,7 @@ def evaluate_rank(
     rows = _rows_per_block(chunk_bytes, num_g, _SORT_BYTES_PER_ELEMENT)
     return _evaluate_blocks(
         _distmat_blocks(distmat, rows, dev, _use_tensors(dev, algorithm)),
-        num_q, num_g, qp, gp, qc, gc, max_rank, use_metric_cuhk03, algorithm,
+        num_q, num_g, qp, gp, qc, gc, max_rank, use_metric_cuhk03, algorithm, seed,
     )
 
 
@@ -448,6 +460,7 @@ def evaluate_from_features(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     algorithm: str = "auto",
+    seed: Union[int, None] = None,
 ) -> Tuple[np.ndarray, float]:
     """CMC and mAP straight from features, never holding the full distance matrix.
 
@@ -455,8 +468,8 @@ def evaluate_from_features(
     euclidean or cosine), computed one block of queries at a time on the
     features' device; results equal ``evaluate_rank`` on the full matrix (up to
     float rounding of the matmul, which only matters for near-ties). Extra
-    memory: one block of distances plus ``chunk_bytes``; ``algorithm`` as in
-    ``evaluate_rank``.
+    memory: one block of distances plus ``chunk_bytes``; ``algorithm`` and ``seed`` as
+    in ``evaluate_rank``.
     """
     _check_algorithm(algorithm)
     if not isinstance(qf, torch.Tensor) or not isinstance(gf, torch.Tensor):
@@ -476,5 +489,5 @@ def evaluate_from_features(
                 yield start, block if as_tensors else _cpu_block(block)
 
     return _evaluate_blocks(
-        blocks(), num_q, num_g, qp, gp, qc, gc, max_rank, use_metric_cuhk03, algorithm
+        blocks(), num_q, num_g, qp, gp, qc, gc, max_rank, use_metric_cuhk03, algorithm, seed
     )

@@ -4,8 +4,9 @@ Space Alignment (paper Sec. 3.3, eq. 2) happens on the *input*: the pedestrian r
 the image (x) the pedestrian mask, and the head / upper-body / lower-body regions are the
 image (x) each region mask (Hadamard products on the image itself, before any
 convolution). :func:`region_inputs` builds them from a batch of images and the
-``(N, 4, H, W)`` 0/1 masks the data side produces (channel 0 the pedestrian mask,
-channels 1-3 head / upper / lower; see ``reid_train/data/regions.py``).
+``(N, C, H, W)`` 0/1 masks the data side produces (channel 0 the pedestrian mask,
+channels 1-3 head / upper / lower; MGRAN-PL: channels 1-4 head / torso / arms / legs; see
+``reid_train/data/regions.py``).
 
 Multi-feature Fusion (eq. 3): ONE backbone (the paper's "four ResNet-50 networks share the
 same parameters") runs on the four inputs as a single batched forward: the inputs are
@@ -21,7 +22,7 @@ variant    inputs through the CNN   F                    resnet50 (no reduction)
 =========  =======================  ===================  ===========================
 mgran      global + 3 regions (4N)  4 x C                8192
 mgran_gf   3 regions (3N)           3 x C                6144
-mgran_pl   global + 3 parts (4N)    4 x C                8192
+mgran_pl   global + 4 parts (5N)    5 x C                10240
 =========  =======================  ===================  ===========================
 
 With ``reduction_dim = d > 0`` (an addition, off by default) one shared
@@ -43,10 +44,10 @@ Notes on choices the paper leaves open:
   average; the batched call keeps training and testing consistent.
 * **Last stride**: the paper uses plain ResNet-50 + GAP, so the MGRAN configs keep the
   stride-2 ``layer4`` (``model.last_stride: 2``); ``last_stride=1`` is available.
-* **MGRAN-PL** ("part-level instead of region-level", Table 6) differs only in the masks
-  of channels 1-3: axis-aligned rectangles (horizontal stripes of the pedestrian mask's
-  bounding box cut at the shoulder and hip rows), not mask-shaped regions; the global
-  input is unchanged. Their exact definition is in ``reid_train/data/regions.py``.
+* **MGRAN-PL** ("part-level instead of region-level", Table 6; the alignment the paper
+  argues against: "matching two pedestrians with their heads, arms, legs, and other body
+  parts") replaces the three regions by four body-part masks -- head, torso, arms, legs,
+  the cache's ``parts`` column -- keeping the global input: five inputs, F = 5 x C.
 * Masks are needed at inference too: query and gallery images go through the same
   Hadamard products (``evaluate`` / ``extract`` read them from the mask cache).
 """
@@ -64,45 +65,48 @@ from reid_masks.errors import UserError
 
 from .backbone import ResNetBackbone
 
-__all__ = ["MGRAN", "MGRANSpec", "MGRAN_VARIANTS", "BRANCH_NAMES", "region_inputs"]
+__all__ = ["MGRAN", "MGRANSpec", "MGRAN_VARIANTS", "INPUT_NAMES", "region_inputs"]
 
-BRANCH_NAMES: tuple[str, ...] = ("global", "head", "upper", "lower")
+INPUT_NAMES: dict[str, tuple[str, ...]] = {  # mask kind -> the inputs its channels give, in order
+    "regions": ("global", "head", "upper", "lower"),
+    "parts": ("global", "head", "torso", "arms", "legs"),
+}
 
 
 @dataclass(frozen=True)
 class MGRANSpec:
     """What an MGRAN variant feeds the network."""
 
-    branches: tuple[int, ...]  # which of the 4 inputs (BRANCH_NAMES order) go through the CNN
-    region_masks: str  # "regions" (mask-shaped, from the cache) or "parts" (rectangles from keypoints)
+    branches: tuple[int, ...]  # which inputs (INPUT_NAMES[region_masks] order) go through the CNN
+    region_masks: str  # "regions" (head / upper / lower) or "parts" (head / torso / arms / legs), from the cache
 
 
 MGRAN_VARIANTS: dict[str, MGRANSpec] = {
     "mgran": MGRANSpec(branches=(0, 1, 2, 3), region_masks="regions"),
     "mgran_gf": MGRANSpec(branches=(1, 2, 3), region_masks="regions"),  # no global feature
-    "mgran_pl": MGRANSpec(branches=(0, 1, 2, 3), region_masks="parts"),  # part-level
+    "mgran_pl": MGRANSpec(branches=(0, 1, 2, 3, 4), region_masks="parts"),  # part-level: body parts
 }
 
 
 def region_inputs(images: Tensor, region_masks: Tensor) -> Tensor:
-    """The four MGRAN inputs: ``images[:, None] * region_masks[:, :, None]``.
+    """The MGRAN inputs: ``images[:, None] * region_masks[:, :, None]``.
 
     Args:
         images: (N, 3, H, W) network-ready images (normalised).
-        region_masks: (N, 4, H, W) 0/1 masks (any dtype): pedestrian, head, upper, lower
-            (or the three parts for MGRAN-PL), at the images' resolution and transformed
-            with them.
+        region_masks: (N, C, H, W) 0/1 masks (any dtype): pedestrian, head, upper, lower
+            (C = 4), or pedestrian, head, torso, arms, legs for MGRAN-PL (C = 5), at the
+            images' resolution and transformed with them.
 
-    Returns (N, 4, 3, H, W): every input equals the image inside its mask and is exactly 0
+    Returns (N, C, 3, H, W): every input equals the image inside its mask and is exactly 0
     outside. The product is taken on the normalised tensor, so a masked-out pixel is 0 at
     the network input: with the paper's 1/256 scaling (no mean subtraction) that is the
     raw image x mask; with ImageNet normalisation it is the mean colour (the value random
     erasing and zero-padding also use). Flipping the result along the last dimension is
     the same as building it from flipped images and masks.
     """
-    if images.dim() != 4 or region_masks.dim() != 4 or region_masks.shape[1] != len(BRANCH_NAMES):
+    if images.dim() != 4 or region_masks.dim() != 4:
         raise ValueError(
-            f"expected images (N, 3, H, W) and region masks (N, 4, H, W), got {tuple(images.shape)} and {tuple(region_masks.shape)}"
+            f"expected images (N, 3, H, W) and region masks (N, C, H, W), got {tuple(images.shape)} and {tuple(region_masks.shape)}"
         )
     if images.shape[0] != region_masks.shape[0] or images.shape[-2:] != region_masks.shape[-2:]:
         raise ValueError(f"images {tuple(images.shape)} and region masks {tuple(region_masks.shape)} do not match")
@@ -112,11 +116,12 @@ def region_inputs(images: Tensor, region_masks: Tensor) -> Tensor:
 class MGRAN(nn.Module):
     """MGRAN and its ablations ``mgran_gf`` / ``mgran_pl`` (see the module docstring).
 
-    ``forward(x)`` takes ``x`` of shape (N, 4, 3, H, W) (:func:`region_inputs`).
+    ``forward(x)`` takes ``x`` of shape (N, C, 3, H, W) (:func:`region_inputs`; C = 4, or 5
+    for ``mgran_pl``).
 
     Attributes the engine reads: ``backbone`` (its parameters get ``solver.backbone_lr``),
     ``feature_dim``, ``required_masks`` (always empty: no 24x8 MMGA masks) and
-    ``region_masks`` (``"regions"`` or ``"parts"``: which (N, 4, H, W) masks the data side
+    ``region_masks`` (``"regions"`` or ``"parts"``: which (N, C, H, W) masks the data side
     must deliver with every image, in training *and* inference).
     """
 
@@ -141,7 +146,8 @@ class MGRAN(nn.Module):
         self.variant = variant
         self.spec = MGRAN_VARIANTS[variant]
         self.num_classes = num_classes
-        self.branches: tuple[str, ...] = tuple(BRANCH_NAMES[i] for i in self.spec.branches)
+        self.inputs: tuple[str, ...] = INPUT_NAMES[self.spec.region_masks]
+        self.branches: tuple[str, ...] = tuple(self.inputs[i] for i in self.spec.branches)
 
         self.backbone = ResNetBackbone(backbone, pretrained=pretrained, last_stride=last_stride)
         c4 = self.backbone.channels[2]
@@ -165,16 +171,17 @@ class MGRAN(nn.Module):
 
     @property
     def region_masks(self) -> str:
-        """Which (N, 4, H, W) masks every input image needs: ``"regions"`` or ``"parts"``."""
+        """Which (N, C, H, W) masks every input image needs: ``"regions"`` or ``"parts"``."""
         return self.spec.region_masks
 
     def _stack(self, x: Tensor) -> Tensor:
-        """(N, 4, 3, H, W) -> (B*N, 3, H, W), branch-major, only the variant's branches."""
-        if x.dim() != 5 or x.shape[1] != len(BRANCH_NAMES):
+        """(N, C, 3, H, W) -> (B*N, 3, H, W), branch-major, only the variant's branches."""
+        c = len(self.inputs)
+        if x.dim() != 5 or x.shape[1] != c:
             raise ValueError(
-                f"MGRAN takes the 4 region inputs (N, 4, 3, H, W) built by region_inputs(images, region_masks), got {tuple(x.shape)}"
+                f"{self.variant} takes the {c} inputs (N, {c}, 3, H, W) built by region_inputs(images, region_masks), got {tuple(x.shape)}"
             )
-        if len(self.spec.branches) != len(BRANCH_NAMES):
+        if len(self.spec.branches) != c:
             x = x[:, list(self.spec.branches)]
         stacked = x.transpose(0, 1).reshape(-1, *x.shape[2:])
         if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
