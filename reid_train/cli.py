@@ -187,9 +187,9 @@ def configs(name: str | None) -> None:
 
     if name:
         cfg = load_config(name)
-        click.echo(f"# {resolve_config_path(name)} resolved (_base_ merged, defaults filled in);\n"
+        click.echo(f"# {resolve_config_path(name)} resolved (_base_ merged, defaults filled in, only the keys this model reads);\n"
                    f"# use it with 'reid-train fit --config {name} --set key=value', or copy it and pass --config FILE")
-        click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip())
+        click.echo(yaml.safe_dump(config_to_dict(cfg, read_only=True), sort_keys=False).rstrip())
         return
     for stem in packaged_configs():
         c = load_config(stem)
