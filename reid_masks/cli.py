@@ -11,6 +11,10 @@ from reid_masks.cliopts import dataset_flags, dataset_options_from_cli
 from reid_masks.errors import UserError
 
 
+#: ``-h`` as well as ``--help`` on every command (click passes it down to subcommands).
+HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
 class Group(click.Group):
     """A click group that prints a UserError as one line (no traceback) and exits 2."""
 
@@ -22,7 +26,7 @@ class Group(click.Group):
             ctx.exit(getattr(exc, "exit_code", 2))
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings=HELP_SETTINGS)
 @click.version_option(package_name="reid-masks")
 def main() -> None:
     """Turn a re-ID dataset into an HDF5 cache of body masks, regions and keypoints."""
@@ -166,13 +170,20 @@ def merge(shards: tuple[Path, ...], out: Path) -> None:
     click.echo(f"merged {len(shards)} shard(s) into {out}")
 
 
+def add_command(group: click.Group, command: click.Command) -> None:
+    """Register a command defined in its own module, with ``-h`` in its own settings (click caches a
+    command's help option at its first use, which may be under another group, e.g. in tests)."""
+    command.context_settings = {**HELP_SETTINGS, **command.context_settings}
+    group.add_command(command)
+
+
 def _register() -> None:
     from reid_masks.inspect import inspect_command
     from reid_masks.preview import preview_command
     from reid_masks.slurm import status_command, submit_command
 
     for command in (inspect_command, preview_command, submit_command, status_command):
-        main.add_command(command)
+        add_command(main, command)
 
 
 _register()
