@@ -1,9 +1,9 @@
 """Throughput of the SCHP parser (reid_masks.parsing.schp.SCHPParser) per batch size.
 
 Random weights (the speed does not depend on the values), synthetic RGB crops of a
-re-ID size (Market-1501: 128x64), SCHP's LIP setting (473x473 input, flip test on by
-default, one scale). For each batch size the parser runs one warm-up batch, then
-``--batches`` timed batches; the time per stage is reported too:
+re-ID size (Market-1501: 128x64), SCHP's LIP setting (473x473 input, one scale; the flip
+test is on here unless ``--no-flip``, although the parser's and ``generate``'s default is
+off). For each batch size the parser runs one warm-up batch, then ``--batches`` timed batches; the time per stage is reported too:
 
 * prep: RGB->BGR, affine warp to the input size, normalisation (on the device);
 * net: the network forward(s) (two with the flip test), flip merge, upsampling;

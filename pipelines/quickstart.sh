@@ -20,6 +20,10 @@ reid-masks inspect "$work/market1501.h5"
 reid-masks preview "$work/market1501.h5" --n 16 --out "$work/preview.png"
 
 echo "== 5. train MMGA (tiny ResNet-18 from random init, a few CPU epochs) and evaluate"
+if [ -e "$work/run" ]; then  # a rerun of the demo starts the training clean (a real run would use 'fit --resume DIR')
+  echo "   removing the previous demo run $work/run: training starts clean"
+  rm -rf "$work/run"
+fi
 reid-train fit --config tiny_synthetic --set data.root="$data" --set data.cache="$work/market1501.h5" \
   --set train.output_dir="$work/run" --set solver.epochs=3 --set data.num_workers=2
 reid-train evaluate --checkpoint "$work/run/checkpoint.pth"

@@ -11,6 +11,10 @@ from reid_masks.cliopts import dataset_flags, dataset_options_from_cli
 from reid_masks.errors import UserError
 
 
+#: ``-h`` as well as ``--help`` on every command (click passes it down to subcommands).
+HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
 class Group(click.Group):
     """A click group that prints a UserError as one line (no traceback) and exits 2."""
 
@@ -22,7 +26,7 @@ class Group(click.Group):
             ctx.exit(getattr(exc, "exit_code", 2))
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings=HELP_SETTINGS)
 @click.version_option(package_name="reid-masks")
 def main() -> None:
     """Turn a re-ID dataset into an HDF5 cache of body masks, regions and keypoints."""
@@ -105,6 +109,7 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs: <dir>/<image path>.png.")
 @click.option("--parser", type=click.Choice(["schp", "precomputed", "none"]), help="Human parser: SCHP network, the --parsing-dir PNGs, or none (keypoint split). Default: precomputed with --parsing-dir, else none.")
 @click.option("--parser-weights", type=click.Path(dir_okay=False, path_type=Path), help="SCHP LIP checkpoint (default: torchvision's hub cache, exp-schp-201908261155-lip.pth).")
+@click.option("--parser-flip/--no-parser-flip", default=False, show_default=True, help="SCHP flip test: average with the mirrored image's left/right-swapped logits (2x the parser's compute; off as in SCHP's extractor).")
 @click.option("--masks-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed person-mask PNGs: <dir>/<image path>.png.")
 @click.option("--seg-siblings", is_flag=True, help="Person-mask PNGs in MGCAM-style <split>_seg/ folders beside each split folder.")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torchvision", "detectron2", "none"]), help="Instance segmentation + keypoints; auto = none with a precomputed source, else torchvision.")
@@ -122,7 +127,7 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--person-size", default="256x128", show_default=True, help="HxW of the stored pedestrian mask and regions.")
 @click.option("--chunk-rows", default=256, show_default=True, type=click.IntRange(1, 100000), help="Rows per saved chunk: the unit of resume and of sharding.")
 @click.option("--strict", is_flag=True, help="Exit 1 (after writing the cache) when any image was unreadable.")
-def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, masks_dir: Path | None, seg_siblings: bool, backend: str,
+def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, parser_flip: bool, masks_dir: Path | None, seg_siblings: bool, backend: str,
              mask_weights: Path | None, keypoint_weights: Path | None, random_weights: bool, min_size: int | None, score_threshold: float | None,
              device: str, batch_size: int, workers: int, shard: str, update: bool, variant: str | None, person_size: str, chunk_rows: int, strict: bool) -> None:
     """Run the mask stage over train, query and gallery and write the HDF5 cache."""
@@ -132,7 +137,7 @@ def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Pat
     for key, value in (("mask_weights", mask_weights), ("keypoint_weights", keypoint_weights), ("min_size", min_size), ("score_threshold", score_threshold)):
         if value is not None:
             backend_options[key] = str(value) if isinstance(value, Path) else value
-    parser_options: dict = {"device": device, "batch_size": batch_size}
+    parser_options: dict = {"device": device, "batch_size": batch_size, "flip": parser_flip}
     if parser_weights is not None:
         parser_options["weights"] = str(parser_weights)
     if random_weights:
@@ -166,13 +171,20 @@ def merge(shards: tuple[Path, ...], out: Path) -> None:
     click.echo(f"merged {len(shards)} shard(s) into {out}")
 
 
+def add_command(group: click.Group, command: click.Command) -> None:
+    """Register a command defined in its own module, with ``-h`` in its own settings (click caches a
+    command's help option at its first use, which may be under another group, e.g. in tests)."""
+    command.context_settings = {**HELP_SETTINGS, **command.context_settings}
+    group.add_command(command)
+
+
 def _register() -> None:
     from reid_masks.inspect import inspect_command
     from reid_masks.preview import preview_command
     from reid_masks.slurm import status_command, submit_command
 
     for command in (inspect_command, preview_command, submit_command, status_command):
-        main.add_command(command)
+        add_command(main, command)
 
 
 _register()

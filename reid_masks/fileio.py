@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from reid_masks.errors import UserError
+
 log = logging.getLogger(__name__)
 HOST = socket.gethostname().replace("-", "_") or "localhost"
 
@@ -100,6 +102,45 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def check_writable(path: str | Path, option: str = "--out", folder: bool = False) -> Path:
+    """Refuse, in one line and before any work, an output that could not be written at the end.
+
+    ``path`` is a file to write (or, with ``folder``, a folder to write into). The folder is
+    created as the write would create it, a probe file is written there and removed, and
+    folders this check created are removed again, so a refused run leaves nothing behind.
+    Returns ``path``. Raises :class:`UserError` naming ``option`` and the reason.
+    """
+    path = Path(path)
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise UserError(f"{option} {path}: is a folder, expected a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: is a file, expected a folder")
+    missing = []
+    for p in (target, *target.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    blocker = next((p for p in (target, *target.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{blocker}: output folder is not writable (it is a file; {option} {path})")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".write-test-{HOST}-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UserError(f"{target}: output folder is not writable ({reason}; {option} {path})") from None
+    finally:
+        for p in missing:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+    return path
 
 
 def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> None:

@@ -34,7 +34,7 @@ from reid_masks.chunks import BadChunk, ChunkStore
 from reid_masks.datasets import SPLITS, Record, ReIDDataset, build_dataset
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
-from reid_masks.fileio import OutputLock, is_disk_full, remove_dead_temps, write_json_atomic
+from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic
 from reid_masks.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -398,16 +398,6 @@ def worker_init(_: int) -> None:
             os._exit(1)
 
 
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{folder}: output folder is not writable ({exc.strerror})") from None
-
-
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Run the mask stage; returns the cache written (a shard file under ``--shard``).
 
@@ -416,7 +406,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     """
     ds = build_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
     out = shard_path(cfg.out, cfg.shard)
-    check_writable(out.parent)
+    check_writable(out)
     with OutputLock(out, cfg.command), sigterm_as_interrupt():
         remove_dead_temps(out.parent, out.name)
         partial = out.with_name(out.name + ".partial")

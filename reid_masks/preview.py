@@ -4,7 +4,9 @@ Each tile shows five panels, each the image resized to the cache's person-mask s
 ``scale``: (1) the image with its COCO keypoints and skeleton, (2) the whole, (3) the upper
 and (4) the bottom 24x8 mask as translucent overlays (nearest upsampling, so the cells
 stay visible), (5) the head/upper/lower regions; below them a caption strip with the path
-stem, the pid and the status (red when not ``ok``). Colours: :mod:`reid_masks.visual`.
+stem, the pid and the status (the status word red when not ``ok``). Above the tiles: a colour
+legend (keypoint colours only when the sampled rows have keypoints) and the panel names over
+every column of tiles. Colours: :mod:`reid_masks.visual`.
 """
 from __future__ import annotations
 
@@ -14,17 +16,20 @@ from typing import Any
 
 import click
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from reid_masks import visual
 from reid_masks.cache import STATUS_NAMES, MaskCache
 from reid_masks.errors import UserError
+from reid_masks.fileio import check_writable
 from reid_masks.imageio import read_image
 
 PANELS = ("image", "whole", "upper", "bottom", "regions")
 PANEL_GAP = 2
 GRID_GAP = 4
 LEGEND_HEIGHT = visual.CAPTION_HEIGHT + 4
+HEADER_HEIGHT = visual.CAPTION_HEIGHT  # the panel names above the first row of tiles
+TOP_HEIGHT = LEGEND_HEIGHT + HEADER_HEIGHT
 DEFAULT_COLS = 4
 _COLUMNS = ["path", "pid", "camid", "status", "keypoints", "image_size", "masks", "regions"]
 
@@ -51,13 +56,13 @@ class SheetLayout:
     def size(self) -> tuple[int, int]:
         """(width, height) of the sheet, as PIL reports it."""
         th, tw = self.tile_hw
-        top = LEGEND_HEIGHT if self.legend else 0
+        top = TOP_HEIGHT if self.legend else 0
         return self.cols * tw + (self.cols + 1) * GRID_GAP, top + self.rows * th + (self.rows + 1) * GRID_GAP
 
     def tile_origin(self, index: int) -> tuple[int, int]:
         """(y, x) of tile ``index``'s top-left corner."""
         y, x = visual.grid_origin(index, self.cols, self.tile_hw, GRID_GAP)
-        return y + (LEGEND_HEIGHT if self.legend else 0), x
+        return y + (TOP_HEIGHT if self.legend else 0), x
 
     def panel_origin(self, index: int, panel: str) -> tuple[int, int]:
         """(y, x) of the top-left corner of ``panel`` (one of :data:`PANELS`) in tile ``index``."""
@@ -133,14 +138,39 @@ def render_tile(image: np.ndarray | None, row: dict[str, Any], panel_hw: tuple[i
     panels.append(visual.overlay_labels(base, row["regions"], visual.REGION_COLORS, visual.REGION_ALPHA))
     strip = visual.hstack(panels, gap=PANEL_GAP)
     status = _status_name(int(row["status"]))
-    color = visual.TEXT_COLOR if status == "ok" else visual.BAD
-    return visual.caption(strip, _caption_text(label, int(row["pid"]), status, strip.shape[1]), color)
+    text = _caption_text(label, int(row["pid"]), status, strip.shape[1])
+    if status == "ok" or not text.endswith(status):
+        return visual.caption(strip, text, visual.TEXT_COLOR if status == "ok" else visual.BAD)
+    # the status word in red, the rest light: both legible on the dark strip
+    return visual.caption(strip, text[:-len(status)], visual.TEXT_COLOR, tail=(status, visual.BAD))
 
 
-def _legend(width: int) -> np.ndarray:
+def _legend(width: int, keypoints: bool) -> np.ndarray:
+    """Colour legend; the keypoint colours only when the sheet shows keypoints."""
     items = [("whole", visual.WHOLE_COLOR), ("upper", visual.UPPER_COLOR), ("bottom/lower", visual.BOTTOM_COLOR),
-             ("head", visual.HEAD_COLOR), ("left kp", visual.KP_LEFT), ("right kp", visual.KP_RIGHT)]
+             ("head", visual.HEAD_COLOR)]
+    if keypoints:
+        items += [("left keypoints", visual.KP_LEFT), ("right keypoints", visual.KP_RIGHT)]
     return visual.legend(items, width, LEGEND_HEIGHT)
+
+
+PANEL_TITLES = {"image": "image + keypoints", "whole": "whole 24x8", "upper": "upper 24x8", "bottom": "bottom 24x8",
+                "regions": "regions"}
+
+
+def _headers(layout: SheetLayout, width: int, keypoints: bool) -> np.ndarray:
+    """The strip naming each panel above every column of tiles."""
+    strip = Image.new("RGB", (width, HEADER_HEIGHT), visual.SHEET_BG)
+    draw = ImageDraw.Draw(strip)
+    f = visual.font()
+    pw = layout.panel_hw[1]
+    for c in range(layout.cols):
+        _, x0 = visual.grid_origin(c, layout.cols, layout.tile_hw, GRID_GAP)
+        for p, name in enumerate(PANELS):
+            title = PANEL_TITLES[name] if keypoints or name != "image" else "image"
+            text = visual.fit_text(title, pw - 2, f) or visual.fit_text(name, pw - 2, f)
+            draw.text((x0 + p * (pw + PANEL_GAP) + pw / 2, HEADER_HEIGHT / 2), text, fill=visual.TEXT_COLOR, font=f, anchor="mm")
+    return np.asarray(strip)
 
 
 def resolve_root(cache: MaskCache, root: str | Path | None) -> Path:
@@ -193,7 +223,8 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
         tiles.append(render_tile(image, row, layout.panel_hw, label))
     sheet = np.asarray(visual.tile_grid(tiles, layout.cols, gap=GRID_GAP))
     if legend:
-        sheet = np.concatenate([_legend(sheet.shape[1]), sheet], axis=0)
+        keypoints = any(float(np.max(row["keypoints"][:, 2], initial=0.0)) > 0 for _, row in rows)
+        sheet = np.concatenate([_legend(sheet.shape[1], keypoints), _headers(layout, sheet.shape[1], keypoints), sheet], axis=0)
     return Image.fromarray(sheet)
 
 
@@ -208,6 +239,7 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
 @click.option("--cols", default=DEFAULT_COLS, show_default=True, type=click.IntRange(1, 100), help="Tiles per row.")
 def preview_command(cache_path: Path, out: Path, n: int, split: str | None, root: Path | None, seed: int, scale: float, cols: int) -> None:
     """Draw sampled rows' masks, regions and keypoints over their images into a PNG contact sheet."""
+    check_writable(out)
     with MaskCache(cache_path) as cache:
         sheet = contact_sheet(cache, root, n=n, split=split, seed=seed, scale=scale, cols=cols)
     visual.save_png(sheet, out)

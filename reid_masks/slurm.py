@@ -34,7 +34,6 @@ import click
 from reid_masks.cliopts import dataset_flags, dataset_options_from_cli
 from reid_masks.errors import UserError
 from reid_masks.fileio import write_text_atomic
-from reid_masks.generate import shard_path
 
 JOBS_FILE = "jobs.json"
 JOBS_VERSION = 1
@@ -260,6 +259,8 @@ def check_generate_args(args: Sequence[str], gpus: int | None) -> list[str]:
 def submit_new(out: Path, folder: Path, logs: Path, dataset: str, root: Path, parsing_dir: Path | None, generate_args: list[str],
                shards: int, resources: Resources, max_running: int | None, dry_run: bool, dataset_options: Sequence[str] = ()) -> None:
     """Write both scripts, submit the array then the merge after it, record both in jobs.json."""
+    from reid_masks.generate import shard_path  # imports torch: not at CLI start-up
+
     shard_files = [shard_path(out, (i, shards)) for i in range(shards)]  # [out] itself when N is 1
     existing = [p for p in dict.fromkeys([*shard_files, out]) if p.exists()]
     if existing:

@@ -38,7 +38,9 @@ BAD: Color = (230, 0, 0)
 TEXT_COLOR: Color = (235, 235, 235)
 CAPTION_BG: Color = (24, 24, 24)
 SHEET_BG: Color = (48, 48, 48)
-CAPTION_HEIGHT = 14
+#: Caption font size and strip height (pixels): legible on a sheet viewed whole.
+FONT_SIZE = 13
+CAPTION_HEIGHT = 18
 
 KP_LEFT: Color = (0, 230, 255)
 KP_RIGHT: Color = (160, 255, 0)
@@ -137,8 +139,21 @@ def draw_keypoints(image: ImageLike, kps: np.ndarray, scale: tuple[float, float]
     return np.asarray(img)
 
 
+_FONTS: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont] = {}
+
+
+def font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled anti-aliased font at ``size`` pixels (its small bitmap font before Pillow 10.1)."""
+    if size not in _FONTS:
+        try:
+            _FONTS[size] = ImageFont.load_default(size=size)
+        except (TypeError, ImportError, OSError):  # old Pillow or no FreeType
+            _FONTS[size] = ImageFont.load_default()
+    return _FONTS[size]
+
+
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
+    return font()
 
 
 def text_width(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> float:
@@ -168,14 +183,20 @@ def fit_text(text: str, width: int, font: ImageFont.ImageFont | ImageFont.FreeTy
     return text + "..." if text else ""
 
 
-def caption(tile: ImageLike, text: str, color: Color = TEXT_COLOR, height: int = CAPTION_HEIGHT, background: Color = CAPTION_BG) -> np.ndarray:
-    """``tile`` with a ``height``-pixel strip below it holding ``text`` in ``color`` (shortened to fit)."""
+def caption(tile: ImageLike, text: str, color: Color = TEXT_COLOR, height: int = CAPTION_HEIGHT, background: Color = CAPTION_BG,
+            tail: tuple[str, Color] | None = None) -> np.ndarray:
+    """``tile`` with a ``height``-pixel strip below it holding ``text`` in ``color`` (shortened to fit),
+    then ``tail`` = (text, colour) right after it, e.g. a status word in red."""
     img = as_array(tile)
     strip = Image.new("RGB", (img.shape[1], height), background)
     font = _font()
-    text = fit_text(text, img.shape[1] - 4, font)
+    tail_w = text_width(tail[0], font) if tail else 0.0
+    text = fit_text(text, int(img.shape[1] - 4 - tail_w), font)
     draw = ImageDraw.Draw(strip)
-    draw.text((2, _text_offset(font, height)), text, fill=color, font=font)
+    y = _text_offset(font, height)
+    draw.text((2, y), text, fill=color, font=font)
+    if tail:
+        draw.text((2 + text_width(text, font), y), tail[0], fill=tail[1], font=font)
     return np.concatenate([img, np.asarray(strip)], axis=0)
 
 

@@ -5,18 +5,23 @@ A torchreid-like Python API, imported lazily (torch is only loaded when used)::
     from reid_train import build_model, evaluate_rank
     model = build_model("mmga", num_classes=751, pretrained="imagenet")
     cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+
+    model = load_model("runs/mmga_market1501/checkpoint.pth")    # a trained run, eval mode
+    feats = extract_features(model, ["a.jpg", "b.jpg"])          # as `reid-train extract`
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_model", "evaluate_rank", "evaluate_from_features", "load_config"]
+__all__ = ["build_model", "evaluate_rank", "evaluate_from_features", "load_config", "load_model", "extract_features"]
 
 _LAZY = {
     "build_model": "reid_train.models",
     "evaluate_rank": "reid_train.evaluation",
     "evaluate_from_features": "reid_train.evaluation",
     "load_config": "reid_train.config",
+    "load_model": "reid_train.inference",
+    "extract_features": "reid_train.inference",
 }
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from reid_masks.cli import Group
+from reid_masks.cli import HELP_SETTINGS, Group, add_command
+from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
 _SET_HELP = "Override a config key, e.g. --set solver.epochs=120 --set data.root=/data/market1501 (repeatable)."
@@ -22,17 +23,22 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+def _main_process() -> bool:
+    """True outside torchrun and on its rank 0, the one process that writes results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _setup_logging(log_file: Path | None = None) -> None:
     """Progress and info lines go to stderr (and ``log_file``); stdout keeps the final results."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
-    root.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+    root.setLevel(logging.INFO if _main_process() else logging.WARNING)
     if not any(getattr(h, "_reid_train", False) for h in root.handlers):
         handler = _StderrHandler(sys.stderr)
         handler.setFormatter(fmt)
         handler._reid_train = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    if log_file is not None and int(os.environ.get("RANK", "0")) == 0:
+    if log_file is not None and _main_process():
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file)
         fh.setFormatter(fmt)
@@ -53,26 +59,49 @@ def _percent_line(results: dict) -> str:
             f"rank-10 {100 * results['rank10']:.2f}%  mAP {100 * results['mAP']:.2f}%")
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings=HELP_SETTINGS)
 @click.version_option(package_name="reid-masks")
 def main() -> None:
     """Train, evaluate and export MMGA / MGRAN models."""
 
 
 @main.command()
-@click.option("--config", "config_name", required=True, help="A YAML file or a packaged config name (e.g. mmga_market1501, tiny_synthetic).")
+@click.option("--config", "config_name", default=None, help="A YAML file or a packaged config name (e.g. mmga_market1501, tiny_synthetic; 'reid-train configs' lists them).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--resume", is_flag=True, help="Continue the run in train.output_dir from its checkpoint.pth.")
-def fit(config_name: str, overrides: tuple[str, ...], resume: bool) -> None:
+@click.option("--resume", default=None, is_flag=False, flag_value="", metavar="[RUN_DIR]",
+              help="Continue a run from its checkpoint.pth: 'fit --resume RUN_DIR' alone (its config.yaml, then any --set), "
+                   "or 'fit --config NAME ... --resume' for train.output_dir of that config.")
+def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None) -> None:
     """Train a model; checkpoints, metrics.jsonl and evaluation.json go to train.output_dir."""
+    from reid_masks.fileio import check_writable
     from reid_train.config import load_config
     from reid_train.engine.preemption import Stopped, continue_command
     from reid_train.engine.trainer import Trainer
+    from reid_train.runs import absolute_paths, first_missing, load_run_config, remove_unstarted_run
 
-    cfg = load_config(config_name, overrides)
-    _setup_logging(Path(cfg.train.output_dir) / "log.txt")
+    if resume:
+        if config_name:
+            raise UserError(f"--resume {resume} reads {resume}/config.yaml: drop --config (change keys with --set)")
+        cfg = load_run_config(resume, overrides)
+    elif config_name:
+        cfg = load_config(config_name, overrides)
+    else:
+        raise UserError("fit: pass --config NAME (a new run) or --resume RUN_DIR (continue a run)")
+    cfg = absolute_paths(cfg)
+    out_dir = Path(cfg.train.output_dir)
+    main_rank = _main_process()
+    created = first_missing(out_dir) if main_rank else None
+    new_log = main_rank and not (out_dir / "log.txt").exists()
+    if main_rank:
+        check_writable(out_dir, "train.output_dir", folder=True)
+    _setup_logging(out_dir / "log.txt")
     try:
-        trainer = Trainer(cfg, resume=resume)
+        try:
+            trainer = Trainer(cfg, resume=resume is not None)
+        except UserError:  # refused before training: leave no empty run folder behind
+            _close_file_logs()
+            remove_unstarted_run(created, out_dir, out_dir / "log.txt" if new_log else None)
+            raise
         record = trainer.fit()
     except Stopped as stopped:  # SIGTERM / SIGUSR1 / Ctrl-C: checkpoint written; 128 + signal number
         if int(os.environ.get("RANK", "0")) == 0:
@@ -88,26 +117,12 @@ def fit(config_name: str, overrides: tuple[str, ...], resume: bool) -> None:
 
 
 def _load_for_inference(checkpoint: Path, overrides: tuple[str, ...]):
-    """(model on its device, config, dataset, device, amp dtype, channels_last) of a checkpoint."""
-    import torch
+    """(model on its device, config, dataset, device, amp dtype, channels_last, epoch) of a checkpoint."""
+    from reid_train.inference import load_model
 
-    from reid_masks.datasets import build_dataset
-    from reid_train.config import apply_overrides, config_from_dict
-    from reid_train.engine.trainer import load_checkpoint, model_from_checkpoint, resolve_device
-
-    device_hint = "cpu"
-    ckpt = load_checkpoint(checkpoint, map_location=device_hint)
-    cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
-    device = resolve_device(cfg.train.device)
-    model, cfg = model_from_checkpoint(ckpt, cfg)
-    cuda = device.type == "cuda"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if cuda else None
-    channels_last = cfg.train.channels_last and cuda
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    dataset = build_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
-    return model, cfg, dataset, device, amp, channels_last, int(ckpt["epoch"])
+    loaded = load_model(checkpoint, overrides=overrides)
+    return (loaded.model, loaded.config, loaded.build_dataset(), loaded.device, loaded.amp_dtype,
+            loaded.channels_last, loaded.epoch)
 
 
 @main.command()
@@ -116,24 +131,27 @@ def _load_for_inference(checkpoint: Path, overrides: tuple[str, ...]):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON [default: evaluation.json next to the checkpoint].")
 def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> None:
     """Rank-1/5/10 and mAP of a checkpoint on its dataset's query/gallery, or on each of data.test_sets (flip-averaged features)."""
-    from reid_masks.fileio import write_json_atomic
+    from reid_masks.fileio import check_writable, write_json_atomic
+    from reid_train.engine.evaluator import result_line
     from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
 
+    out = out or checkpoint.parent / "evaluation.json"
+    if _main_process():
+        check_writable(out)
     _setup_logging()
     model, cfg, dataset, device, amp, channels_last, epoch = _load_for_inference(checkpoint, overrides)
     from reid_train.engine import distributed as ddp  # under torchrun: every rank extracts a shard
 
     device = ddp.init_from_env(device)
-    results = evaluate_test_sets(model.to(device), build_test_sets(cfg, dataset), device, amp, channels_last)
+    results = evaluate_test_sets(model.to(device), build_test_sets(cfg, dataset), device, amp, channels_last, log_result=False, progress=True)
     if ddp.rank() != 0:
         return
-    out = out or checkpoint.parent / "evaluation.json"
     write_json_atomic(out, {
         **results, "checkpoint": str(checkpoint), "epoch": epoch,
         "metric": cfg.test.metric, "rerank": cfg.test.rerank, "flip": cfg.test.flip,
     })
     for r in results["test_sets"]:  # each test set it is given (data.test_sets), else the training dataset
-        click.echo(f"{r['dataset']} ({r['num_query']} query, {r['num_gallery']} gallery): {_percent_line(r)}")
+        click.echo(result_line(r, r["dataset"], cfg))
     click.echo(f"results: {out}")
 
 
@@ -146,16 +164,40 @@ def extract(checkpoint: Path, split: str, out: Path, overrides: tuple[str, ...])
     """Write the L2-normalised (flip-averaged) features of one split to an .npz file."""
     import numpy as np
 
+    from reid_masks.fileio import check_writable
     from reid_train.engine.evaluator import build_test_loader, extract_features
 
+    check_writable(out)
     _setup_logging()
     model, cfg, dataset, device, amp, channels_last, _ = _load_for_inference(checkpoint, overrides)
     loader = build_test_loader(dataset, split, cfg, pin_memory=device.type == "cuda", region_masks=getattr(model, "region_masks", None))
-    feats, pids, camids = extract_features(model, loader, device, cfg.test.flip, amp, channels_last)
+    feats, pids, camids = extract_features(model, loader, device, cfg.test.flip, amp, channels_last, progress=f"{split} features")
     paths = np.asarray([r.path for r in loader.dataset.records], dtype=str)  # train: unusable cache rows left out
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, features=feats.numpy(), pids=pids, camids=camids, paths=paths)
-    click.echo(f"wrote {feats.shape[0]} {split} features of dim {feats.shape[1]} to {out}")
+    click.echo(f"wrote {feats.shape[0]} {split} features of dim {feats.shape[1]} "
+               f"({'flip-averaged' if cfg.test.flip else 'no flip'}) to {out}")
+
+
+@main.command("configs")
+@click.argument("name", required=False)
+def configs(name: str | None) -> None:
+    """List the shipped configs, or print NAME with its _base_ chain resolved (every key, as fit uses it)."""
+    import yaml
+
+    from reid_train.config import config_to_dict, load_config, packaged_configs, resolve_config_path
+
+    if name:
+        cfg = load_config(name)
+        click.echo(f"# {resolve_config_path(name)} resolved (_base_ merged, defaults filled in, only the keys this model reads);\n"
+                   f"# use it with 'reid-train fit --config {name} --set key=value', or copy it and pass --config FILE")
+        click.echo(yaml.safe_dump(config_to_dict(cfg, read_only=True), sort_keys=False).rstrip())
+        return
+    for stem in packaged_configs():
+        c = load_config(stem)
+        click.echo(f"{stem:26s} {c.model.name + '/' + c.model.backbone:22s} {c.data.dataset:11s} {c.data.height}x{c.data.width}  "
+                   f"P={c.data.num_ids} K={c.data.num_instances}  {c.solver.epochs} epochs")
+    click.echo("show one: reid-train configs NAME; train one: reid-train fit --config NAME --set data.root=... --set data.cache=...")
 
 
 def _register_inference_commands() -> None:
@@ -166,7 +208,7 @@ def _register_inference_commands() -> None:
     from reid_train.visualize import visualize_command
 
     for command in (export_command, visualize_command, curves_command, summarize_command):
-        main.add_command(command)
+        add_command(main, command)
 
 
 _register_inference_commands()

@@ -129,7 +129,7 @@ class TrainConfig:
     cudnn_benchmark: bool = True  # CUDA only; False with deterministic algorithms for bitwise GPU runs
     eval_period: int = field(default=0, metadata=_range(0))  # evaluate every N epochs (0: only after the last)
     log_period: int = field(default=20, metadata=_range(1))  # iterations between progress lines
-    tensorboard: bool = True  # also write TensorBoard scalars when tensorboard is installed
+    tensorboard: bool = False  # also write TensorBoard scalars to <output_dir>/tb (needs the tensorboard package)
     sync_bn: bool = False  # DDP on CUDA: SyncBatchNorm (BN statistics over all ranks); ignored on CPU / 1 process
 
 

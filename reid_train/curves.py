@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import click
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from reid_masks import visual
 from reid_masks.errors import UserError
@@ -37,19 +37,22 @@ PLOT_BG: visual.Color = visual.CAPTION_BG
 GRID: visual.Color = (72, 72, 72)
 AXIS: visual.Color = (150, 150, 150)
 TOTAL_COLOR: visual.Color = (240, 240, 240)
-#: Line colours (Okabe-Ito, readable on the dark background), assigned in order.
+#: Line colours, assigned in order after ``total`` (white): eight hues far apart on the dark
+#: background (sky blue, orange, green, yellow, pink, vermilion, violet, grey-cyan), then two more.
 SERIES_COLORS: tuple[visual.Color, ...] = (
-    (86, 180, 233), (230, 159, 0), (0, 158, 115), (240, 228, 66), (204, 121, 167),
-    (213, 94, 0), (0, 114, 178), (160, 160, 255), (255, 120, 120), (150, 220, 150),
+    (86, 180, 233), (240, 150, 0), (0, 200, 120), (240, 228, 66), (230, 120, 200),
+    (255, 80, 50), (160, 130, 255), (120, 200, 200), (190, 140, 80), (150, 150, 150),
 )
-ACCURACY_COLORS: dict[str, visual.Color] = {"rank1": (86, 180, 233), "mAP": (230, 159, 0)}
-LINE_WIDTH = 2
-MARKER_RADIUS = 3
+ACCURACY_COLORS: dict[str, visual.Color] = {"rank1": (86, 180, 233), "mAP": (240, 150, 0)}
+LINE_WIDTH = 3  # pixels; lines are drawn SUPERSAMPLE times larger and downsampled (anti-aliased)
+MARKER_RADIUS = 4
+SUPERSAMPLE = 4
 PAD = 10
-LEFT = 56  # room for y tick labels
-BOTTOM = 30  # room for x tick labels and the axis name
-TITLE_HEIGHT = 20
-LEGEND_ROW = 16
+LEFT = 60  # room for y tick labels
+BOTTOM = 34  # room for x tick labels and the axis name
+TITLE_HEIGHT = 22
+LEGEND_ROW = 18
+FEW_EVALUATIONS = 2  # up to this many evaluated epochs: the panel starts at 0% and prints each value
 
 
 # --------------------------------------------------------------------------- data
@@ -160,7 +163,7 @@ class Axes:
 
 
 def _font() -> Any:
-    return ImageFont.load_default()
+    return visual.font()
 
 
 def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, anchor: str = "la", fill: visual.Color = visual.TEXT_COLOR) -> None:
@@ -181,11 +184,18 @@ def _legend_rows(items: Sequence[tuple[str, visual.Color]], width: int) -> list[
     return rows
 
 
-def _panel(draw: ImageDraw.ImageDraw, rect: tuple[int, int, int, int], title: str,
+def _panel(img: Image.Image, rect: tuple[int, int, int, int], title: str,
            lines: Sequence[tuple[str, np.ndarray, np.ndarray, visual.Color, bool]],
            xlim: tuple[float, float], xticks: Sequence[float], xstep: float, log: bool = False,
-           ylabel_scale: str = "", ybounds: tuple[float, float] | None = None) -> Axes:
-    """Draw one panel (title, legend, grid, ticks, polylines) inside ``rect``; return its axes."""
+           ylabel_scale: str = "", ybounds: tuple[float, float] | None = None, annotate: bool = False,
+           yfloor: float | None = None) -> Axes:
+    """Draw one panel (title, legend, grid, ticks, polylines) inside ``rect``; return its axes.
+
+    ``ybounds`` (linear only): the range the axis may span, e.g. 0..100 for percentages;
+    ``annotate``: print each point's value beside its marker (sparse evaluation series);
+    ``yfloor``: a value the linear axis must include (0 for a panel of one or two points).
+    """
+    draw = ImageDraw.Draw(img)
     left, top, right, bottom = rect
     legend = _legend_rows([(name, color) for name, _, _, color, _ in lines], right - left - LEFT)
     _text(draw, (left + 4, top + 2), title)
@@ -207,6 +217,8 @@ def _panel(draw: ImageDraw.ImageDraw, rect: tuple[int, int, int, int], title: st
         ylim = (lo, hi)
     else:
         vlo, vhi = float(values.min()), float(values.max())
+        if yfloor is not None:
+            vlo, vhi = min(vlo, yfloor), max(vhi, yfloor)
         pad = 0.05 * (vhi - vlo)
         lo, hi, yticks = nice_ticks(vlo - pad, vhi + pad, 6)
         if ybounds is not None:
@@ -226,15 +238,32 @@ def _panel(draw: ImageDraw.ImageDraw, rect: tuple[int, int, int, int], title: st
         draw.line([(px, box[1]), (px, box[3])], fill=GRID)
         _text(draw, (px, box[3] + 4), _fmt(t, xstep), anchor="ma")
     draw.rectangle(box, outline=AXIS)
+    _draw_lines(img, axes, lines)
+    if annotate:
+        for _, e, v, color, _ in lines:
+            for x, y in zip(e, v):
+                px, py = axes.to_pixel(x, y)
+                _text(draw, (px - MARKER_RADIUS - 4, py), f"{y:.1f}", anchor="rm", fill=color)
+    return axes
+
+
+def _draw_lines(img: Image.Image, axes: Axes, lines: Sequence[tuple[str, np.ndarray, np.ndarray, visual.Color, bool]]) -> None:
+    """Polylines and markers, anti-aliased: drawn SUPERSAMPLE x larger on a clear layer, downsampled, composited."""
+    x0, y0, x1, y1 = axes.box
+    ss = SUPERSAMPLE
+    layer = Image.new("RGBA", ((x1 - x0 + 1) * ss, (y1 - y0 + 1) * ss), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    r = MARKER_RADIUS * ss
     for _, e, v, color, markers in lines:
-        keep = v > 0 if log else np.ones(len(v), dtype=bool)
-        pts = [axes.to_pixel(x, y) for x, y in zip(e[keep], v[keep])]
+        keep = v > 0 if axes.log else np.ones(len(v), dtype=bool)
+        pts = [((px - x0 + 0.5) * ss, (py - y0 + 0.5) * ss) for px, py in (axes.to_pixel(x, y) for x, y in zip(e[keep], v[keep]))]
         if len(pts) > 1:
-            draw.line(pts, fill=color, width=LINE_WIDTH, joint="curve")
+            draw.line(pts, fill=color + (255,), width=LINE_WIDTH * ss, joint="curve")
         if markers or len(pts) == 1:
             for px, py in pts:
-                draw.ellipse([px - MARKER_RADIUS, py - MARKER_RADIUS, px + MARKER_RADIUS, py + MARKER_RADIUS], fill=color)
-    return axes
+                draw.ellipse([px - r, py - r, px + r, py + r], fill=color + (255,))
+    layer = layer.resize((x1 - x0 + 1, y1 - y0 + 1), Image.BOX)
+    img.paste(layer, (x0, y0), layer)  # the layer's alpha is the coverage
 
 
 def render_curves(records: Sequence[Mapping[str, Any]], size: tuple[int, int] = (960, 640), title: str = "",
@@ -275,11 +304,13 @@ def render_curves(records: Sequence[Mapping[str, Any]], size: tuple[int, int] = 
         rects = {"loss": (0, top, width, split), "accuracy": (0, split, width, height)}
     else:
         rects = {"loss": (0, top, width, height)}
-    axes["loss"] = _panel(draw, rects["loss"], "loss" + (" (log scale)" if log_loss else ""), loss_lines,
+    axes["loss"] = _panel(img, rects["loss"], "loss" + (" (log scale)" if log_loss else ""), loss_lines,
                           (xlo, xhi), xticks, xstep, log=log_loss)
     if acc_lines:
-        axes["accuracy"] = _panel(draw, rects["accuracy"], "evaluation (%)", acc_lines, (xlo, xhi), xticks, xstep,
-                                  ybounds=(0.0, 100.0))
+        few = max(len(e) for _, e, _, _, _ in acc_lines) <= FEW_EVALUATIONS
+        # one or two evaluations: an axis from 0 (the dots are not pinned to the frame) and their values printed
+        axes["accuracy"] = _panel(img, rects["accuracy"], "evaluation (%)", acc_lines, (xlo, xhi), xticks, xstep,
+                                  ybounds=(0.0, 100.0), yfloor=0.0 if few else None, annotate=few)
     last = axes["accuracy" if acc_lines else "loss"].box
     _text(draw, ((last[0] + last[2]) / 2, last[3] + 17), "epoch", anchor="ma", fill=AXIS)
     return img, axes
@@ -309,9 +340,11 @@ def summary(records: Sequence[Mapping[str, Any]]) -> str:
               help="Loss axis: log shows the small attention terms next to the CE terms.")
 def curves_command(logfile: Path, out: Path | None, width: int, height: int, loss_scale: str) -> None:
     """Plot loss terms, rank-1 and mAP against epoch from a run's metrics.jsonl."""
+    from reid_masks.fileio import check_writable
+
+    out = check_writable(out or logfile.parent / "curves.png")
     records = read_metrics(logfile)
     text = summary(records)
     img, _ = render_curves(records, (width, height), f"{logfile}: {text}", log_loss=loss_scale == "log")
-    out = out or logfile.parent / "curves.png"
     visual.save_png(img, out)
     click.echo(f"wrote {out} ({width}x{height}): {text}")

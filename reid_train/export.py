@@ -32,7 +32,7 @@ import click
 import numpy as np
 
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, write_json_atomic
+from reid_masks.fileio import atomic_path, check_writable, write_json_atomic
 
 if TYPE_CHECKING:  # torch is imported when used, so that 'reid-train --help' stays fast
     import torch
@@ -78,6 +78,11 @@ class ExportResult:
     metadata: dict[str, Any]
     max_abs_diff: dict[int, float] = field(default_factory=dict)  # batch size -> max |exported - torch|
     atol: float = DEFAULT_ATOL
+
+
+def default_out(checkpoint: Path, fmt: str) -> Path:
+    """The export file beside the checkpoint: ``.onnx`` or ``.ts``."""
+    return Path(checkpoint).with_suffix(".onnx" if fmt == "onnx" else ".ts")
 
 
 def sidecar_path(out: str | Path) -> Path:
@@ -281,7 +286,7 @@ def export_model(
     if fmt == "onnx" and dynamo and opset < 18:
         raise UserError(f"--opset {opset}: the dynamo ONNX exporter writes opset 18 or newer")
     checkpoint = Path(checkpoint)
-    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".ts")
+    out = Path(out) if out is not None else default_out(checkpoint, fmt)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
     model, cfg = model_from_checkpoint(ckpt, cfg)
@@ -363,6 +368,7 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
 def export_command(checkpoint: Path, fmt: str, out: Path | None, height: int | None, width: int | None, opset: int | None,
                    flip: bool, dynamo: bool, atol: float, no_check: bool, overrides: tuple[str, ...]) -> None:
     """Export the inference graph (images -> normalised feature, dynamic batch) to ONNX or TorchScript."""
+    check_writable(out or default_out(checkpoint, fmt))
     result = export_model(checkpoint, fmt, out, height, width, opset, flip=flip, dynamo=dynamo,
                           check=not no_check, atol=atol, overrides=overrides)
     meta = result.metadata

@@ -279,17 +279,10 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor, device: torch.d
 
 
 def _load(checkpoint: Path, overrides: Sequence[str]):
-    from reid_masks.datasets import build_dataset
-    from reid_train.config import apply_overrides, config_from_dict
-    from reid_train.engine.trainer import load_checkpoint, model_from_checkpoint, resolve_device
+    from reid_train.inference import load_model
 
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
-    device = resolve_device(cfg.train.device)
-    model, cfg = model_from_checkpoint(ckpt, cfg)
-    model.to(device).eval()
-    dataset = build_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
-    return model, cfg, dataset, device
+    loaded = load_model(checkpoint, overrides=overrides)
+    return loaded.model, loaded.config, loaded.build_dataset(), loaded.device
 
 
 def _stem(path: str) -> str:
@@ -315,7 +308,7 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
         if not dataset.split(split):
             raise UserError(f"{dataset.name} at {dataset.root}: the {split} split is empty")
         loader = build_test_loader(dataset, split, cfg, pin_memory=cuda, region_masks=getattr(model, "region_masks", None))
-        feats[split] = extract_features(model, loader, device, cfg.test.flip, amp)
+        feats[split] = extract_features(model, loader, device, cfg.test.flip, amp, progress=f"{split} features")
     (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
     queries = select_queries(qp, qc, gp, gc, n, seed)
     t = cfg.test
@@ -379,9 +372,13 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
               help="Override a config key, e.g. --set data.root=/data/market1501 --set test.rerank=true (repeatable).")
 def visualize_command(checkpoint: Path, out_dir: Path, n: int, topk: int, seed: int, tile_height: int, overrides: tuple[str, ...]) -> None:
     """Ranked-retrieval pictures (top-k, green = correct, red = wrong) and attention maps of sampled queries."""
+    from reid_masks.fileio import check_writable
+
+    check_writable(out_dir, "--out", folder=True)
     result = visualize(checkpoint, out_dir, n, topk, seed, overrides, tile_height)
     qs = result["queries"]
     hits = sum(q["top"][0]["correct"] for q in qs if q["top"])
     click.echo(f"wrote {len(qs)} query pictures, index.png and rankings.json to {out_dir} "
-               f"({result['dataset']}: rank-1 correct for {hits} of {len(qs)} shown"
+               f"({result['dataset']}: rank-1 correct for {hits} of {len(qs)} shown; {result['metric']}, "
+               f"{'flip-averaged' if result['flip'] else 'no flip'}, {'re-ranked' if result['rerank'] else 'no re-ranking'}"
                f"{'; attention maps ' + ', '.join(result['attention_maps']) if result['attention_maps'] else ''})")

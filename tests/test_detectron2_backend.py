@@ -88,10 +88,9 @@ def test_batched_outputs_at_image_resolution(d2: SimpleNamespace) -> None:
     images = [person_image(128, 64, boxes[0]), person_image(100, 150, boxes[1]), person_image(300, 120, boxes[2])]
     out = backend.predict(images)
 
-    # one forward per model for the whole batch, not one per image
-    assert len(backend.mask.model.calls) == 1 and len(backend.mask.model.calls[0]) == 3
-    assert len(backend.keypoint.model.calls) == 1 and len(backend.keypoint.model.calls[0]) == 3
-    for rec, im in zip(backend.mask.model.calls[0], images):
+    # one forward per model and padded size (the fake pads nothing: per resized size), not one per image
+    assert len(backend.mask.model.calls) == 3 and len(backend.keypoint.model.calls) == 3
+    for rec, im in zip([c[0] for c in backend.mask.model.calls], images):
         h, w = im.shape[:2]
         assert rec["shape"][1:] == shortest_edge_size(h, w, 200, 333)
         assert (rec["height"], rec["width"]) == (h, w)
@@ -115,6 +114,25 @@ def test_batched_outputs_at_image_resolution(d2: SimpleNamespace) -> None:
         assert (kp[:, 0] >= x0 - 3).all() and (kp[:, 0] <= x1 + 3).all()
         assert (kp[:, 1] >= y0 - 3).all() and (kp[:, 1] <= y1 + 3).all()
         np.testing.assert_allclose(kp[:, 2], 1 / (1 + math.exp(-2.0)), rtol=1e-5)
+
+
+def test_one_forward_per_padded_size(d2: SimpleNamespace) -> None:
+    """Same-sized crops share one forward; another size gets its own (no padding beyond what it gets alone)."""
+    backend = make_backend(d2, min_size=64, max_size=333)
+    a, b = person_image(128, 64, (16, 8, 48, 120)), person_image(100, 150, (60, 20, 100, 90))
+    out = backend.predict([a, b, a, a])
+    for model in (backend.mask.model, backend.keypoint.model):
+        assert [len(call) for call in model.calls] == [3, 1]
+        assert [rec["shape"][1:] for call in model.calls for rec in call] == [(128, 64)] * 3 + [(64, 96)]
+    assert [len(inst) for inst in out] == [1, 1, 1, 1]
+    np.testing.assert_allclose(out[1].boxes[0], (60, 20, 100, 90), atol=2.5)  # results back in input order
+    assert all(np.array_equal(out[0].masks, out[k].masks) for k in (2, 3))
+
+    from reid_masks.backends.detectron2_backend import Detectron2Backend
+
+    sizes = Detectron2Backend._padded_sizes(SimpleNamespace(backbone=SimpleNamespace(size_divisibility=32, padding_constraints={})),
+                                            [{"image": torch.zeros(3, 100, 64)}, {"image": torch.zeros(3, 128, 33)}])
+    assert sizes == [(128, 64), (128, 64)]  # ImageList.from_tensors pads both to 128x64: one group
 
 
 def test_bgr_reaches_the_model_and_rgb_configs_are_respected(d2: SimpleNamespace, tmp_path: Path) -> None:

@@ -304,6 +304,7 @@ def test_schp_parser_end_to_end_with_random_weights(tiny_market, tmp_path):
     with MaskCache(out) as c:
         prov = c.attrs["provenance"]
         assert prov["backend"] == {"name": "none"} and prov["parser"]["random_weights"] is True
+        assert prov["parser"]["flip"] is False and prov["parser"]["norm"]["rule"] == "inplace_abn"  # SCHP's extractor, InPlaceABN's kernel
         for s in c.splits:
             status = c.column(s, "status")
             assert set(status) <= {STATUS["no_person"], STATUS["no_keypoints"]}

@@ -16,7 +16,7 @@ from reid_masks.cache import CUT, STATUS, MaskCache, Rows, write_cache
 from reid_masks.cli import Group
 from reid_masks.errors import UserError
 from reid_masks.inspect import format_summary, inspect_command, summarize
-from reid_masks.preview import GRID_GAP, LEGEND_HEIGHT, PANEL_GAP, contact_sheet, preview_command, sample_rows, sheet_layout
+from reid_masks.preview import GRID_GAP, PANEL_GAP, TOP_HEIGHT, contact_sheet, preview_command, sample_rows, sheet_layout
 from reid_masks.visual import CAPTION_HEIGHT
 
 PERSON_HW = (48, 16)  # 2x the 24x8 grid
@@ -221,7 +221,7 @@ def test_preview_sheet_size_overlay_and_captions(made, tmp_path):
     # 6 tiles (all query rows) in 4 columns: 2 rows; panels are 2x the 48x16 person size
     ph, pw = 2 * PERSON_HW[0], 2 * PERSON_HW[1]
     tile_w, tile_h = 5 * pw + 4 * PANEL_GAP, ph + CAPTION_HEIGHT
-    assert sheet.shape[:2] == (LEGEND_HEIGHT + 2 * tile_h + 3 * GRID_GAP, 4 * tile_w + 5 * GRID_GAP)
+    assert sheet.shape[:2] == (TOP_HEIGHT + 2 * tile_h + 3 * GRID_GAP, 4 * tile_w + 5 * GRID_GAP)
     layout = sheet_layout(PERSON_HW, 6, scale=2, cols=4)
     assert layout.tile_hw == (tile_h, tile_w) and layout.size == (sheet.shape[1], sheet.shape[0])
     rows = made["rows"]["query"]

@@ -16,6 +16,7 @@ from reid_masks.errors import UserError
 from reid_masks.parsing.schp import (
     INPUT_MEAN_BGR,
     INPUT_STD_BGR,
+    BatchNormAct2d,
     SCHPParser,
     affine_sample,
     box_center_scale,
@@ -115,6 +116,133 @@ def test_no_weights_is_an_error_not_random(monkeypatch: pytest.MonkeyPatch, tmp_
     assert "exp-schp-201908261155-lip.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg and "--parser-weights" in msg
     with pytest.raises(UserError, match="choose one"):
         SCHPParser(weights="x.pth", random_weights=True)
+
+
+def meta_net() -> torch.nn.Module:
+    """The network's keys and shapes without the cost of a random init (nothing is loaded into it)."""
+    with torch.device("meta"):
+        return schp_resnet101()
+
+
+def test_key_mapping_is_one_to_one(net: torch.nn.Module, tmp_path: Path) -> None:
+    """A key and its first-release '.bn.' twin (or its 'module.'-less twin) land on one parameter: refused, naming both."""
+    base = {f"module.{k}": v for k, v in net.state_dict().items()}
+    for twin, original in (("module.decoder.conv1.1.bn.weight", "module.decoder.conv1.1.weight"), ("decoder.conv1.1.weight", "module.decoder.conv1.1.weight")):
+        state = dict(base)
+        state[twin] = torch.zeros_like(state[original])
+        path = tmp_path / "twins.pth"
+        torch.save({"state_dict": state}, path)
+        with pytest.raises(UserError) as e:
+            load_schp_checkpoint(meta_net(), path)
+        msg = str(e.value)
+        assert "\n" not in msg and str(path) in msg and twin in msg and original in msg and "decoder.conv1.1.weight" in msg
+    # a 'bn' component anywhere but just before the parameter name is not a first-release wrapper
+    state = dict(base)
+    state["module.decoder.bn.conv4.weight"] = state.pop("module.decoder.conv4.weight")
+    path = tmp_path / "inner_bn.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(UserError, match="1 missing keys .decoder.conv4.weight.*1 unexpected keys .decoder.bn.conv4.weight"):
+        load_schp_checkpoint(meta_net(), path)
+
+
+# --------------------------------------------------------------------------- InPlaceABN semantics
+
+
+class KernelABN(torch.nn.Module):
+    """InPlaceABN's eval forward as its CPU kernel writes it (SCHP ``modules/src/inplace_abn_cpu.cpp``,
+    ``forward_cpu``): ``gamma = |weight| + eps; mul = rsqrt(var + eps) * gamma; x = (x - mean) * mul + bias``,
+    then ``leaky_relu(slope)`` in place (``functions.py: _act_forward``). Written from the formula, not from
+    reid_masks' module."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, leaky: bool, eps: float = 1e-5, slope: float = 0.01) -> None:
+        super().__init__()
+        self.weight, self.bias, self.mean, self.var = weight, bias, mean, var
+        self.leaky, self.eps, self.slope = leaky, eps, slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1)
+        gamma = self.weight.abs() + self.eps
+        mul = torch.rsqrt(self.var + self.eps) * gamma
+        y = (x - self.mean.view(shape)) * mul.view(shape) + self.bias.view(shape)
+        return torch.where(y >= 0, y, y * self.slope) if self.leaky else y
+
+
+def signed_norm_checkpoint(net: torch.nn.Module, path: Path, negative: float = 0.3) -> tuple[dict, int]:
+    """SCHP's layout with random norm statistics and ``negative`` of the norm weights below zero (one exactly 0)."""
+    g = torch.Generator().manual_seed(1)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    n_neg = 0
+    for k in list(state):
+        if k.endswith(".running_mean"):
+            p = k[: -len("running_mean")]
+            c = state[k].numel()
+            sign = torch.where(torch.rand(c, generator=g) < negative, -1.0, 1.0)
+            state[p + "weight"] = sign * (0.5 + torch.rand(c, generator=g))
+            state[p + "bias"] = 0.1 * torch.randn(c, generator=g)
+            state[p + "running_mean"] = 0.1 * torch.randn(c, generator=g)
+            state[p + "running_var"] = 0.5 + torch.rand(c, generator=g)
+            n_neg += int((sign < 0).sum())
+    state["bn1.weight"][0] = 0.0  # InPlaceABN scales a zero weight by eps, not by 0
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    return state, n_neg
+
+
+def test_norm_layer_matches_inplace_abn_formula() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 4)
+    w = torch.tensor([1.5, -0.7, 0.0, -2.0, 0.3, -1e-3])
+    b, m, v = torch.randn(6), torch.randn(6), torch.rand(6) + 0.2
+    for activation in (None, "leaky_relu"):
+        layer = BatchNormAct2d(6, activation=activation).eval()
+        layer.load_state_dict({"weight": w, "bias": b, "running_mean": m, "running_var": v})
+        ref = KernelABN(w, b, m, v, leaky=activation is not None)(x)
+        torch.testing.assert_close(layer(x.clone()), ref, rtol=1e-6, atol=1e-6)
+        layer.norm = "batchnorm"  # torch's BatchNorm2d with the signed weight
+        bn = torch.nn.BatchNorm2d(6).eval()
+        bn.load_state_dict({"weight": w, "bias": b, "running_mean": m, "running_var": v, "num_batches_tracked": torch.tensor(0)})
+        expected = bn(x) if activation is None else torch.nn.functional.leaky_relu(bn(x), 0.01)
+        torch.testing.assert_close(layer(x.clone()), expected, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(layer(x.clone()), ref, atol=1e-2)  # the rules differ on negative weights
+
+
+def test_network_with_negative_norm_weights_matches_inplace_abn(net: torch.nn.Module, tmp_path: Path) -> None:
+    """A checkpoint with negative norm weights: the parser's fusion logits equal a network whose every norm layer is
+    InPlaceABN's kernel formula on the checkpoint's tensors; signed BatchNorm (the CPU forks' shim) is far off."""
+    path = tmp_path / "negative.pth"
+    state, n_neg = signed_norm_checkpoint(net, path)
+    parser = SCHPParser(weights=str(path), input_size=(65, 65))
+    assert parser.flip is False  # SCHP's simple_extractor: one forward
+    rng = np.random.default_rng(0)
+    x, _ = parser.preprocess([rng.integers(0, 256, (64, 32, 3), dtype=np.uint8), rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)])
+
+    reference = meta_net()
+    reference.load_state_dict(state, assign=True)  # plain torch loading, then every norm layer swapped for the kernel formula
+    for name, module in list(reference.named_modules()):
+        if isinstance(module, BatchNormAct2d):
+            parent_name, _, child = name.rpartition(".")
+            parent = reference.get_submodule(parent_name) if parent_name else reference
+            setattr(parent, child, KernelABN(state[f"{name}.weight"], state[f"{name}.bias"], state[f"{name}.running_mean"],
+                                             state[f"{name}.running_var"], leaky=module.activation == "leaky_relu"))
+    assert not any(isinstance(m, BatchNormAct2d) for m in reference.modules())
+    with torch.inference_mode():
+        ours = parser.model(x)[0][-1]
+        ref = reference.eval()(x)[0][-1]
+        parser.model.set_norm("batchnorm")
+        signed = parser.model(x)[0][-1]
+        parser.model.set_norm("inplace_abn")
+    scale = float(ref.abs().max())
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * scale)
+    assert float((signed - ref).abs().max()) > 0.1 * scale  # the checkpoint does tell the two rules apart
+    assert (signed.argmax(1) == ref.argmax(1)).float().mean() < 0.9
+
+    norm = parser.provenance()["norm"]
+    assert norm["rule"] == "inplace_abn" and "|weight| + eps" in norm["formula"] and norm["eps"] == 1e-5
+    assert norm["negative_weights"] == n_neg > 0
+    assert norm["layers"] == sum(k.endswith(".running_mean") for k in state)
+    parser.model.set_norm("batchnorm")
+    assert parser.norm_summary()["rule"] == "batchnorm" and parser.norm_summary()["negative_weights"] == n_neg
+    with pytest.raises(UserError, match="norm 'abs'"):
+        SCHPParser(random_weights=True, input_size=(65, 65), norm="abs")
 
 
 # --------------------------------------------------------------------------- geometry
@@ -268,8 +396,38 @@ def test_parser_source_glue() -> None:
         make_parser_source("jppnet")
     with pytest.raises(UserError, match="unknown option"):
         make_parser_source("schp", random_weights=True, colour=True)
-    src = make_parser_source("schp", random_weights=True, input_size=(65, 65), flip=False, min_height=96)
+    with pytest.raises(UserError, match="--parser-flip is only used with --parser schp"):
+        make_parser_source("none", flip=True)
+    assert make_parser_source("none", flip=False) is None
+    src = make_parser_source("schp", random_weights=True, input_size=(65, 65), flip=False, min_height=96, norm="batchnorm")
     assert src is not None and src.parse_batch([]) == []
     out = src.parse_batch([np.zeros((48, 24, 3), np.uint8)])
     assert out[0].shape == (48, 24)
     assert src.provenance()["parser"] == "schp" and src.provenance()["min_height"] == 96
+    assert src.provenance()["flip"] is False and src.provenance()["norm"]["rule"] == "batchnorm"
+
+
+def test_cli_parser_flip_option(synth_dataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``generate --parser-flip/--no-parser-flip`` reaches the parser (default off); flip without SCHP is refused."""
+    from click.testing import CliRunner
+
+    from reid_masks.cli import main
+    from reid_masks.parsing import source
+
+    root = synth_dataset("market1501", ids=2, seed=3)
+    seen: list[dict] = []
+
+    def fake_make_parser_source(name: str, **options: object) -> None:
+        seen.append(dict(options, name=name))
+        raise UserError("stop here")
+
+    base = ["generate", "--dataset", "market1501", "--root", str(root), "--workers", "0"]
+    with monkeypatch.context() as m:
+        m.setattr(source, "make_parser_source", fake_make_parser_source)
+        for extra, flip in (([], False), (["--parser-flip"], True), (["--no-parser-flip"], False)):
+            result = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x.h5"), "--parser", "schp", "--random-weights", *extra])
+            assert result.exit_code == 2 and "stop here" in result.output, result.output
+            assert seen[-1]["name"] == "schp" and seen[-1]["flip"] is flip
+    result = CliRunner().invoke(main, base + ["--out", str(tmp_path / "y.h5"), "--parsing-dir", str(root / "parsing"), "--parser-flip"])
+    assert result.exit_code == 2 and "--parser-flip is only used with --parser schp (got --parser precomputed)" in result.output
+    assert not (tmp_path / "y.h5").exists()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Hashable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -110,3 +110,28 @@ def attach_keypoints(boxes: np.ndarray, kp_boxes: np.ndarray, kp_keypoints: np.n
     hit = match >= 0
     keypoints[hit] = np.asarray(kp_keypoints, np.float32)[match[hit]]
     return keypoints
+
+
+def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
+    """``(height, width)`` rounded up to multiples of ``divisor`` (how detectors pad a batch); unchanged if ``divisor <= 0``."""
+    if divisor <= 0:
+        return int(height), int(width)
+    return -(-int(height) // divisor) * divisor, -(-int(width) // divisor) * divisor
+
+
+def forward_by_size(model: Callable[[list], list], inputs: list, keys: Sequence[Hashable]) -> list:
+    """``model`` called once per group of ``inputs`` with equal ``keys`` (padded input sizes), results in input order.
+
+    Detection models pad a batch to its largest image. Grouped by the size each image is
+    padded to on its own, a batch never pads an image further: it costs no more than a
+    one-image loop, and each image gets exactly the result it gets alone, whatever its
+    batch-mates (re-ID crops mostly share one size, so most batches stay one forward).
+    """
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    out: list = [None] * len(inputs)
+    for idx in groups.values():
+        for i, result in zip(idx, model([inputs[i] for i in idx])):
+            out[i] = result
+    return out

@@ -89,7 +89,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from reid_masks.backends.base import DEFAULT_DETECTIONS_PER_IMG, PERSON_RULE, Instances, attach_keypoints, parse_device
+from reid_masks.backends.base import DEFAULT_DETECTIONS_PER_IMG, PERSON_RULE, Instances, attach_keypoints, forward_by_size, padded_size, parse_device
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -404,15 +404,25 @@ class Detectron2Backend:
         return inputs
 
     def forward_raw(self, images: list[np.ndarray]) -> tuple[list[Any], list[Any]]:
-        """The two models' detectron2 outputs for a batch: one call per model."""
+        """The two models' detectron2 outputs for a batch: one call per model and padded size."""
         mask_in = self._inputs(self.mask, images)
         same = (self.mask.input_format, self.mask.cfg.INPUT.MIN_SIZE_TEST, self.mask.cfg.INPUT.MAX_SIZE_TEST) == (
             self.keypoint.input_format, self.keypoint.cfg.INPUT.MIN_SIZE_TEST, self.keypoint.cfg.INPUT.MAX_SIZE_TEST)
         kp_in = mask_in if same else self._inputs(self.keypoint, images)
         with torch.inference_mode():
-            mask_out = self.mask.model(mask_in)
-            kp_out = self.keypoint.model(kp_in)
+            mask_out = forward_by_size(self.mask.model, mask_in, self._padded_sizes(self.mask.model, mask_in))
+            kp_out = forward_by_size(self.keypoint.model, kp_in, self._padded_sizes(self.keypoint.model, kp_in))
         return mask_out, kp_out
+
+    @staticmethod
+    def _padded_sizes(model: Any, inputs: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        """The size detectron2 pads each resized image to alone (``ImageList.from_tensors``'s rule)."""
+        backbone = getattr(model, "backbone", None)
+        constraints = getattr(backbone, "padding_constraints", None) or {}
+        divisor = int(constraints.get("size_divisibility", getattr(backbone, "size_divisibility", 0)) or 0)
+        square = int(constraints.get("square_size", 0) or 0)
+        sizes = [(square, square) if square > 0 else tuple(x["image"].shape[-2:]) for x in inputs]
+        return [padded_size(h, w, divisor if divisor > 1 else 0) for h, w in sizes]
 
     def predict(self, images: list[np.ndarray]) -> list[Instances]:
         """Person instances for each image of the batch, score-sorted, at image resolution."""

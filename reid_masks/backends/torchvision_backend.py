@@ -77,9 +77,12 @@ torchvision's value by default because its effect on quality is unmeasured here.
 
 Batching, devices
 -----------------
-:meth:`TorchvisionBackend.predict` runs ONE forward per model for the whole batch (the
-detection models take a list of differently sized tensors and pad them together), under
-``torch.inference_mode()``. On CUDA, ``amp=True`` runs the models under
+:meth:`TorchvisionBackend.predict` runs one forward per model for all images of the batch
+that torchvision pads to the same size (``forward_by_size``: for same-sized re-ID crops,
+one forward for the whole batch), under ``torch.inference_mode()``. torchvision pads a
+batch to its largest image; grouping by padded size means a batch never computes on more
+padding than a one-image loop, and each image's result equals torchvision's own
+``model([image])`` (pinned by tests/test_backend_parity.py). On CUDA, ``amp=True`` runs the models under
 ``torch.autocast`` (float16 by default, or bfloat16); outputs are always float32 numpy.
 """
 from __future__ import annotations
@@ -109,7 +112,17 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reid_masks.backends.base import DEFAULT_DETECTIONS_PER_IMG, PERSON_RULE, Instances, attach_keypoints, box_iou_np, match_instances, parse_device
+from reid_masks.backends.base import (
+    DEFAULT_DETECTIONS_PER_IMG,
+    PERSON_RULE,
+    Instances,
+    attach_keypoints,
+    box_iou_np,
+    forward_by_size,
+    match_instances,
+    padded_size,
+    parse_device,
+)
 from reid_masks.errors import UserError
 from reid_masks.weights import file_sha256
 
@@ -363,6 +376,7 @@ class TorchvisionBackend:
         self.amp = bool(amp)
         self.amp_dtype = _AMP_DTYPES[amp_dtype]
         self._provenance: Optional[dict[str, Any]] = None
+        self._padded: dict[tuple[int, int, int], tuple[int, int]] = {}
 
         # Resolve every file before building anything: a missing file fails fast.
         self.mask_weights_path: Optional[Path] = None
@@ -459,15 +473,27 @@ class TorchvisionBackend:
         t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
         return t.permute(2, 0, 1).float().div_(255.0)
 
+    def _padded_size(self, model: nn.Module, height: int, width: int) -> tuple[int, int]:
+        """The size torchvision pads one ``height x width`` image to (its own resize rule, cached per size)."""
+        key = (id(model), height, width)
+        if key not in self._padded:
+            resized, _ = model.transform.resize(torch.zeros(1, height, width))
+            self._padded[key] = padded_size(resized.shape[-2], resized.shape[-1], model.transform.size_divisible)
+        return self._padded[key]
+
     def forward_raw(self, images: list[np.ndarray]) -> tuple[Optional[list[dict[str, Tensor]]], Optional[list[dict[str, Tensor]]]]:
-        """The two models' raw torchvision outputs for a batch: one forward per model."""
+        """The two models' raw torchvision outputs for a batch: one forward per model and padded size."""
         tensors = [self._to_tensor(im) for im in images]
         mask_out = kp_out = None
         with torch.inference_mode(), self._autocast():
-            if self.mask_model is not None:
-                mask_out = self.mask_model(tensors)
-            if self.keypoint_model is not None:
-                kp_out = self.keypoint_model(tensors)
+            for model in (self.mask_model, self.keypoint_model):
+                if model is None:
+                    continue
+                out = forward_by_size(model, tensors, [self._padded_size(model, *t.shape[-2:]) for t in tensors])
+                if model is self.mask_model:
+                    mask_out = out
+                else:
+                    kp_out = out
         return mask_out, kp_out
 
     def predict(self, images: list[np.ndarray]) -> list[Instances]:

@@ -10,17 +10,36 @@ Network
 -------
 Module names and order follow SCHP's ``networks/AugmentCE2P.py`` so the published state
 dict loads with strict key and shape matching (after removing DataParallel's ``module.``
-prefix). SCHP uses mapillary's ``InPlaceABNSync`` everywhere: ``BatchNorm2d`` there is
-``partial(InPlaceABNSync, activation='none')`` and the context/edge/decoder/fusion layers
-use the default ``activation='leaky_relu', slope=0.01``. InPlaceABN registers exactly
-``weight, bias, running_mean, running_var`` (no ``num_batches_tracked``), and in eval mode
-computes ``batch_norm`` with the running statistics followed by the activation, so
-:class:`BatchNormAct2d` (``nn.BatchNorm2d`` minus ``num_batches_tracked``, plus an optional
-LeakyReLU(0.01)) is the same function with the same keys. A checkpoint that does carry
-``num_batches_tracked`` (SCHP later swapped the backbone norms for ``nn.BatchNorm2d``)
-loads as well: the counter has no effect at inference and is ignored. The first SCHP
-release (``model.py``) wrapped ``nn.BatchNorm2d`` as ``<layer>.bn``; those keys are mapped
-too (inferred from that file; no such checkpoint was available to test).
+prefix). SCHP uses the copy of mapillary's ``InPlaceABNSync`` vendored in its ``modules/``
+everywhere: ``BatchNorm2d`` there is ``partial(InPlaceABNSync, activation='none')`` and
+the context/edge/decoder/fusion layers use the default ``activation='leaky_relu',
+slope=0.01``. InPlaceABN registers exactly ``weight, bias, running_mean, running_var``
+(no ``num_batches_tracked``).
+
+Norm semantics (``norm``)
+~~~~~~~~~~~~~~~~~~~~~~~~~
+InPlaceABN is *not* ``nn.BatchNorm2d`` with the same parameters. Its CPU and CUDA
+kernels (``forward_cpu`` / ``forward_kernel`` in ``modules/src/inplace_abn_*``, the same
+in mapillary's current release), in training AND in eval mode, compute::
+
+    y = (x - mean) * rsqrt(var + eps) * (|weight| + eps) + bias,   then the activation
+
+with the module's ``eps`` (1e-5) in both places: the scale is made strictly positive so
+the in-place operation can be inverted in the backward pass (whose weight gradient is
+sign-flipped where ``weight < 0``, so training moves ``|weight|``). A checkpoint trained
+with it may hold negative norm weights, which ``nn.BatchNorm2d`` would apply with the
+wrong sign. :class:`BatchNormAct2d` therefore implements both rules: ``"inplace_abn"``
+(the default, SCHP's published checkpoints) and ``"batchnorm"`` (signed weight: only for
+a checkpoint trained with plain ``nn.BatchNorm2d``, e.g. a retrain in one of the CPU
+forks that swapped InPlaceABN out; evaluating SCHP's own checkpoint with those forks'
+shim is wrong wherever a weight is negative). The rule used and how many norm weights
+are negative are recorded in :meth:`SCHPParser.provenance`.
+
+A checkpoint that carries ``num_batches_tracked`` loads as well (the counter has no
+effect at inference and is ignored). SCHP's first release (``model.py``) wrapped
+``nn.BatchNorm2d`` as ``<layer>.bn``; those ``<layer>.bn.<param>`` keys are mapped to
+``<layer>.<param>``, one to one: two checkpoint keys that would land on the same
+parameter are refused, never silently merged.
 
 Inference (SCHP's ``simple_extractor.py`` / ``evaluate.py``)
 -----------------------------------------------------------
@@ -33,7 +52,9 @@ Inference (SCHP's ``simple_extractor.py`` / ``evaluate.py``)
 2. BGR channel order (SCHP reads with ``cv2.imread``), ``ToTensor`` (/255), then
    ``Normalize(mean=[0.406, 0.456, 0.485], std=[0.225, 0.224, 0.229])`` applied to the
    B, G, R channels in that order: ImageNet's statistics listed for BGR.
-3. The fusion output (``output[0][-1]``) is used. Flip test (``flip=True``): the flipped
+3. The fusion output (``output[0][-1]``) is used. ``simple_extractor.py`` runs one plain
+   forward (no flip): that is the default here too. Flip test (``flip=True``, SCHP's
+   ``evaluate.py --flip``, twice the compute): the flipped
    input's logits have their left/right channels swapped (14<->15 arms, 16<->17 legs,
    18<->19 shoes), are flipped back and averaged with the plain logits at the network's
    output resolution; multi-scale: the warped input is rescaled by each factor
@@ -85,6 +106,7 @@ __all__ = [
     "SCHP_README",
     "INPUT_MEAN_BGR",
     "INPUT_STD_BGR",
+    "NORM_RULES",
     "BatchNormAct2d",
     "SCHPNet",
     "SCHPParser",
@@ -113,21 +135,37 @@ LEAKY_SLOPE = 0.01
 # --------------------------------------------------------------------------- network
 
 
-class BatchNormAct2d(nn.BatchNorm2d):
-    """InPlaceABN(Sync) as plain PyTorch: batch norm, then LeakyReLU(0.01) or nothing.
+NORM_RULES = {
+    "inplace_abn": "(x - running_mean) * rsqrt(running_var + eps) * (|weight| + eps) + bias (InPlaceABN's kernels)",
+    "batchnorm": "(x - running_mean) * rsqrt(running_var + eps) * weight + bias (torch.nn.BatchNorm2d)",
+}
 
-    Same state dict as InPlaceABN (``weight, bias, running_mean, running_var``): the
+
+def _check_norm(norm: str) -> str:
+    if norm not in NORM_RULES:
+        raise UserError(f"SCHP parser: norm {norm!r}: expected one of {', '.join(NORM_RULES)}")
+    return norm
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """InPlaceABN(Sync) as plain PyTorch: batch norm with InPlaceABN's scale, then LeakyReLU(0.01) or nothing.
+
+    ``norm="inplace_abn"`` scales by ``|weight| + eps`` as InPlaceABN's kernels do (see the
+    module doc); ``norm="batchnorm"`` by the signed ``weight``, as ``nn.BatchNorm2d``. Same
+    state dict as InPlaceABN (``weight, bias, running_mean, running_var``): the
     ``num_batches_tracked`` buffer of ``nn.BatchNorm2d`` is removed (it only matters for
     ``momentum=None`` training) and ignored when a checkpoint carries it.
     """
 
-    def __init__(self, num_features: int, activation: Optional[str] = "leaky_relu", slope: float = LEAKY_SLOPE) -> None:
+    def __init__(self, num_features: int, activation: Optional[str] = "leaky_relu", slope: float = LEAKY_SLOPE,
+                 norm: str = "inplace_abn") -> None:
         super().__init__(num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True)
         self.num_batches_tracked = None  # InPlaceABN has no such buffer
         if activation not in ("leaky_relu", None):
             raise ValueError(f"activation must be 'leaky_relu' or None, got {activation!r}")
         self.activation = activation
         self.slope = slope
+        self.norm = _check_norm(norm)
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -136,8 +174,13 @@ class BatchNormAct2d(nn.BatchNorm2d):
             if self.num_batches_tracked is not None:  # None once constructed
                 self.num_batches_tracked.zero_()
 
+    def scale_weight(self) -> Tensor:
+        """The per-channel factor applied after normalisation: ``|weight| + eps`` or ``weight``."""
+        return self.weight.abs() + self.eps if self.norm == "inplace_abn" else self.weight
+
     def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
+        # eval: the running statistics; training: batch statistics (and running-stat updates), as InPlaceABN
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.scale_weight(), self.bias, self.training, self.momentum, self.eps)
         if self.activation == "leaky_relu":
             x = F.leaky_relu(x, negative_slope=self.slope, inplace=True)
         return x
@@ -150,7 +193,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
         nn.Module._load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation}"
+        return f"{super().extra_repr()}, activation={self.activation}, norm={self.norm}"
 
 
 def _norm(c: int) -> BatchNormAct2d:
@@ -255,7 +298,7 @@ class SCHPNet(nn.Module):
     logits (stride 4) are the parser's output.
     """
 
-    def __init__(self, layers: Sequence[int] = (3, 4, 23, 3), num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, layers: Sequence[int] = (3, 4, 23, 3), num_classes: int = NUM_CLASSES, norm: str = "inplace_abn") -> None:
         super().__init__()
         self.inplanes = 128
         self.conv1 = _conv(3, 64, 3, stride=2)
@@ -278,6 +321,17 @@ class SCHPNet(nn.Module):
         self.fushion = nn.Sequential(  # SCHP's spelling: it is a state-dict key
             _conv(1024, 256), _abn(256), nn.Dropout2d(0.1), _conv(256, num_classes, 1, bias=True)
         )
+        self.set_norm(norm)
+
+    def set_norm(self, norm: str) -> None:
+        """Use ``norm`` (``"inplace_abn"`` or ``"batchnorm"``, see the module doc) in every norm layer."""
+        _check_norm(norm)
+        for m in self.modules():
+            if isinstance(m, BatchNormAct2d):
+                m.norm = norm
+
+    def norm_layers(self) -> list[BatchNormAct2d]:
+        return [m for m in self.modules() if isinstance(m, BatchNormAct2d)]
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None
@@ -304,9 +358,9 @@ class SCHPNet(nn.Module):
         return [[parsing, fusion], [edge]]
 
 
-def schp_resnet101(num_classes: int = NUM_CLASSES) -> SCHPNet:
+def schp_resnet101(num_classes: int = NUM_CLASSES, norm: str = "inplace_abn") -> SCHPNet:
     """The LIP network (random weights; load a checkpoint with :func:`load_schp_checkpoint`)."""
-    return SCHPNet((3, 4, 23, 3), num_classes)
+    return SCHPNet((3, 4, 23, 3), num_classes, norm)
 
 
 # --------------------------------------------------------------------------- state dicts
@@ -326,11 +380,13 @@ def write_state_dict_keys(path: str | os.PathLike, model: Optional[nn.Module] = 
 
 
 def normalize_state_dict(obj: Any) -> dict[str, Tensor]:
-    """A checkpoint object -> a state dict in our key space.
+    """A checkpoint object -> a state dict in our key space, one checkpoint key per parameter.
 
     Unwraps ``{'state_dict': ...}`` (SCHP's checkpoints) or ``{'model': ...}``, strips
     DataParallel's ``module.`` prefix, maps the first release's ``<abn>.bn.<param>`` to
-    ``<abn>.<param>`` and drops ``num_batches_tracked`` (absent from InPlaceABN).
+    ``<abn>.<param>`` and drops ``num_batches_tracked`` (absent from InPlaceABN). Raises
+    ``TypeError`` for a non-mapping and ``ValueError`` when two checkpoint keys map to
+    the same key (e.g. ``x.weight`` and ``x.bn.weight``): which one is right is unknown.
     """
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model"):
@@ -340,6 +396,7 @@ def normalize_state_dict(obj: Any) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping):
         raise TypeError(f"expected a state dict, got {type(obj).__name__}")
     out: dict[str, Tensor] = {}
+    source: dict[str, str] = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
             continue  # e.g. a checkpoint's epoch counter
@@ -347,9 +404,13 @@ def normalize_state_dict(obj: Any) -> dict[str, Tensor]:
         if k.endswith("num_batches_tracked"):
             continue
         parts = k.split(".")
-        if "bn" in parts:  # first release: InPlaceABNSync wrapped nn.BatchNorm2d as ".bn"
-            parts = [p for p in parts if p != "bn"]
-        out[".".join(parts)] = value
+        if len(parts) >= 3 and parts[-2] == "bn":  # first release: InPlaceABNSync wrapped nn.BatchNorm2d as ".bn"
+            parts = parts[:-2] + parts[-1:]
+        k = ".".join(parts)
+        if k in source:
+            raise ValueError(f"checkpoint keys {source[k]!r} and {key!r} both map to {k!r}; keep only one of them")
+        source[k] = key
+        out[k] = value
     return out
 
 
@@ -371,6 +432,8 @@ def load_schp_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         state = normalize_state_dict(obj)
     except TypeError as e:
         raise UserError(f"{p}: not an SCHP checkpoint ({e})") from None
+    except ValueError as e:
+        raise UserError(f"{p}: {e}") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -503,10 +566,13 @@ class SCHPParser:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         random_weights: untrained network (tests and benchmarks only; logged, recorded).
         input_size: network input (H, W); SCHP's LIP setting is 473x473.
-        flip: flip-test averaging with left/right channel swap.
+        flip: flip-test averaging with left/right channel swap (SCHP's ``evaluate.py --flip``;
+            twice the compute). Off by default, as in SCHP's ``simple_extractor.py``.
         scales: multi-scale factors applied to the warped input (SCHP's ``multi_scales``).
         batch_size: images per forward (a flip doubles the forward's batch).
         min_height: bicubic pre-upscale of shorter images (None: off, see the module doc).
+        norm: ``"inplace_abn"`` (scale ``|weight| + eps``, what SCHP's checkpoints were
+            trained with) or ``"batchnorm"`` (signed weight); see the module doc.
     """
 
     name = "schp"
@@ -517,10 +583,11 @@ class SCHPParser:
         device: str = "cpu",
         random_weights: bool = False,
         input_size: tuple[int, int] = (473, 473),
-        flip: bool = True,
+        flip: bool = False,
         scales: Iterable[float] = (1.0,),
         batch_size: int = 8,
         min_height: Optional[int] = None,
+        norm: str = "inplace_abn",
     ) -> None:
         if random_weights and weights is not None:
             raise UserError("SCHP parser: random weights and a weights file were both requested; choose one")
@@ -539,7 +606,8 @@ class SCHPParser:
         self.random_weights = bool(random_weights)
         self.weights_path: Optional[Path] = None
 
-        self.model = schp_resnet101()
+        self.norm = _check_norm(norm)
+        self.model = schp_resnet101(norm=self.norm)
         if self.random_weights:
             log.warning("SCHP parser: RANDOM weights (tests/benchmarks only): the parsing is meaningless")
         else:
@@ -554,7 +622,9 @@ class SCHPParser:
                 p = Path(weights).expanduser()
             load_schp_checkpoint(self.model, p)
             self.weights_path = p
-            log.info("loaded SCHP weights from %s", p)
+            summary = self.norm_summary()
+            log.info("loaded SCHP weights from %s (%d of %d norm layers hold negative weights; norm rule %s)",
+                     p, summary["layers_with_negative_weight"], summary["layers"], self.norm)
         self.model.to(self.device).eval()
         mean = torch.tensor(INPUT_MEAN_BGR, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(INPUT_STD_BGR, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -577,11 +647,26 @@ class SCHPParser:
                 "flip": self.flip,
                 "scales": list(self.scales),
                 "min_height": self.min_height,
+                "norm": self.norm_summary(),
                 "preprocessing": "SCHP affine warp of the whole image, BGR, mean [0.406,0.456,0.485] std [0.225,0.224,0.229]",
                 "torch_version": torch.__version__,
                 "device": str(self.device),
             }
         return json.loads(json.dumps(self._provenance))
+
+    def norm_summary(self) -> dict[str, Any]:
+        """The norm rule in use and how many norm weights are negative (where the rules disagree)."""
+        layers = self.model.norm_layers() if isinstance(self.model, SCHPNet) else []
+        negative = [int((m.weight < 0).sum()) for m in layers]
+        rule = layers[0].norm if layers else self.norm  # the layers' own setting (set_norm may have changed it)
+        return {
+            "rule": rule,
+            "formula": NORM_RULES[rule],
+            "eps": layers[0].eps if layers else None,
+            "layers": len(layers),
+            "layers_with_negative_weight": sum(1 for n in negative if n),
+            "negative_weights": sum(negative),
+        }
 
     # -- steps, public so tests and tools can check each one ------------------------------
 
@@ -645,5 +730,5 @@ class SCHPParser:
     def __repr__(self) -> str:
         return (
             f"SCHPParser(device={str(self.device)!r}, input_size={self.input_size}, flip={self.flip}, scales={self.scales}, "
-            f"batch_size={self.batch_size}, min_height={self.min_height}, random_weights={self.random_weights})"
+            f"batch_size={self.batch_size}, min_height={self.min_height}, norm={self.norm!r}, random_weights={self.random_weights})"
         )

@@ -63,17 +63,19 @@ def make_parser_source(
     """The parser behind ``--parser NAME`` (``None`` for ``precomputed`` and ``none``).
 
     ``options`` go to :class:`~reid_masks.parsing.schp.SCHPParser` (``flip``, ``scales``,
-    ``input_size``, ``min_height``); an unknown one is a UserError.
+    ``input_size``, ``min_height``, ``norm``); an unknown one is a UserError.
     """
     if name not in PARSERS:
         raise UserError(f"--parser {name!r}: expected one of {', '.join(PARSERS)}")
     if name != "schp":
         if weights is not None:
             raise UserError(f"--parser-weights is only used with --parser schp (got --parser {name})")
+        if options.get("flip"):
+            raise UserError(f"--parser-flip is only used with --parser schp (got --parser {name})")
         return None
     from reid_masks.parsing.schp import SCHPParser
 
-    allowed = {"flip", "scales", "input_size", "min_height"}
+    allowed = {"flip", "scales", "input_size", "min_height", "norm"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise UserError(f"SCHP parser: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")

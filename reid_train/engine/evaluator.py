@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader
 from reid_masks.datasets import ReIDDataset
 from reid_masks.errors import UserError
 from reid_masks.fileio import write_json_atomic
+from reid_masks.progress import Progress
 from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
+from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.engine.preemption import ignore_stop_signals
 from reid_train.models.mgran import region_inputs
@@ -57,8 +59,9 @@ def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory:
         logger.warning("data.cache=%s does not exist: the %s images are not checked against it", cfg.data.cache, split)
     ds = ReIDImageDataset(dataset, split, test_tf, cache=cfg.data.cache if region_masks else None, region_masks=region_masks,
                           indices=indices)
-    return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=cfg.data.num_workers, pin_memory=pin_memory,
-                      worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None)
+    workers = cap_workers(cfg.data.num_workers)
+    return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                      worker_init_fn=ignore_stop_signals if workers else None)
 
 
 @torch.no_grad()
@@ -69,14 +72,17 @@ def extract_features(
     flip: bool = True,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    progress: str | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(features (N, D) float32 on CPU, pids, camids) for every item of ``loader``, in order.
 
     The model is put in eval mode (its forward then returns the normalised feature);
     the caller restores train mode. ``flip``: average with the flipped image's feature.
+    ``progress``: a label; images done, images/s and ETA are then reported on stderr.
     """
     model.eval()
     feats, pids, camids = [], [], []
+    meter = Progress(len(loader.dataset), progress) if progress and len(loader.dataset) else None
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         if channels_last:
@@ -90,6 +96,8 @@ def extract_features(
         feats.append(F.normalize(f, dim=1).cpu())
         pids.append(batch["pid"].numpy())
         camids.append(batch["camid"].numpy())
+        if meter is not None:
+            meter.update(len(feats[-1]))
     if not feats:
         raise ValueError("no images to extract features from")
     return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
@@ -183,6 +191,8 @@ def evaluate_model(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    log_result: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Extract query and gallery features with ``cfg.test`` settings and score them.
 
@@ -191,6 +201,8 @@ def evaluate_model(
     ``train.seed``; the results name the protocol (and the classic ``split_id``).
     ``test.multi_query`` (mean / max) replaces every query feature by its pooled
     multi-query feature (:func:`pool_multi_query`) before ranking.
+    ``log_result``: log the result line (the CLI prints it on stdout instead, once);
+    ``progress``: report images/s and ETA per split on stderr (rank 0).
     """
     start = time.perf_counter()
     pin = device.type == "cuda"
@@ -205,7 +217,8 @@ def evaluate_model(
     for split in splits:
         loader = build_test_loader(dataset, split, cfg, pin_memory=pin, region_masks=getattr(model, "region_masks", None))
         # under DDP each rank extracts a shard of whole batches; all ranks get all features
-        feats[split] = ddp.extract_features_distributed(model, loader, device, cfg.test.flip, amp_dtype, channels_last)
+        label = f"{split} features" if progress and ddp.rank() == 0 else None
+        feats[split] = ddp.extract_features_distributed(model, loader, device, cfg.test.flip, amp_dtype, channels_last, progress=label)
     (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
     if mode != "none":
         qf = pool_multi_query(qf, qp, qc, *feats["multi_query"], mode=mode)
@@ -222,11 +235,20 @@ def evaluate_model(
         if classic:
             results["split_id"] = int(dataset.info["split_id"])
     results = ddp.broadcast_object(results)  # DDP: rank 0 scores, every rank returns its numbers
-    logger.info(
-        "evaluation on %s (%s protocol): rank-1 %.1f%% rank-5 %.1f%% rank-10 %.1f%% mAP %.1f%% (%d query, %d gallery, %.1fs)",
-        dataset.name, results["protocol"], 100 * results["rank1"], 100 * results["rank5"], 100 * results["rank10"],
-        100 * results["mAP"], results["num_query"], results["num_gallery"], time.perf_counter() - start,
-    )
+    if log_result:
+        logger.info("evaluation on %s (%.1fs)", result_line(results, dataset.name, cfg), time.perf_counter() - start)
     return results
+
+
+def result_line(results: dict[str, Any], dataset_name: str, cfg: Config) -> str:
+    """``<dataset> (Q query, G gallery; <how>): rank-1 .. mAP ..`` -- the one result line, saying how it was scored."""
+    t = cfg.test
+    how = [f"{results.get('protocol', 'standard')} protocol", t.metric, "flip-averaged" if t.flip else "no flip",
+           f"re-ranked k1={t.k1} k2={t.k2} lambda={t.lambda_value:g}" if t.rerank else "no re-ranking"]
+    if results.get("multi_query", "none") != "none":
+        how.append(f"multi-query {results['multi_query']}")
+    return (f"{dataset_name} ({results['num_query']} query, {results['num_gallery']} gallery; {', '.join(how)}): "
+            f"rank-1 {100 * results['rank1']:.2f}%  rank-5 {100 * results['rank5']:.2f}%  "
+            f"rank-10 {100 * results['rank10']:.2f}%  mAP {100 * results['mAP']:.2f}%")
 
 

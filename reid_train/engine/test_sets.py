@@ -57,10 +57,15 @@ def evaluate_test_sets(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    **evaluate_options: Any,
 ) -> dict[str, Any]:
-    """The first set's results at the top level, each set's (with its name) under ``test_sets``."""
+    """The first set's results at the top level, each set's (with its name) under ``test_sets``.
+
+    ``evaluate_options`` go to :func:`evaluate_model` (e.g. ``log_result``, ``progress``).
+    """
     per_set = [
-        {**evaluate_model(model, s.dataset, s.cfg, device, amp_dtype, channels_last), "dataset": s.dataset.name, "root": s.cfg.data.root}
+        {**evaluate_model(model, s.dataset, s.cfg, device, amp_dtype, channels_last, **evaluate_options),
+         "dataset": s.dataset.name, "root": s.cfg.data.root}
         for s in test_sets
     ]
     return {**per_set[0], "test_sets": per_set}

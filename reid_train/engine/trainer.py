@@ -66,6 +66,7 @@ from reid_masks.fileio import atomic_path, remove_dead_temps, write_json_atomic,
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
+from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
 from reid_train.engine.preemption import StopSignals, Stopped, ignore_stop_signals
@@ -301,6 +302,9 @@ class Trainer:
         if not resume and self.ckpt_path.exists():
             raise UserError(f"{self.ckpt_path} exists: pass --resume to continue that run, or set another train.output_dir")
 
+        if cfg.data.num_ids < 2 and (cfg.model.name in MGRAN_VARIANTS or cfg.loss.lambda1 > 0):
+            raise UserError(f"data.num_ids={cfg.data.num_ids}: the {'MSML' if cfg.model.name in MGRAN_VARIANTS else 'triplet'} loss "
+                            f"needs at least 2 identities per batch (P >= 2) to have negatives")
         # seed + rank: ranks draw different augmentations (DDP broadcasts rank 0's initial weights)
         seed_everything(cfg.train.seed + self.rank)
         d = cfg.data
@@ -390,7 +394,7 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            logger.info("tensorboard is not installed: metrics go to %s only", self.metrics_path)
+            logger.warning("train.tensorboard=true but tensorboard is not installed (pip install tensorboard): metrics go to %s only", self.metrics_path)
             return None
         return SummaryWriter(str(self.output_dir / "tb"))
 
@@ -484,7 +488,7 @@ class Trainer:
         sampler skips the first ``start`` batches; with workers they are loaded and dropped,
         so every worker's RNG stream is that of the uninterrupted epoch.
         """
-        workers = self.cfg.data.num_workers
+        workers = cap_workers(self.cfg.data.num_workers)
         self.sampler.set_epoch(epoch, start=0 if workers else start)
         loader = DataLoader(
             self.train_set, batch_sampler=self.sampler, num_workers=workers,
@@ -629,7 +633,11 @@ class Trainer:
             done = epoch + 1
             period = cfg.train.eval_period
             if done == epochs or (period and done % period == 0):
-                results = self.evaluate()  # collective under DDP: each rank extracts a shard
+                try:
+                    results = self.evaluate()  # collective under DDP: each rank extracts a shard
+                except Exception as exc:  # the epoch is trained: keep it before reporting the failure
+                    self._keep_unevaluated_epoch(done, record, exc)
+                    raise
                 if self.main:
                     record.update({"rank1": results["rank1"], "rank5": results["rank5"], "rank10": results["rank10"], "mAP": results["mAP"]})
                     write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done})
@@ -651,6 +659,17 @@ class Trainer:
                 self._stop(stop, done, 0)
         ddp.dump_param_checksums(self.model, max(self.start_epoch, epochs))  # debug, only with $REID_TRAIN_PARAM_CHECKSUM_DIR
         return record
+
+    def _keep_unevaluated_epoch(self, done: int, record: dict[str, Any], exc: BaseException) -> None:
+        """Save epoch ``done`` (checkpoint + metrics line, no scores) after its evaluation failed."""
+        if not self.main:
+            return
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record))
+        logger.error("evaluation after epoch %d failed (%s); the epoch's checkpoint is kept: %s. Fix the cause, then "
+                     "'reid-train evaluate --checkpoint %s' or 'reid-train fit --resume %s'",
+                     done, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.ckpt_path, self.ckpt_path, self.output_dir)
 
     def _barrier(self) -> None:
         if self.world_size > 1:

@@ -144,7 +144,7 @@ class ResNetBackbone(nn.Module):
                 raise UserError(
                     f"ImageNet weights for {self.arch} not found: {path} (no download is attempted); "
                     f"fetch {url} and put it at that path (or set TORCH_HOME), "
-                    f"or pass a weights file path, or pretrained=none for random init"
+                    f"or give a weights file (--set model.pretrained=PATH), or train from random init (--set model.pretrained=none)"
                 )
             load_backbone_state_dict(self, path, self.arch)
             return
