@@ -139,7 +139,12 @@ def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> 
     if _main_process():
         check_writable(out)
     _setup_logging()
-    model, cfg, dataset, device, amp, channels_last, epoch = _load_for_inference(checkpoint, overrides)
+    from reid_train.inference import load_model
+
+    loaded = load_model(checkpoint, overrides=overrides)
+    model, cfg, device, amp, channels_last, epoch = loaded.model, loaded.config, loaded.device, loaded.amp_dtype, loaded.channels_last, loaded.epoch
+    # with data.test_sets, the training set's root need not exist on this machine
+    dataset = None if cfg.data.test_sets else loaded.build_dataset()
     from reid_train.engine import distributed as ddp  # under torchrun: every rank extracts a shard
 
     device = ddp.init_from_env(device)

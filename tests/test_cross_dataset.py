@@ -48,6 +48,11 @@ def test_market_to_occluded_reid_and_partial_reid(synth_dataset, tmp_path):
     again = json.loads((tmp_path / "eval.json").read_text())
     for a, b in zip(again["test_sets"], fit_eval["test_sets"]):
         assert a["rank1"] == pytest.approx(b["rank1"]) and a["mAP"] == pytest.approx(b["mAP"])
+    # the training set need not be on the machine that evaluates on the test sets
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval2.json"),
+                               "--set", f"data.root={tmp_path / 'no-market-here'}"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "eval2.json").read_text())["test_sets"][0]["rank1"] == pytest.approx(fit_eval["test_sets"][0]["rank1"])
 
     # independent scoring of Occluded-REID from the extracted features: queries are camera 0 and the
     # gallery camera 1, so nothing is removed and rank-1 is the plain nearest neighbour's identity
