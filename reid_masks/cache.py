@@ -260,7 +260,7 @@ class MaskCache:
 
     @property
     def splits(self) -> list[str]:
-        return [s for s in ("train", "query", "gallery") if s in self._file]
+        return [s for s in ("train", "query", "gallery", "multi_query") if s in self._file]
 
     def num_rows(self, split: str) -> int:
         """Rows of the whole split (a shard holds only some of them, see ``row_index``)."""

@@ -31,7 +31,7 @@ from reid_masks import __version__
 from reid_masks.assemble import assemble, mib
 from reid_masks.cache import DEFAULT_PERSON_HW, STATUS, STATUS_NAMES, MaskCache, Rows
 from reid_masks.chunks import BadChunk, ChunkStore
-from reid_masks.datasets import SPLITS, Record, ReIDDataset, build_dataset
+from reid_masks.datasets import CACHE_SPLITS, Record, ReIDDataset, build_dataset, cache_splits
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic
@@ -260,7 +260,7 @@ def make_backend(cfg: GenerateConfig) -> Any:
 
 
 def work_rows(ds: ReIDDataset) -> list[tuple[str, int, Record]]:
-    return [(s, i, r) for s in SPLITS for i, r in enumerate(ds.split(s))]
+    return [(s, i, r) for s in cache_splits(ds) for i, r in enumerate(ds.split(s))]
 
 
 def dataset_signature(rows: list[tuple[str, int, Record]]) -> str:
@@ -439,7 +439,7 @@ def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: P
     backend = make_backend(cfg)
     parser = make_parser(cfg)
     prov = provenance(cfg, backend, parser)
-    counts = {s: len(ds.split(s)) for s in SPLITS}
+    counts = {s: len(ds.split(s)) for s in cache_splits(ds)}
 
     old: MaskCache | None = None
     todo = set(range(len(rows)))
@@ -515,12 +515,12 @@ def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: l
             raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, about {mib(need) if done else 'unknown space'} more needed; free space and rerun the same command to resume") from None
         raise
 
-    stored = {s: [] for s in SPLITS}
+    stored = {s: [] for s in counts}
     for g in mine:
         for k in members[g]:
             stored[rows[k][0]].append(rows[k][1])
     partial_out = cfg.shard[1] > 1
-    layout = {s: (counts[s], sorted(stored[s]) if partial_out else None) for s in SPLITS}
+    layout = {s: (counts[s], sorted(stored[s]) if partial_out else None) for s in counts}
     attrs = {
         "dataset": ds.name,
         "dataset_root": str(ds.root.resolve()),
@@ -565,7 +565,7 @@ class ReusedRows:
 
     def take(self, ks: list[int]) -> dict[str, Rows]:
         out = {}
-        for s in SPLITS:
+        for s in CACHE_SPLITS:
             mine = [self.rows[k] for k in ks if self.rows[k][0] == s]
             if not mine:
                 continue
@@ -678,7 +678,7 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, compute: dict[i
 
 def save_chunk(store: ChunkStore, g: int, items: list[Item], person_hw: tuple[int, int], reused: dict[str, Rows]) -> None:
     by_split = {}
-    for s in SPLITS:
+    for s in CACHE_SPLITS:
         parts = []
         mine = [it for it in items if it.split == s]
         if mine:

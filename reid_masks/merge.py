@@ -38,7 +38,7 @@ def merge_shards(shards: list[Path], out: Path, command: str = "") -> Path:
                 keys = sorted(k for k in set(pa) | set(pr) if pa.get(k) != pr.get(k))
                 raise UserError(f"{c.path}: made with other options than {ref.path} (provenance differs in {', '.join(keys)})")
         layout = {}
-        for split in ("train", "query", "gallery"):
+        for split in ref.splits:
             n = ref.num_rows(split)
             index = [c.row_index(split) for c in caches if split in c.splits]
             counts = np.bincount(np.concatenate(index) if index else np.zeros(0, np.int64), minlength=n)

@@ -157,3 +157,23 @@ def test_multi_query_evaluation_pools_the_query_features(market_root, cuhk03_roo
     assert multi["rank1"] != single["rank1"] or multi["mAP"] != pytest.approx(single["mAP"])
     with pytest.raises(UserError, match=r"test.multi_query=max: cuhk03_labeled .* has no multi-query images"):
         evaluate_model(model, build_dataset("cuhk03", cuhk03_root), cfg, torch.device("cpu"))
+
+
+def test_mgran_multi_query_reads_gt_bbox_masks_from_a_generated_cache(market_root, tmp_path) -> None:
+    """``reid-masks generate`` writes a ``multi_query`` group for gt_bbox/, so MGRAN (masks at
+    inference) can pool the multi-query images too."""
+    from reid_masks.cache import MaskCache
+    from reid_masks.generate import GenerateConfig, generate
+
+    cache = tmp_path / "market.h5"
+    generate(GenerateConfig(dataset="market1501", root=market_root, out=cache, parsing_dir=market_root / "parsing", backend="none", workers=0))
+    dataset = build_dataset("market1501", market_root)
+    with MaskCache(cache) as c:
+        assert c.splits == ["train", "query", "gallery", "multi_query"]
+        assert list(c.column("multi_query", "path")) == [r.path for r in dataset.multi_query]
+    cfg = load_config("tiny_synthetic_mgran", [f"data.root={market_root}", f"data.cache={cache}", "data.height=64", "data.width=32",
+                                                f"train.output_dir={tmp_path}", "test.multi_query=mean"])
+    torch.manual_seed(0)
+    model = build_model("mgran", dataset.num_train_pids, backbone="resnet18")
+    result = evaluate_model(model, dataset, cfg, torch.device("cpu"))
+    assert result["multi_query"] == "mean" and result["num_query"] == len(dataset.query)

@@ -14,12 +14,12 @@ from reid_masks.datasets.folders import load_folder, load_manifest_folders
 from reid_masks.datasets.manifest import DATASET_NAMES, load_manifest, read_manifest_file
 from reid_masks.datasets.msmt17 import load_msmt17
 from reid_masks.datasets.options import check_options, describe, loader_options
-from reid_masks.datasets.records import SPLITS, Record, ReIDDataset, relabel
+from reid_masks.datasets.records import CACHE_SPLITS, SPLITS, Record, ReIDDataset, cache_splits, relabel
 from reid_masks.datasets.testsets import load_test_folders
 from reid_masks.errors import UserError
 
 __all__ = [
-    "DATASET_NAMES", "SPLITS", "Record", "ReIDDataset", "build_dataset", "check_dataset_options",
+    "DATASET_NAMES", "SPLITS", "CACHE_SPLITS", "cache_splits", "Record", "ReIDDataset", "build_dataset", "check_dataset_options",
     "dataset_names", "dataset_options", "load_manifest", "read_manifest_file", "relabel",
 ]
 

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 SPLITS = ("train", "query", "gallery")
 MULTI_QUERY = "multi_query"  # optional images pooled per query (Market-1501's gt_bbox/), see ReIDDataset
+#: Groups a mask cache may hold: the three splits, plus the multi-query images when a dataset has them.
+CACHE_SPLITS = SPLITS + (MULTI_QUERY,)
 
 
 class Record(NamedTuple):
@@ -82,3 +84,10 @@ def leaves_root(entry: str) -> bool:
     """
     posix, windows = PurePosixPath(entry), PureWindowsPath(entry)
     return posix.is_absolute() or bool(windows.drive or windows.root) or ".." in windows.parts
+
+
+def cache_splits(ds: "ReIDDataset") -> tuple[str, ...]:
+    """The splits ``reid-masks generate`` covers for ``ds``: train, query, gallery and, when the
+    dataset has them (Market-1501's ``gt_bbox/``), the multi-query images, so that mask-guided
+    models can pool them (``test.multi_query``)."""
+    return SPLITS + ((MULTI_QUERY,) if ds.multi_query else ())
