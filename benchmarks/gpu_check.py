@@ -431,10 +431,10 @@ def make_mini(src: Path, dst: Path) -> None:
 
 
 def split_counts(root: Path) -> dict[str, int]:
-    from reid_masks.datasets import SPLITS, build_dataset
+    from reid_masks.datasets import build_dataset, cache_splits
 
     ds = build_dataset("market1501", root)
-    return {s: len(ds.split(s)) for s in SPLITS}
+    return {s: len(ds.split(s)) for s in cache_splits(ds)}  # generate's row order, gt_bbox/ included
 
 
 # --------------------------------------------------------------------------- smoke rows (real CLIs)
@@ -471,7 +471,7 @@ def generate_argv(ctx: Ctx, root: Path, out: Path, *source: str) -> list[str]:
 
 def shard_rows(counts: dict[str, int], shard: Optional[tuple[int, int]], chunk_rows: int = 1) -> dict[str, list[int]]:
     """Row positions per split that ``--shard i/n --chunk-rows c`` computes: chunks i, i+n, ... of the
-    train, query, gallery row sequence (every row without a shard)."""
+    train, query, gallery (, multi_query) row sequence (every row without a shard)."""
     out: dict[str, list[int]] = {}
     k = 0
     for split, n in counts.items():
