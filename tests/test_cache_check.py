@@ -123,3 +123,22 @@ def test_unreadable_rows_train_left_out_query_refused(market, tmp_path, caplog) 
         with pytest.raises(UserError) as err:
             Trainer(c)
         assert f"1 query image(s) have cache status 'unreadable' (first: {ds.query[2].path})" in str(err.value)
+
+
+def test_a_dangling_train_link_recorded_unreadable_is_left_out_not_refused(market, tmp_path, caplog) -> None:
+    """generate records a dangling link as an 'unreadable' row; the check applies the rows rule to it
+    (train: left out) instead of refusing it as a file that vanished since the cache was made."""
+    from reid_masks.generate import GenerateConfig, generate
+
+    root = market[0]
+    victim = sorted((root / "bounding_box_train").glob("*.jpg"))[0]
+    victim.unlink()
+    victim.symlink_to(tmp_path / "gone.jpg")
+    cache = tmp_path / "c.h5"
+    generate(GenerateConfig(dataset="market1501", root=root, out=cache, parsing_dir=root / "parsing", backend="none", workers=0))
+    ds = build_dataset("market1501", root)
+    bad = [r.path for r in ds.train].index(f"bounding_box_train/{victim.name}")
+    with caplog.at_level(logging.WARNING):
+        usable = check_cache_images(cache, ds, ["train"])["train"]
+    assert bad not in usable and len(usable) == len(ds.train) - 1
+    assert "left out of training" in caplog.text

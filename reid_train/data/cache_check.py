@@ -82,11 +82,13 @@ def check_cache_images(cache: str | Path, dataset: ReIDDataset, splits: Iterable
         current = hash_files([dataset.abspath(r) for _, r in records], threads or hash_threads(), progress)
         fix = update_command(mc, dataset)
     where = ", ".join(splits)
-    missing = [r.path for (_, r), fp in zip(records, current) if fp == b"missing"]
+    expected = np.concatenate([stored[s] for s in splits]) if splits else np.zeros(0, "S16")
+    # a file that was already unreadable when the cache was made (a dangling link) is an
+    # 'unreadable' row, handled by the rule below; only files that vanished since are refused here
+    missing = [r.path for (_, r), fp, want in zip(records, current, expected) if fp == b"missing" and bytes(want) != b"missing"]
     if missing:
         raise UserError(f"{dataset.root}: {len(missing)} {where} image(s) cannot be read (first: {_first(missing)}); "
                         f"check the dataset folder and its permissions")
-    expected = np.concatenate([stored[s] for s in splits]) if splits else np.zeros(0, "S16")
     stale = [r.path for (_, r), fp, want in zip(records, current, expected) if fp != bytes(want)]
     if stale:
         raise UserError(f"{cache}: {len(stale)} of {total} {where} image(s) differ from the images its masks were made "
