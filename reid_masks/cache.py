@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from reid_masks.datasets.records import CACHE_SPLITS
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
@@ -194,9 +195,8 @@ class CacheWriter:
         self.close(check=exc_type is None)
 
 
-#: Columns stored per row (``index`` is implicit in a complete cache).
-WRITTEN_COLUMNS = ("path", "fingerprint", "pid", "camid", "status", "score", "box", "keypoints", "image_size", "masks", "person", "regions",
-                   "cuts", "parts")
+#: Columns stored per row (``index`` is implicit in a complete cache); :func:`column_layout` gives their shapes.
+WRITTEN_COLUMNS = tuple(c for c in COLUMNS if c != "index")
 
 
 def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -260,7 +260,7 @@ class MaskCache:
 
     @property
     def splits(self) -> list[str]:
-        return [s for s in ("train", "query", "gallery", "multi_query") if s in self._file]
+        return [s for s in CACHE_SPLITS if s in self._file]
 
     def num_rows(self, split: str) -> int:
         """Rows of the whole split (a shard holds only some of them, see ``row_index``)."""

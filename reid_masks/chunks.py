@@ -8,7 +8,6 @@ reported by name and recomputed.
 """
 from __future__ import annotations
 
-import logging
 import zipfile
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import numpy as np
 from reid_masks.cache import COLUMNS, Rows
 from reid_masks.fileio import atomic_path
 
-log = logging.getLogger(__name__)
 COMPRESS_LEVEL = 3
 
 

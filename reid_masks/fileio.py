@@ -158,8 +158,6 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 def read_json(path: str | Path, missing: str, expected: str) -> Any:
     """A JSON file's content; a missing or unparseable file is a one-line UserError:
     ``"{path}: {missing}"`` or ``"{path}: expected {expected} (reason)"``."""
-    from reid_masks.errors import UserError
-
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -188,8 +186,6 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         import fcntl
         import time
-
-        from reid_masks.errors import UserError
 
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import queue
 import shutil
 import signal
@@ -36,6 +35,7 @@ from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic
 from reid_masks.progress import Progress
+from reid_masks.workers import detached_worker_init
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 256
@@ -342,7 +342,7 @@ class GenerateResult:
     status_counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)  # status -> first few "split/path"
 
-    def summary_lines(self, strict: bool = False) -> list[str]:
+    def summary_lines(self) -> list[str]:
         """One line per status other than ok / no_keypoints, with the first paths and what to do."""
         lines = []
         advice = {
@@ -380,22 +380,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-def worker_init(_: int) -> None:
-    """DataLoader workers leave signals to the main process and die with it (even on kill -9)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
@@ -616,7 +600,7 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, compute: dict[i
     source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings)
     loader = DataLoader(
         ItemDataset(source, [rows[k] for k in order], derive_here=backend is None and parser is None),
-        batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate, worker_init_fn=worker_init if cfg.workers > 0 else None,
+        batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate, worker_init_fn=detached_worker_init if cfg.workers > 0 else None,
         persistent_workers=False, prefetch_factor=4 if cfg.workers > 0 else None,
     )
     pending: dict[int, list[Item]] = {g: [] for g, ks in compute.items() if ks}

@@ -23,12 +23,12 @@ from reid_masks.datasets import ReIDDataset
 from reid_masks.errors import UserError
 from reid_masks.fileio import write_json_atomic
 from reid_masks.progress import Progress
+from reid_masks.workers import detached_worker_init
 from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
-from reid_train.engine.preemption import ignore_stop_signals
 from reid_train.models.mgran import region_inputs
 
 __all__ = ["extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "pool_multi_query", "write_json_atomic"]
@@ -61,7 +61,7 @@ def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory:
                           indices=indices)
     workers = cap_workers(cfg.data.num_workers)
     return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      worker_init_fn=ignore_stop_signals if workers else None)
+                      worker_init_fn=detached_worker_init if workers else None)
 
 
 @torch.no_grad()

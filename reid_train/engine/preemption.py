@@ -12,9 +12,9 @@ or a job script (pipelines/slurm/fit.sbatch.example) can requeue the job.
 
 A second Ctrl-C stops at once (``KeyboardInterrupt``, the last checkpoint stays as it was);
 repeated SIGTERM/SIGUSR1 (Slurm signals every process of the job, ``torchrun`` forwards them
-again) are ignored. DataLoader workers ignore the three signals (:func:`ignore_stop_signals`
-as ``worker_init_fn``): Slurm and the terminal signal them too, and a worker that dies takes
-the iteration in progress with it.
+again) are ignored. DataLoader workers ignore the three signals and die with their parent
+(:func:`reid_masks.workers.detached_worker_init` as ``worker_init_fn``): Slurm and the terminal
+signal them too, and a worker that dies takes the iteration in progress with it.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ import threading
 from types import FrameType
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "Stopped", "exit_status", "ignore_stop_signals", "continue_command"]
+from reid_masks.workers import STOP_SIGNALS
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+__all__ = ["STOP_SIGNALS", "StopSignals", "Stopped", "exit_status", "continue_command"]
 
 
 def exit_status(signum: int) -> int:
@@ -80,12 +80,6 @@ class StopSignals:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: workers outlive the signals; the main process ends them."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
 
 
 def continue_command(argv: list[str] | None = None) -> str:

@@ -69,7 +69,8 @@ from reid_train.data.cache_check import check_cache_images
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
-from reid_train.engine.preemption import StopSignals, Stopped, ignore_stop_signals
+from reid_masks.workers import detached_worker_init
+from reid_train.engine.preemption import StopSignals, Stopped
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 
@@ -493,7 +494,7 @@ class Trainer:
         loader = DataLoader(
             self.train_set, batch_sampler=self.sampler, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
-            worker_init_fn=ignore_stop_signals if workers else None,  # a signal must not kill the batch in flight
+            worker_init_fn=detached_worker_init if workers else None,  # a signal must not kill the batch in flight
             generator=torch.Generator().manual_seed(seed),
         )
         batches = iter(loader)

@@ -1,0 +1,34 @@
+"""``worker_init_fn`` for every DataLoader of both tools: workers leave signals to their parent
+and die with it.
+
+Slurm and the terminal signal every process of a job (SIGTERM at the time limit or on
+preemption, SIGUSR1 from ``--signal``, SIGINT on Ctrl-C). A worker killed by one takes the
+batch in flight with it and makes the DataLoader print a long "worker exited unexpectedly"
+traceback, while the main process wants to finish its work and stop cleanly; so workers ignore
+the three and the main process ends them. And when the main process is killed outright
+(``kill -9``, the out-of-memory killer), ``PR_SET_PDEATHSIG`` makes the kernel kill its workers
+too, instead of leaving them running as orphans.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def detached_worker_init(worker_id: int = 0) -> None:
+    """Ignore SIGTERM / SIGUSR1 / SIGINT and ask the kernel for SIGKILL when the parent dies."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
