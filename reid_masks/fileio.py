@@ -104,6 +104,16 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+def missing_folders(path: str | Path) -> list[Path]:
+    """The folders of ``path`` (``path`` included) that do not exist yet, deepest first."""
+    out = []
+    for p in (Path(path).absolute(), *Path(path).absolute().parents):
+        if p.exists():
+            break
+        out.append(p)
+    return out
+
+
 def check_writable(path: str | Path, option: str = "--out", folder: bool = False) -> Path:
     """Refuse, in one line and before any work, an output that could not be written at the end.
 
@@ -118,11 +128,7 @@ def check_writable(path: str | Path, option: str = "--out", folder: bool = False
         raise UserError(f"{option} {path}: is a folder, expected a file name")
     if folder and path.exists() and not path.is_dir():
         raise UserError(f"{option} {path}: is a file, expected a folder")
-    missing = []
-    for p in (target, *target.parents):
-        if p.exists():
-            break
-        missing.append(p)
+    missing = missing_folders(target)
     blocker = next((p for p in (target, *target.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise UserError(f"{blocker}: output folder is not writable (it is a file; {option} {path})")

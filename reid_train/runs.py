@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from reid_masks.errors import UserError
+from reid_masks.fileio import missing_folders
 from reid_train.config import Config, load_config
 
 __all__ = ["absolute_paths", "load_run_config", "first_missing", "remove_unstarted_run", "RUN_CONFIG_NAME"]
@@ -61,13 +62,8 @@ def load_run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> Confi
 
 def first_missing(path: str | Path) -> Path | None:
     """The outermost folder of ``path`` (``path`` included) that does not exist yet, or None."""
-    path = Path(path).absolute()
-    missing = None
-    for p in (path, *path.parents):
-        if p.exists():
-            break
-        missing = p
-    return missing
+    missing = missing_folders(path)
+    return missing[-1] if missing else None
 
 
 def remove_unstarted_run(created: Path | None, output_dir: str | Path, new_log: Path | None = None) -> None:
