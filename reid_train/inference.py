@@ -78,7 +78,7 @@ def load_model(checkpoint: str | Path, device: str | None = None, overrides: Seq
     ``overrides``: ``section.key=value`` as with ``--set`` (e.g. ``test.flip=false``).
     Mixed precision and channels-last follow the run's config on CUDA.
     """
-    from reid_train.engine.trainer import load_checkpoint, model_from_checkpoint, resolve_device
+    from reid_train.engine.trainer import amp_dtype, load_checkpoint, model_from_checkpoint, resolve_device
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
@@ -86,7 +86,7 @@ def load_model(checkpoint: str | Path, device: str | None = None, overrides: Seq
     dev = resolve_device(device or cfg.train.device)
     model, cfg = model_from_checkpoint(ckpt, cfg)
     cuda = dev.type == "cuda"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if cuda else None
+    amp = amp_dtype(cfg.train.amp, dev)
     channels_last = cfg.train.channels_last and cuda
     model.to(dev).eval()
     if channels_last:

@@ -282,7 +282,7 @@ def _load(checkpoint: Path, overrides: Sequence[str]):
     from reid_train.inference import load_model
 
     loaded = load_model(checkpoint, overrides=overrides)
-    return loaded.model, loaded.config, loaded.build_dataset(), loaded.device
+    return loaded.model, loaded.config, loaded.build_dataset(), loaded.device, loaded.amp_dtype
 
 
 def _stem(path: str) -> str:
@@ -300,9 +300,8 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
     from reid_train.engine.evaluator import build_test_loader, extract_features
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    model, cfg, dataset, device = _load(checkpoint, overrides)
+    model, cfg, dataset, device, amp = _load(checkpoint, overrides)
     cuda = device.type == "cuda"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if cuda else None
     feats = {}
     for split in ("query", "gallery"):
         if not dataset.split(split):

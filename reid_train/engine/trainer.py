@@ -91,6 +91,11 @@ CHECKPOINT_VERSION = 1
 # --------------------------------------------------------------------------- helpers
 
 
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device``: bf16/fp16 on CUDA, None (float32) elsewhere."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
+
+
 def resolve_device(spec: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; a CUDA request on a CPU-only host is a UserError."""
     if spec == "auto":
@@ -343,7 +348,7 @@ class Trainer:
 
         # Device-specific speed-ups only where they exist (CUDA); CPU runs stay exact.
         cuda = self.device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if cuda else None
+        self.amp_dtype = amp_dtype(cfg.train.amp, self.device)
         if cfg.train.amp != "none" and not cuda:
             logger.warning("train.amp=%s is ignored on %s (mixed precision is used on CUDA only)", cfg.train.amp, self.device)
         self.channels_last = cfg.train.channels_last and cuda
