@@ -232,10 +232,27 @@ def wait_for_chunks(partial: Path, n: int, proc: subprocess.Popen, timeout: floa
     deadline = time.time() + timeout
     while time.time() < deadline and len(list(partial.glob("chunk-*.npz"))) < n and proc.poll() is None:
         time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before the test could stop it: use a larger dataset"
+
+
+@pytest.fixture(scope="module")
+def long_market(synth_dataset) -> Path:
+    """A set that parsing-PNG generate needs over half a second for on a quiet 2-core machine (6 ids
+    took 0.2 s: a signal sent after the third chunk could arrive after the run had finished)."""
+    return synth_dataset("market1501", ids=16, seed=2)
+
+
+@pytest.fixture(scope="module")
+def long_reference(long_market, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("long-ref") / "market.h5"
+    code, msg = gen(long_market, out)
+    assert code == 0, msg
+    return out
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_keeps_finished_chunks_with_one_line(market, reference, tmp_path, signum):
+def test_signal_keeps_finished_chunks_with_one_line(long_market, long_reference, tmp_path, signum):
+    market, reference = long_market, long_reference
     out = tmp_path / "s.h5"
     proc = subprocess.Popen(cli(market, out, "--chunk-rows", "2", "--workers", "1", "--batch-size", "1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -255,7 +272,8 @@ def test_signal_keeps_finished_chunks_with_one_line(market, reference, tmp_path,
     assert_same_cache(out, reference)
 
 
-def test_workers_die_with_a_killed_parent(market, tmp_path):
+def test_workers_die_with_a_killed_parent(long_market, tmp_path):
+    market = long_market
     out = tmp_path / "k.h5"
     proc = subprocess.Popen(cli(market, out, "--chunk-rows", "2", "--workers", "2", "--batch-size", "1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
