@@ -10,7 +10,6 @@ takes chunks ``i, i+n, i+2n, ...`` and writes ``<stem>.shard<i>of<n>.h5`` for
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import queue
@@ -115,9 +114,7 @@ class ImageSource:
         return None
 
     def load(self, split: str, index: int, rec: Record) -> Item:
-        from PIL import Image
-
-        from reid_masks.imageio import read_label_png, read_parsing_png
+        from reid_masks.imageio import read_image, read_label_png, read_parsing_png
 
         path = self.root / rec.path
         try:
@@ -126,10 +123,8 @@ class ImageSource:
             return Item(split, index, rec, b"missing", None, None, None)
         item = Item(split, index, rec, fingerprint(data), None, None, None)
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                item.image = np.asarray(im.convert("RGB"))
-        except Exception:  # any decoder failure: recorded as the row's status
+            item.image = read_image(path, data)
+        except UserError:  # any decoder failure: recorded as the row's status
             return item
         h, w = item.image.shape[:2]
         try:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from reid_masks.fileio import atomic_path
+from reid_masks.imageio import to_rgb8
 
 Color = tuple[int, int, int]
 ImageLike = Union[np.ndarray, Image.Image]
@@ -68,7 +69,7 @@ def limb_color(a: int, b: int) -> Color:
 def as_array(image: ImageLike) -> np.ndarray:
     """An ``HxWx3`` uint8 RGB array (a copy) from an array or a PIL image."""
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        return np.array(to_rgb8(image))
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)

@@ -8,9 +8,17 @@ traceback, while the main process wants to finish its work and stop cleanly; so 
 the three and the main process ends them. And when the main process is killed outright
 (``kill -9``, the out-of-memory killer), ``PR_SET_PDEATHSIG`` makes the kernel kill its workers
 too, instead of leaving them running as orphans.
+
+Because workers ignore SIGTERM, the main process must end leftover ones with SIGKILL when it
+exits: multiprocessing's own exit handler would SIGTERM them and then wait forever (an
+exception from a worker -- an unreadable image -- leaves the DataLoader's workers running
+while the error goes up to the command line).
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # noqa: F401 -- its exit handler first, so ours (atexit: last in, first out) runs before it
 import os
 import signal
 import sys
@@ -32,3 +40,19 @@ def detached_worker_init(worker_id: int = 0) -> None:
             pass
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
+
+
+def _kill_leftover_workers() -> None:
+    """At exit: SIGKILL daemonic children still alive (DataLoader workers ignore SIGTERM)."""
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if not children:
+        return
+    # torch's SIGCHLD handler would raise "worker killed" in the middle of this clean-up
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=10)
+
+
+atexit.register(_kill_leftover_workers)

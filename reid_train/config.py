@@ -6,7 +6,10 @@ A YAML file sets any subset of the keys below (sections ``data``, ``model``, ``l
 ``mmga_market1501``). Command lines override keys with ``--set section.key=value``; the
 value is converted to the key's type. An unknown key, a value of the wrong type or one
 outside the allowed set is a one-line :class:`UserError` that names the key and what is
-allowed -- a typo must not silently train 900 epochs with a default.
+allowed -- a typo must not silently train 900 epochs with a default. Every numeric key
+declares its range (``_range``) or its choices once, on its field (checked at import), numbers
+must be finite (no ``.nan`` / ``.inf``), and a config file must be UTF-8 without a key given
+twice in one mapping (YAML's last-one-wins would hide the first).
 
 Every key has code behind it; ``reid-train fit --help`` and the README list them. Some
 keys are read by one model family only (:data:`READ_WHEN`): a config file or ``--set`` that
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +48,12 @@ def _choices(*values: Any) -> dict[str, Any]:
     return {"choices": tuple(values)}
 
 
+MAX_SIDE = 4096  # image sides in pixels (as reid-train export --height/--width)
+MAX_DIM = 65536  # feature widths
+
+
 def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> dict[str, Any]:
+    """A numeric key's allowed values, declared on its field; every int/float key has one."""
     return {"min": lo, "max": hi, "lo_open": lo_open}
 
 
@@ -58,16 +67,16 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the dataset adapter's options (e.g. folder pattern), as reid-masks --dataset-option
     # evaluate on these instead of data.dataset's query/gallery: [{dataset, root, cache, options}] (engine/test_sets.py)
     test_sets: list[dict[str, Any]] = field(default_factory=list)
-    height: int = field(default=384, metadata=_range(16))
-    width: int = field(default=128, metadata=_range(16))
-    num_ids: int = field(default=24, metadata=_range(1))  # P identities per batch
-    num_instances: int = field(default=4, metadata=_range(1))  # K images per identity
+    height: int = field(default=384, metadata=_range(16, MAX_SIDE))
+    width: int = field(default=128, metadata=_range(16, MAX_SIDE))
+    num_ids: int = field(default=24, metadata=_range(1, 4096))  # P identities per batch
+    num_instances: int = field(default=4, metadata=_range(1, 1024))  # K images per identity
     flip_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    pad: int = field(default=0, metadata=_range(0))  # pad + random crop, pixels per side (0: off)
+    pad: int = field(default=0, metadata=_range(0, MAX_SIDE))  # pad + random crop, pixels per side (0: off)
     erasing_prob: float = field(default=0.5, metadata=_range(0.0, 1.0))
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    num_workers: int = field(default=4, metadata=_range(0))
+    num_workers: int = field(default=4, metadata=_range(0, 256))
 
 
 @dataclass
@@ -79,10 +88,10 @@ class ModelConfig:
     pretrained: str = "imagenet"  # imagenet | none | path to a ResNet state dict
     last_stride: int = field(default=1, metadata=_choices(1, 2))
     stage4_input: str = field(default="attended", metadata=_choices("attended", "raw"))
-    whole_dim: int = field(default=1024, metadata=_range(1))
-    part_dim: int = field(default=512, metadata=_range(1))
+    whole_dim: int = field(default=1024, metadata=_range(1, MAX_DIM))
+    part_dim: int = field(default=512, metadata=_range(1, MAX_DIM))
     head_bn: bool = True
-    reduction_dim: int = field(default=0, metadata=_range(0))  # mgran*: shared Linear+BN per branch (0: none, F = branches x 2048)
+    reduction_dim: int = field(default=0, metadata=_range(0, MAX_DIM))  # mgran*: shared Linear+BN per branch (0: none, F = branches x 2048)
     id_head: bool = False  # mgran*: identity softmax on F (our addition; the paper trains with MSML only)
 
 
@@ -122,7 +131,7 @@ class TrainConfig:
     """Run control: output folder, seed, device, precision, logging and evaluation cadence."""
 
     output_dir: str = "runs/mmga"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy and torch accept 0 .. 2**32-1
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     amp: str = field(default="none", metadata=_choices("none", "bf16", "fp16"))  # CUDA only
     channels_last: bool = True  # CUDA only
@@ -137,7 +146,7 @@ class TrainConfig:
 class TestConfig:
     """Evaluation: flip-averaged features, distance, optional k-reciprocal re-ranking, multi-query."""
 
-    batch_size: int = field(default=128, metadata=_range(1))
+    batch_size: int = field(default=128, metadata=_range(1, 4096))
     flip: bool = True
     metric: str = field(default="euclidean", metadata=_choices("euclidean", "cosine"))
     rerank: bool = False
@@ -156,6 +165,23 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
+
+
+def _numeric_keys_without_range() -> list[str]:
+    """Dotted int/float keys whose field declares neither ``_range`` nor ``_choices``."""
+    missing = []
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float) and "min" not in f.metadata and "choices" not in f.metadata:
+                missing.append(f"{section.name}.{f.name}")
+    return missing
+
+
+# the range rule is declared once per key, on its field: a numeric key without one is a bug here
+if _numeric_keys_without_range():
+    raise TypeError(f"config keys without a declared range: {', '.join(_numeric_keys_without_range())}")
 
 
 # --------------------------------------------------------------------------- who reads what
@@ -240,12 +266,16 @@ def _convert(value: Any, tp: Any, where: str, from_text: bool) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise bad from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            raise bad
+        if not math.isfinite(number):  # .nan / .inf / 1e999 would surface later as "loss is nan"
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if value is None:
             return ""
@@ -420,16 +450,61 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     raise UserError(f"config {text!r} not found: not a file and not a packaged config (packaged: {', '.join(packaged_configs())})")
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping (raised by :class:`_UniqueKeyLoader`)."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(key, line, first_line)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping, at any depth (plain YAML
+    keeps the last one silently). Keys brought in by a ``<<`` merge may be overridden, as YAML says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, first[key])
+            except TypeError:  # an unhashable key: the base constructor says so
+                continue
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    """A config file's YAML content; not UTF-8, a repeated key or bad YAML is a one-line UserError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line}: byte 0x{data[exc.start]:02X} at offset {exc.start} is not UTF-8; "
+                        f"save the config as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as dup:
+        raise UserError(f"{path}:{dup.line}: duplicate key {dup.key!r} (first given at line {dup.first_line}); "
+                        f"keep one") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
 def _read_tree(path: Path, seen: tuple[Path, ...] = (), origins: dict[str, str] | None = None) -> dict[str, Any]:
     """A YAML file's content merged over its ``_base_`` chain; ``origins`` gets ``key -> file`` of the
     file (nearest in the chain) that sets each key."""
     path = path.resolve()
     if path in seen:
         raise UserError(f"{path}: _base_ cycle ({' -> '.join(str(p) for p in seen + (path,))})")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    tree = _read_yaml(path) or {}
     if not isinstance(tree, dict):
         raise UserError(f"{path}: a config must be a mapping of sections, got {type(tree).__name__}")
     base = tree.pop("_base_", None)

@@ -95,14 +95,14 @@ def load_model(checkpoint: str | Path, device: str | None = None, overrides: Seq
 
 
 def _as_rgb(image: ImageLike) -> np.ndarray | torch.Tensor:
-    from reid_masks.imageio import read_image
+    from reid_masks.imageio import read_image, to_rgb8
 
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, (np.ndarray, torch.Tensor)):
         return image
-    if hasattr(image, "convert"):  # a PIL image
-        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "convert"):  # a PIL image (16-bit grey scaled as read_image does)
+        return to_rgb8(image)
     raise TypeError(f"expected an image path, an HxWx3 uint8 array, a PIL image or a 3xHxW tensor, got {type(image).__name__}")
 
 
