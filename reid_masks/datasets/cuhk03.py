@@ -27,7 +27,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from reid_masks.datasets.folders import compile_pattern, resolve_root
-from reid_masks.datasets.records import Record, ReIDDataset, relabel
+from reid_masks.datasets.records import Record, ReIDDataset, check_file_names, relabel
 from reid_masks.errors import UserError
 
 Variant = Literal["labeled", "detected"]
@@ -166,7 +166,7 @@ def _load_classic(manifest: dict[str, Any], root: str | Path, variant: str, spli
     regex = compile_pattern(manifest["filename"]["pattern"], "data_manifests/cuhk03.json")
     test_ids = {int(pair) * 1000 + int(person) for pair, person in testsets[split_id]}
     train, test = [], []
-    for path in sorted(p for p in img_dir.iterdir() if p.suffix == manifest["filename"]["extension"]):
+    for path in check_file_names(sorted(p for p in img_dir.iterdir() if p.suffix == manifest["filename"]["extension"])):
         m = regex.match(path.name)
         if m is None:
             raise UserError(f"{path}: file name does not match {regex.pattern!r} (extracted from {mat_path})")

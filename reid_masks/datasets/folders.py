@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from reid_masks.datasets.records import MULTI_QUERY, Record, ReIDDataset, SPLITS, relabel
+from reid_masks.datasets.records import MULTI_QUERY, Record, ReIDDataset, SPLITS, check_file_names, relabel
 from reid_masks.errors import UserError
 
 
@@ -40,10 +40,10 @@ def compile_pattern(pattern: str, origin: str, groups: tuple[str, ...] = ("pid",
 def list_images(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Image files in ``folder``, dangling symlinks included: they become rows marked unreadable
     (``validate`` reports them), never a silently shorter split."""
-    return sorted(
+    return check_file_names(sorted(
         p for p in folder.iterdir()
         if p.suffix.lower() in extensions and (p.is_file() or (p.is_symlink() and not p.exists()))
-    )
+    ))
 
 
 def parse_names(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from reid_masks.datasets.folders import compile_pattern
-from reid_masks.datasets.records import Record, ReIDDataset, SPLITS, leaves_root, relabel
+from reid_masks.datasets.records import Record, ReIDDataset, SPLITS, leaves_root, relabel, text_lines
 from reid_masks.errors import UserError
 
 
@@ -32,7 +32,7 @@ def read_list(path: Path, folder: str, regex: re.Pattern, split: str, camera_bas
     if not path.is_file():
         raise UserError(f"{path}: list file not found (expected lines '<pid dir>/<file> <label>')")
     records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text_lines(path, "lines '<pid dir>/<file> <label>'"), 1):
         if not line.strip():
             continue
         parts = line.split()

@@ -1,9 +1,12 @@
 """The plain record and dataset types every adapter returns."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
+
+from reid_masks.errors import UserError
 
 SPLITS = ("train", "query", "gallery")
 MULTI_QUERY = "multi_query"  # optional images pooled per query (Market-1501's gt_bbox/), see ReIDDataset
@@ -91,3 +94,36 @@ def cache_splits(ds: "ReIDDataset") -> tuple[str, ...]:
     dataset has them (Market-1501's ``gt_bbox/``), the multi-query images, so that mask-guided
     models can pool them (``test.multi_query``)."""
     return SPLITS + ((MULTI_QUERY,) if ds.multi_query else ())
+
+
+def text_lines(path: Path, expected: str) -> list[str]:
+    """The lines of a dataset's text file (a list file); a NUL or a non-UTF-8 byte is a one-line
+    UserError naming the file, line and byte, before any work (a path with a NUL cannot be opened,
+    and every record's path must be UTF-8 to be stored in the HDF5 cache)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc}; expected {expected})") from None
+    lines = data.splitlines()  # bytes: only \n / \r end a line, so the numbers are an editor's
+    for lineno, raw in enumerate(lines, 1):
+        nul = raw.find(b"\0")
+        if nul >= 0:
+            raise UserError(f"{path}:{lineno}: NUL byte at column {nul + 1} (expected {expected}); is the file corrupted?")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}:{lineno}: byte 0x{raw[exc.start]:02X} at column {exc.start + 1} is not UTF-8 "
+                            f"(expected {expected} in UTF-8); convert the file, e.g. iconv -f latin1 -t utf-8") from None
+    return [raw.decode("utf-8") for raw in lines]
+
+
+def check_file_names(files: list[Path]) -> list[Path]:
+    """``files`` unchanged; a name that is not UTF-8 (Python holds it with surrogate escapes) is a
+    one-line UserError naming it: record paths are stored as UTF-8 text in the mask cache."""
+    for f in files:
+        try:
+            f.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{f.parent}: file name {os.fsencode(f.name)!r} is not UTF-8; rename it "
+                            f"(e.g. convmv -f latin1 -t utf-8 --notest)") from None
+    return files

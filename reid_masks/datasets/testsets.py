@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reid_masks.datasets.folders import compile_pattern
-from reid_masks.datasets.records import Record, ReIDDataset
+from reid_masks.datasets.records import Record, ReIDDataset, check_file_names
 from reid_masks.errors import UserError
 
 TEST_SPLITS = ("query", "gallery")
@@ -52,6 +52,7 @@ def scan_split(base: Path, manifest: dict[str, Any], split: str) -> tuple[list[R
     for f in sorted(files):
         if not f.is_file() or f.suffix.lower() not in extensions:
             continue
+        check_file_names([f])
         m = regex.match(f.name)
         if m is None:
             bad.append(f.relative_to(base).as_posix())
