@@ -15,7 +15,7 @@ import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from reid_masks.errors import UserError
 
@@ -114,16 +114,52 @@ def missing_folders(path: str | Path) -> list[Path]:
     return out
 
 
-def check_writable(path: str | Path, option: str = "--out", folder: bool = False) -> Path:
+PID_DIGITS = 7  # Linux's pid_max is at most 2**22 = 4194304: a temporary name is never longer than this allows
+
+
+def lock_path(path: Path) -> Path:
+    """The hidden lock file :class:`OutputLock` keeps beside ``path``."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def sibling_names(path: Path, folder: bool = False, also: Iterable[str] = ()) -> list[str]:
+    """The names a run writes beside its output ``path``: the output, its lock and (a file) its
+    temporary (:func:`atomic_path`, with the widest pid), plus a command's own ``also``."""
+    names = [path.name, lock_path(path).name]
+    if not folder:
+        names.append(temp_name(path, pid=10**PID_DIGITS - 1).name)
+    return names + list(also)
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` (or its nearest existing parent) takes."""
+    for p in (folder, *folder.parents):
+        try:
+            return int(os.pathconf(p, "PC_NAME_MAX"))
+        except (OSError, ValueError):  # not there (yet), or its name is itself too long
+            continue
+    return 255
+
+
+def check_writable(path: str | Path, option: str = "--out", folder: bool = False, also: Iterable[str] = ()) -> Path:
     """Refuse, in one line and before any work, an output that could not be written at the end.
 
-    ``path`` is a file to write (or, with ``folder``, a folder to write into). The folder is
-    created as the write would create it, a probe file is written there and removed, and
-    folders this check created are removed again, so a refused run leaves nothing behind.
-    Returns ``path``. Raises :class:`UserError` naming ``option`` and the reason.
+    ``path`` is a file to write (or, with ``folder``, a folder to write into). The names the
+    run will write beside it (:func:`sibling_names`; ``also``: a command's own, e.g. generate's
+    ``<out>.partial``) must fit the file system's NAME_MAX. The folder is created as the write
+    would create it, a probe file is written there and removed, and folders this check created
+    are removed again, so a refused run leaves nothing behind. Returns ``path``. Raises
+    :class:`UserError` naming ``option`` and the reason.
     """
     path = Path(path)
     target = path if folder else path.parent
+    limit = name_max(path.parent)
+    for longest in (*path.parent.parts, max(sibling_names(path, folder, also), key=lambda n: len(os.fsencode(n)))):
+        size = len(os.fsencode(longest))
+        if size > limit:  # checked first: stat() of such a path fails with ENAMETOOLONG
+            what = "a folder name of it" if longest in path.parent.parts else "a name written beside it"
+            raise UserError(f"{option} {path}: name too long: '{longest}' ({what}) has {size} bytes and the file system takes "
+                            f"at most {limit} bytes per name; shorten it by {size - limit} byte(s) or more")
     if not folder and path.is_dir():
         raise UserError(f"{option} {path}: is a folder, expected a file name")
     if folder and path.exists() and not path.is_dir():
@@ -185,7 +221,7 @@ class OutputLock:
 
     def __init__(self, path: str | Path, command: str = ""):
         self.path = Path(path)
-        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self.lock_path = lock_path(self.path)
         self.command = command
         self._fd: int | None = None
 

@@ -385,10 +385,10 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     """
     ds = build_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
     out = shard_path(cfg.out, cfg.shard)
-    check_writable(out)
+    partial = out.with_name(out.name + ".partial")
+    check_writable(out, also=[partial.name])
     with OutputLock(out, cfg.command), sigterm_as_interrupt():
         remove_dead_temps(out.parent, out.name)
-        partial = out.with_name(out.name + ".partial")
         remove_dead_temps(partial)
         try:
             return _generate_locked(cfg, ds, out, partial)
