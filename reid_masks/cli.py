@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from reid_masks.cliopts import dataset_flags, dataset_options_from_cli
+from reid_masks.cliopts import PERSON_SIDE, SEED, check_chunk_memory, dataset_flags, dataset_options_from_cli, parse_hw
 from reid_masks.errors import UserError
 
 
@@ -16,7 +16,8 @@ HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
 class Group(click.Group):
-    """A click group that prints a UserError as one line (no traceback) and exits 2."""
+    """A click group that prints a UserError, and a subcommand's bad option (click's usage
+    error: a value out of range, a missing option), as one line (no traceback) and exits 2."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -24,6 +25,10 @@ class Group(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(getattr(exc, "exit_code", 2))
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"error: {exc.format_message().rstrip('.')} (see '{where} --help')", err=True)
+            ctx.exit(exc.exit_code)
 
 
 @click.group(cls=Group, context_settings=HELP_SETTINGS)
@@ -36,7 +41,7 @@ def main() -> None:
 @click.option("--layout", required=True, type=click.Choice(["market1501", "dukemtmc", "cuhk03", "msmt17", "occluded_duke", "occluded_reid", "partial_reid", "partial_ilids"]), help="Real dataset layout to imitate.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset root to write.")
 @click.option("--ids", default=8, show_default=True, type=click.IntRange(2, 1000), help="Identities in train and in test.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--occlusion-rate", type=click.FloatRange(0, 1), help="Share of images with an occluder (pole, bag, obstacle, car, person); default: the layout's rule.")
@@ -93,15 +98,6 @@ def command_line(ctx: click.Context) -> str:
     return " ".join(["reid-masks", ctx.info_name or "generate"] + opts)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-        assert h > 0 and w > 0
-    except (ValueError, AssertionError):
-        raise UserError(f"--person-size {text!r}: expected HxW, e.g. 256x128") from None
-    return h, w
-
-
 @main.command()
 @dataset_flags()
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
@@ -124,7 +120,7 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--shard", default="0/1", show_default=True, help="i/n: process shard i of n (writes <stem>.shard<i>of<n>.h5 for merge).")
 @click.option("--update", is_flag=True, help="Recompute only rows whose image changed, was added or removed.")
 @click.option("--variant", type=click.Choice(["labeled", "detected"]), help="CUHK03 variant (shortcut for --dataset-option variant=...).")
-@click.option("--person-size", default="256x128", show_default=True, help="HxW of the stored pedestrian mask and regions.")
+@click.option("--person-size", default="256x128", show_default=True, help=f"HxW of the stored pedestrian mask and regions (each side {PERSON_SIDE[0]} to {PERSON_SIDE[1]}).")
 @click.option("--chunk-rows", default=256, show_default=True, type=click.IntRange(1, 100000), help="Rows per saved chunk: the unit of resume and of sharding.")
 @click.option("--strict", is_flag=True, help="Exit 1 (after writing the cache) when any image was unreadable.")
 def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, parser_flip: bool, masks_dir: Path | None, seg_siblings: bool, backend: str,
@@ -143,11 +139,13 @@ def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Pat
     if random_weights:
         backend_options["random_weights"] = True
         parser_options["random_weights"] = True
+    person_hw = parse_hw(person_size, "--person-size", *PERSON_SIDE)
+    check_chunk_memory(chunk_rows, person_hw)
     cfg = GenerateConfig(
         dataset=dataset, root=root, out=out, dataset_options=dataset_options_from_cli(dataset, dataset_option, variant),
         parsing_dir=parsing_dir, masks_dir=masks_dir, seg_siblings=seg_siblings, backend=backend,
         backend_options=backend_options, parser=parser, parser_options=parser_options, batch_size=batch_size, workers=workers, shard=parse_shard(shard),
-        update=update, person_size=parse_size(person_size), chunk_rows=chunk_rows, command=command_line(click.get_current_context()),
+        update=update, person_size=person_hw, chunk_rows=chunk_rows, command=command_line(click.get_current_context()),
     )
     result = run_generate(cfg)
     if result.written:

@@ -1,8 +1,13 @@
-"""Command-line options shared by the ``reid-masks`` commands that name a dataset.
+"""Command-line options shared by the ``reid-masks`` commands that name a dataset, and the
+bounds of the size options of both tools.
 
 ``--dataset`` and ``--dataset-option KEY=VALUE`` (repeatable) are generated from the
 adapter registry (``reid_masks.datasets``), so a new adapter and its options appear in
 every command's help without being listed here.
+
+Every count and size a user types is bounded (``click.IntRange`` or :func:`parse_hw`), so a
+typo such as ``--person-size 100000x100000`` is one line naming the option and its range, not
+an out-of-memory kill hours later.
 """
 from __future__ import annotations
 
@@ -13,6 +18,35 @@ import click
 from reid_masks.datasets import check_dataset_options, dataset_names, dataset_options
 from reid_masks.datasets.options import parse_pairs
 from reid_masks.errors import UserError
+
+
+#: ``--seed`` of every command: what numpy's and torch's generators take.
+SEED = click.IntRange(0, 2**32 - 1)
+#: Sides (pixels) of the stored person mask, regions and parts maps (``generate --person-size``).
+PERSON_SIDE = (8, 1024)
+#: Most bytes of person/regions/parts maps one chunk of ``generate`` may hold in memory.
+CHUNK_BYTES_MAX = 2 << 30
+
+
+def parse_hw(text: str, option: str, lo: int, hi: int) -> tuple[int, int]:
+    """``HxW`` with both sides in ``lo..hi``; anything else is a one-line UserError naming ``option``."""
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected HxW, e.g. 256x128") from None
+    if not (lo <= h <= hi and lo <= w <= hi):
+        raise UserError(f"{option} {text!r}: each side must be {lo} to {hi} pixels, e.g. 256x128")
+    return h, w
+
+
+def check_chunk_memory(chunk_rows: int, person_hw: tuple[int, int]) -> None:
+    """Refuse a ``--chunk-rows`` x ``--person-size`` whose maps (3 bytes a pixel) would not fit in
+    :data:`CHUNK_BYTES_MAX`: a chunk is held in memory until it is saved."""
+    need = chunk_rows * 3 * person_hw[0] * person_hw[1]
+    if need > CHUNK_BYTES_MAX:
+        fit = CHUNK_BYTES_MAX // (3 * person_hw[0] * person_hw[1])
+        raise UserError(f"--chunk-rows {chunk_rows} with --person-size {person_hw[0]}x{person_hw[1]}: a chunk would hold "
+                        f"{need / 2**30:.1f} GiB of maps in memory, at most {CHUNK_BYTES_MAX >> 30} GiB; use --chunk-rows {fit} or less")
 
 
 def dataset_help() -> str:

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from reid_masks import visual
 from reid_masks.cache import STATUS_NAMES, MaskCache
+from reid_masks.cliopts import SEED
 from reid_masks.errors import UserError
 from reid_masks.fileio import check_writable
 from reid_masks.imageio import read_image
@@ -213,6 +214,10 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
                         f"if the dataset moved, pass --root DATASET_ROOT")
     person_hw = tuple(int(v) for v in rows[0][1]["regions"].shape)
     layout = sheet_layout(person_hw, len(rows), scale, cols, legend)  # type: ignore[arg-type]
+    width, height = layout.size
+    if width * height > visual.MAX_PICTURE_PIXELS:
+        raise UserError(f"--n {len(rows)} --scale {scale:g} --cols {layout.cols}: the sheet would be {width}x{height} pixels, at most "
+                        f"{visual.MAX_PICTURE_PIXELS // 10**6} million; lower --n or --scale")
     tiles = []
     for s, row in rows:
         try:
@@ -234,7 +239,7 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
 @click.option("--n", "n", default=32, show_default=True, type=click.IntRange(1, 10000), help="Rows to show.")
 @click.option("--split", type=click.Choice(["train", "query", "gallery"]), help="Only this split (default: all).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Dataset root (default: the cache's dataset_root).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Picks the phase of the even sampling.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Picks the phase of the even sampling.")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.1, 16), help="Panel size / person-mask size.")
 @click.option("--cols", default=DEFAULT_COLS, show_default=True, type=click.IntRange(1, 100), help="Tiles per row.")
 def preview_command(cache_path: Path, out: Path, n: int, split: str | None, root: Path | None, seed: int, scale: float, cols: int) -> None:

@@ -387,7 +387,7 @@ def resubmit_missing(folder: Path, resources: Resources, max_running: int | None
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Dataset root folder (as seen from the compute nodes).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Merged cache to write (.h5); shard files go beside it.")
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs (passed to generate).")
-@click.option("--shards", type=int, help="Number of shards = array tasks (numbered 0..N-1).")
+@click.option("--shards", type=click.IntRange(1, 100000), help="Number of shards = array tasks (numbered 0..N-1).")
 @click.option("--partition", help="sbatch --partition.")
 @click.option("--account", help="sbatch --account.")
 @click.option("--time", "time_limit", help="sbatch --time per task, e.g. 4:00:00.")
@@ -426,8 +426,6 @@ def submit_command(dataset: str | None, dataset_option: tuple[str, ...], root: P
         return
     if shards is None:
         raise UserError("--shards N is required (the number of array tasks; or --resubmit-failed to finish an earlier run)")
-    if shards < 1:
-        raise UserError(f"--shards {shards}: expected at least 1")
     for name, value in (("--dataset", dataset), ("--root", root)):
         if value is None:
             raise UserError(f"{name} is required (or --resubmit-failed to finish an earlier run)")

@@ -55,6 +55,10 @@ _LEFT = frozenset({1, 3, 5, 7, 9, 11, 13, 15})
 _RIGHT = frozenset({2, 4, 6, 8, 10, 12, 14, 16})
 
 
+#: The largest picture (pixels) a command draws: 768 MiB as RGB. Options that size a picture
+#: (preview --n/--scale/--cols, visualize --n/--topk/--tile-height) are refused above it.
+MAX_PICTURE_PIXELS = 1 << 28
+
 def keypoint_color(index: int) -> Color:
     """Colour of COCO keypoint ``index``: left side cyan, right side lime, nose white."""
     return KP_LEFT if index in _LEFT else KP_RIGHT if index in _RIGHT else KP_CENTER

@@ -31,6 +31,7 @@ import click
 import numpy as np
 
 from reid_masks import visual
+from reid_masks.cliopts import SEED
 from reid_masks.errors import UserError
 
 if TYPE_CHECKING:  # torch is imported when used, so that 'reid-train --help' stays fast
@@ -301,6 +302,11 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     model, cfg, dataset, device, amp = _load(checkpoint, overrides)
+    panel_hw = (int(tile_height), max(8, int(round(tile_height * cfg.data.width / cfg.data.height))))
+    width, height = RankingLayout(panel_hw, topk, len(MAP_ORDER), legend=False).size  # the most maps: checked before any work
+    if width * (height + MARGIN) * n > visual.MAX_PICTURE_PIXELS:
+        raise UserError(f"--n {n} --topk {topk} --tile-height {tile_height}: index.png would be up to {width}x{(height + MARGIN) * n} "
+                        f"pixels, at most {visual.MAX_PICTURE_PIXELS // 10**6} million; lower --n, --topk or --tile-height")
     cuda = device.type == "cuda"
     feats = {}
     for split in ("query", "gallery"):
@@ -321,7 +327,6 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
         chunk = queries[start:start + cfg.test.batch_size]
         att += attention_maps(model, torch.stack([query_set[int(q)]["image"] for q in chunk]), device)
 
-    panel_hw = (int(tile_height), max(8, int(round(tile_height * cfg.data.width / cfg.data.height))))
     q_recs, g_recs = dataset.query, dataset.gallery
     rows, entries = [], []
     for i, r in enumerate(rankings):
@@ -365,7 +370,7 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the PNGs and rankings.json.")
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(1, 10000), help="Queries to show.")
 @click.option("--topk", default=5, show_default=True, type=click.IntRange(1, 50), help="Gallery images per query.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Picks the queries.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Picks the queries.")
 @click.option("--tile-height", default=256, show_default=True, type=click.IntRange(32, 2048), help="Image height in the pictures (pixels).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set data.root=/data/market1501 --set test.rerank=true (repeatable).")
