@@ -216,7 +216,7 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
     layout = sheet_layout(person_hw, len(rows), scale, cols, legend)  # type: ignore[arg-type]
     width, height = layout.size
     if width * height > visual.MAX_PICTURE_PIXELS:
-        raise UserError(f"--n {len(rows)} --scale {scale:g} --cols {layout.cols}: the sheet would be {width}x{height} pixels, at most "
+        raise UserError(f"--n {n} --scale {scale:g} --cols {layout.cols}: the sheet of {len(rows)} rows would be {width}x{height} pixels, at most "
                         f"{visual.MAX_PICTURE_PIXELS // 10**6} million; lower --n or --scale")
     tiles = []
     for s, row in rows:
