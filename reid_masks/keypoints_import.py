@@ -60,47 +60,67 @@ class People:
     scores: np.ndarray  # (n,) float32
     boxes: np.ndarray  # (n, 4) float32 x0 y0 x1 y1
     entries: list[str]  # where each person was read ("annotation 12", "entry 3"), for messages
-    digest: str  # sha256 of this image's entries as read (canonical JSON, or the pifpaf file)
 
 
 @dataclass
 class Problems:
-    """Bad entries of one source, counted per kind, reported as one line."""
+    """Bad entries (or files) of one source, counted per kind, reported as one line."""
 
     source: Path
-    found: dict[str, list[str]] = field(default_factory=dict)  # kind -> examples (first few)
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (noun, kind) -> count
+    first: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def add(self, kind: str, example: str) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        if len(self.found.setdefault(kind, [])) < 1:
-            self.found[kind].append(example)
+    def add(self, kind: str, example: str, noun: str = "entry") -> None:
+        key = (noun, kind)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.first.setdefault(key, example)
 
     def raise_if_any(self, hints: dict[str, str] | None = None) -> None:
+        """One UserError line: per kind, the count, the first example and a hint."""
         if not self.counts:
             return
         parts = []
-        for kind, n in self.counts.items():
-            hint = (hints or {}).get(kind, "")
-            parts.append(f"{n} entr{'y' if n == 1 else 'ies'} {kind} (first: {self.found[kind][0]}){hint}")
+        for (noun, kind), n in self.counts.items():
+            plural = noun if n == 1 else ("entries" if noun == "entry" else noun + "s")
+            parts.append(f"{n} {plural} {kind} (first: {self.first[(noun, kind)]}){(hints or {}).get(kind, '')}")
         raise UserError(f"{self.source}: " + "; ".join(parts))
 
 
 class KeypointTable:
-    """Image relative path -> :class:`People`; what generate's workers look keypoints up in."""
+    """Image relative path -> :class:`People`; what generate's workers look keypoints up in.
 
-    def __init__(self, people: dict[str, People], sizes: dict[str, tuple[int, int]], provenance: dict[str, Any], source: Path):
-        self.people, self.sizes, self.source = people, sizes, source
+    All people of the source sit in three arrays, each image owning a slice of them (a few
+    bytes per person, so an MSMT17-size source stays small in every worker).
+    """
+
+    def __init__(self, keypoints: np.ndarray, scores: np.ndarray, boxes: np.ndarray, labels: list[str],
+                 index: dict[str, tuple[int, int]], provenance: dict[str, Any], source: Path):
+        self.keypoints, self.scores, self.boxes, self.labels = keypoints, scores, boxes, labels
+        self.index, self.source = index, source
         self._provenance = provenance
+
+    @property
+    def num_images(self) -> int:
+        """Images of the dataset with an entry (possibly one without any person)."""
+        return len(self.index)
 
     def provenance(self) -> dict[str, Any]:
         """Format, resolved path and sha256 of what was read (a folder: one digest over its files)."""
         return dict(self._provenance)
 
+    def people(self, rel: str) -> People | None:
+        """The people of image ``rel``, None when the source has no entry for it."""
+        if rel not in self.index:
+            return None
+        a, b = self.index[rel]
+        return People(self.keypoints[a:b], self.scores[a:b], self.boxes[a:b], self.labels[a:b])
+
     def entry_digest(self, rel: str) -> str:
-        """sha256 of the entries of image ``rel`` ("" without any): a per-row input fingerprint."""
-        p = self.people.get(rel)
-        return p.digest if p is not None else ""
+        """sha256 of the people read for image ``rel`` ("" without an entry): a per-row input fingerprint."""
+        p = self.people(rel)
+        if p is None:
+            return ""
+        return hashlib.sha256(b"".join(np.ascontiguousarray(x).tobytes() for x in (p.keypoints, p.scores, p.boxes))).hexdigest()
 
     def instances(self, rel: str, height: int, width: int) -> Instances:
         """The people of image ``rel`` as keypoint-only :class:`Instances` (empty without an entry).
@@ -108,97 +128,122 @@ class KeypointTable:
         Raises a one-line :class:`UserError` when a present keypoint lies outside the image by
         more than the margin (checked here with the decoded image's size).
         """
-        p = self.people.get(rel)
+        p = self.people(rel)
         if p is None or len(p.scores) == 0:
             return Instances.empty(height, width, with_masks=False)
-        for k in range(len(p.scores)):
-            bad = outside(p.keypoints[k], height, width)
-            if bad:
-                raise UserError(f"{self.source}: {rel} {p.entries[k]}: {bad}")
+        far = outside(p.keypoints, np.array([[height, width]] * len(p.scores)))
+        if far.any():
+            k = int(np.argmax(far.any(axis=1)))
+            raise UserError(f"{self.source}: {rel} {p.entries[k]}: {outside_text(p.keypoints[k], far[k], height, width)}")
         return Instances(p.boxes.copy(), p.scores.copy(), None, p.keypoints.copy())
 
 
-# --- one entry --------------------------------------------------------------------------------
+# --- the people of many entries, checked at once -----------------------------------------------
 
 
-def numbers(value: Any, n: int | None = None) -> np.ndarray | None:
-    """``value`` as finite float64s (``n`` of them when given), None when it is not that."""
-    if not isinstance(value, (list, tuple)) or (n is not None and len(value) != n):
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return None
-    arr = np.asarray(value, np.float64)
-    return arr if np.isfinite(arr).all() else None
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def person_of(entry: Any) -> tuple[np.ndarray, float, np.ndarray] | str:
-    """``(keypoints (17, 3), score, box xyxy)`` of one entry, or what is wrong with it (a problem kind).
-
-    A box of zero size (OpenPifPaf writes ``[0, 0, 0, 0]`` for a person without keypoints) is
-    as no box; without a box or any keypoint with ``c > 0`` the person carries nothing and
-    ``"empty"`` is returned.
-    """
-    if not isinstance(entry, dict):
-        return "that are not JSON objects"
-    raw = entry.get("keypoints")
-    if not isinstance(raw, (list, tuple)):
-        return "without a keypoints list"
-    if len(raw) != 3 * NUM_KEYPOINTS:
-        return f"with other than {NUM_KEYPOINTS} keypoints"
-    vals = numbers(raw)
-    if vals is None:
-        return "with keypoint values that are not finite numbers"
-    kps = vals.reshape(NUM_KEYPOINTS, 3).astype(np.float32)
-    kps[:, 2] = np.clip(kps[:, 2], 0.0, 1.0)
-    score = entry.get("score", 1.0)
-    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
-        return "with a score that is not a number"
-    box = None
-    if entry.get("bbox") is not None:
-        b = numbers(entry["bbox"], 4)
-        if b is None or b[2] < 0 or b[3] < 0:
-            return "with a bbox that is not [x, y, width, height]"
-        if b[2] > 0 and b[3] > 0:
-            box = np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], np.float32)
-    seen = kps[kps[:, 2] > 0]
-    if box is None:
-        if not len(seen):
-            return "empty"
-        box = np.array([*seen[:, :2].min(axis=0), *seen[:, :2].max(axis=0)], np.float32)
-    return kps, float(score), box
+def number_rows(rows: list[list], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` (lists of ``width`` values) as a float64 array and which rows are all finite numbers."""
+    if not rows:
+        return np.zeros((0, width)), np.zeros(0, bool)
+    try:
+        arr = np.asarray(rows)
+        fast = arr.dtype.kind in "iuf" and arr.shape == (len(rows), width)
+    except (ValueError, TypeError):
+        fast = False
+    if not fast:  # some value is not a number: find the rows, row by row
+        ok = np.array([all(is_number(v) for v in r) for r in rows], bool)
+        arr = np.array([r if good else [0.0] * width for r, good in zip(rows, ok)], np.float64)
+        return arr, ok
+    arr = arr.astype(np.float64)
+    return arr, np.isfinite(arr).all(axis=1)
 
 
-def outside(kps: np.ndarray, height: int, width: int) -> str:
-    """What is wrong when a present keypoint (score >= KEYPOINT_MIN_SCORE) lies outside the image by more than the margin ("" if none)."""
-    present = kps[:, 2] >= KEYPOINT_MIN_SCORE
-    mx, my = OUTSIDE_MARGIN * width, OUTSIDE_MARGIN * height
-    far = present & ((kps[:, 0] < -mx) | (kps[:, 0] > width + mx) | (kps[:, 1] < -my) | (kps[:, 1] > height + my))
-    if not far.any():
-        return ""
+def outside(kps: np.ndarray, hw: np.ndarray) -> np.ndarray:
+    """(n, 17) bool: present keypoints (score >= KEYPOINT_MIN_SCORE) outside their image by more than the margin; ``hw`` (n, 2)."""
+    h, w = hw[:, :1].astype(np.float64), hw[:, 1:].astype(np.float64)
+    x, y = kps[:, :, 0], kps[:, :, 1]
+    far = (x < -OUTSIDE_MARGIN * w) | (x > w * (1 + OUTSIDE_MARGIN)) | (y < -OUTSIDE_MARGIN * h) | (y > h * (1 + OUTSIDE_MARGIN))
+    return far & (kps[:, :, 2] >= KEYPOINT_MIN_SCORE)
+
+
+def outside_text(kps: np.ndarray, far: np.ndarray, height: int, width: int) -> str:
     k = int(np.argmax(far))
     return (f"{int(far.sum())} keypoint(s) outside the {width}x{height} image by more than {OUTSIDE_MARGIN:.0%} of its size "
             f"(first: keypoint {k} at ({kps[k, 0]:.1f}, {kps[k, 1]:.1f})); keypoints must be in the image's pixels")
 
 
-def people_of(entries: list[tuple[str, Any]]) -> tuple[People, list[tuple[str, str]]]:
-    """:class:`People` of one image's ``(label, entry)`` pairs, and the ``(kind, label)`` of bad ones."""
-    kps, scores, boxes, labels, bad = [], [], [], [], []
-    for label, entry in entries:
-        got = person_of(entry)
-        if isinstance(got, str):
-            if got != "empty":
-                bad.append((got, label))
-            continue
-        kps.append(got[0])
-        scores.append(got[1])
-        boxes.append(got[2])
-        labels.append(label)
-    digest = hashlib.sha256(json.dumps([e for _, e in entries], sort_keys=True).encode()).hexdigest()
-    people = People(
-        np.asarray(kps, np.float32).reshape(-1, NUM_KEYPOINTS, 3), np.asarray(scores, np.float32),
-        np.asarray(boxes, np.float32).reshape(-1, 4), labels, digest,
-    )
-    return people, bad
+def build_table(grouped: dict[str, list[tuple[str, Any]]], sizes: dict[str, tuple[int, int]], problems: Problems,
+                provenance: dict[str, Any], source: Path) -> KeypointTable:
+    """The table of the dataset's images' entries (``grouped``: already only the dataset's images).
+
+    An entry is checked in Python only for its shape (a dict, 51 keypoint values, a number as
+    score, 4 bbox values); values are converted and checked all at once. A box of zero size
+    (OpenPifPaf writes ``[0, 0, 0, 0]`` for a person without keypoints) is as no box; a person
+    without a box and without any keypoint with ``c > 0`` carries nothing and is dropped.
+    """
+    raw_kps, raw_boxes, scores, labels, owner, rels = [], [], [], [], [], []
+    no_box = [0.0, 0.0, 0.0, 0.0]
+    for rel, entries in grouped.items():
+        img = len(rels)
+        rels.append(rel)
+        for label, e in entries:
+            where = f"{label} for {rel}"
+            if not isinstance(e, dict):
+                problems.add("that are not JSON objects", where)
+                continue
+            kp = e.get("keypoints")
+            if not isinstance(kp, list):
+                problems.add("without a keypoints list", where)
+                continue
+            if len(kp) != 3 * NUM_KEYPOINTS:
+                problems.add(f"with other than {NUM_KEYPOINTS} keypoints", f"{where}: {len(kp)} values, expected {3 * NUM_KEYPOINTS} = 17 x (x, y, v)")
+                continue
+            score = e.get("score", 1.0)
+            if not is_number(score):
+                problems.add("with a score that is not a number", where)
+                continue
+            box = e.get("bbox")
+            if box is not None and not (isinstance(box, list) and len(box) == 4):
+                problems.add("with a bbox that is not [x, y, width, height]", where)
+                continue
+            raw_kps.append(kp)
+            raw_boxes.append(no_box if box is None else box)
+            scores.append(score)
+            labels.append(label)
+            owner.append(img)
+    kps, kp_ok = number_rows(raw_kps, 3 * NUM_KEYPOINTS)
+    xywh, box_ok = number_rows(raw_boxes, 4)
+    box_ok &= (xywh[:, 2] >= 0) & (xywh[:, 3] >= 0)
+    for i in np.flatnonzero(~kp_ok):
+        problems.add("with keypoint values that are not finite numbers", f"{labels[i]} for {rels[owner[i]]}")
+    for i in np.flatnonzero(kp_ok & ~box_ok):
+        problems.add("with a bbox that is not [x, y, width, height]", f"{labels[i]} for {rels[owner[i]]}")
+    kps = kps.reshape(-1, NUM_KEYPOINTS, 3).astype(np.float32)
+    kps[:, :, 2] = np.clip(kps[:, :, 2], 0.0, 1.0)
+    labelled = kps[:, :, 2] > 0
+    has_box = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
+    keep = kp_ok & box_ok & (has_box | labelled.any(axis=1))
+    inf = np.float32(np.inf)
+    lo = np.where(labelled[..., None], kps[:, :, :2], inf).min(axis=1)
+    hi = np.where(labelled[..., None], kps[:, :, :2], -inf).max(axis=1)
+    boxes = np.where(has_box[:, None], np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), np.concatenate([lo, hi], axis=1))
+    owner_a = np.asarray(owner, np.int64)
+    hw = np.array([sizes.get(rels[o], (0, 0)) for o in owner], np.int64).reshape(-1, 2)
+    far = outside(kps, np.where(hw > 0, hw, 1 << 30)) & (hw[:, :1] > 0) & keep[:, None]
+    for i in np.flatnonzero(far.any(axis=1)):
+        h, w = hw[i]
+        problems.add("with keypoints outside the image", f"{labels[i]} for {rels[owner[i]]}: {outside_text(kps[i], far[i], int(h), int(w))}")
+
+    kept = np.flatnonzero(keep)
+    counts = np.bincount(owner_a[kept], minlength=len(rels))
+    ends = np.cumsum(counts)
+    index = {rel: (int(e - c), int(e)) for rel, c, e in zip(rels, counts, ends)}
+    return KeypointTable(kps[kept], np.asarray(scores, np.float32).reshape(-1)[kept], boxes[kept].astype(np.float32),
+                         [labels[i] for i in kept], index, provenance, source)
 
 
 # --- reading the formats ----------------------------------------------------------------------
@@ -239,7 +284,7 @@ def image_table(images: Any, source: Path, root: Path) -> tuple[dict[Any, str], 
     for i, im in enumerate(images):
         rel = relative_name(im.get("file_name"), root) if isinstance(im, dict) else None
         if rel is None or "id" not in im:
-            problems.add("without an id and a file_name", f"images[{i}]")
+            problems.add("without an id and a file_name", f"images[{i}]", noun="image")
             continue
         ids[im["id"]] = rel
         h, w = im.get("height"), im.get("width")
@@ -329,12 +374,12 @@ def read_pifpaf(folder: Path, workers: int, problems: Problems) -> tuple[dict[st
         for rel, got, err in pool.map(one, files):
             fname = f"{rel}{PIFPAF_SUFFIX}"
             if err:
-                problems.add(f"(files) {err}", fname)
+                problems.add(err, fname, noun="file")
                 continue
             doc, sha = got
             digest.update(f"{rel}\t{sha}\n".encode())
             if not isinstance(doc, list):
-                problems.add("(files) that are not a JSON list of predictions", fname)
+                problems.add("that are not a JSON list of predictions", fname, noun="file")
                 continue
             grouped[rel] = [(f"{fname} entry {i}", e) for i, e in enumerate(doc)]
     return grouped, digest.hexdigest(), len(files)
@@ -374,29 +419,18 @@ def load_keypoints(path: Path, images_file: Path | None, root: Path, dataset_pat
 
     known = set(dataset_paths)
     left_out: list[str] = []
-    people: dict[str, People] = {}
-    example = next(iter(sorted(known)), "")
+    mine: dict[str, list[tuple[str, Any]]] = {}
     for rel, entries in grouped.items():
-        if rel not in known:
-            if (root / rel).is_file():
-                left_out.append(rel)  # a file the adapter leaves out (junk, distractor rule): ignored
-            else:
-                problems.add(f"for images not in the {dataset_name} dataset", f"{entries[0][0] if entries else 'image'} for {rel!r}")
-            continue
-        p, bad = people_of(entries)
-        for kind, label in bad:
-            problems.add(kind, f"{label} for {rel}")
-        hw = sizes.get(rel)
-        if hw is not None:
-            for k in range(len(p.scores)):
-                far = outside(p.keypoints[k], *hw)
-                if far:
-                    problems.add("with keypoints outside the image", f"{p.entries[k]} for {rel}: {far}")
-        people[rel] = p
-    hint = f"; paths must be relative to the dataset root {root} (e.g. {example!r})" if example else ""
-    problems.raise_if_any({f"for images not in the {dataset_name} dataset": hint})
+        if rel in known:
+            mine[rel] = entries
+        elif (root / rel).is_file():
+            left_out.append(rel)  # a file the adapter leaves out (junk, distractor rule): ignored
+        else:
+            problems.add(f"for images not in the {dataset_name} dataset", f"{entries[0][0] if entries else 'an images entry'} for {rel!r}")
+    table = build_table(mine, sizes, problems, prov, path)
+    example = min(known, default="")
+    problems.raise_if_any({f"for images not in the {dataset_name} dataset": f"; paths must be relative to the dataset root {root} (e.g. {example!r})" if example else ""})
     if left_out:
         sys.stderr.write(f"{path}: {len(left_out)} entr{'y' if len(left_out) == 1 else 'ies'} for files the {dataset_name} adapter leaves out (e.g. junk images; first: {left_out[0]}) ignored\n")
-    n_people = sum(len(p.scores) for p in people.values())
-    prov.update(images_with_entries=len(people), people=n_people, outside_margin=OUTSIDE_MARGIN)
-    return KeypointTable(people, sizes, prov, path)
+    prov.update(images_with_entries=table.num_images, people=len(table.scores), outside_margin=OUTSIDE_MARGIN)
+    return table
