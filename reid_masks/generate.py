@@ -171,7 +171,7 @@ class ItemDataset:
         item = self.source.load(*self.rows[i])
         if self.derive_here and item.image is not None and item.error is None:
             item.derived = derive(observation(item, item.instances))
-            item.image = None  # nothing downstream needs the pixels
+            item.image = item.instances = None  # nothing downstream needs the pixels or the people
         return item
 
 
