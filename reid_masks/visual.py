@@ -107,6 +107,37 @@ def overlay(image: ImageLike, mask: np.ndarray, color: Color, alpha: float = MAS
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def _shift_and(m: np.ndarray, steps: int) -> np.ndarray:
+    """Binary erosion of ``m`` by a (2*steps+1) cross, with the image edge counted as inside."""
+    out = m.copy()
+    for _ in range(steps):
+        e = out.copy()
+        e[1:] &= out[:-1]
+        e[:-1] &= out[1:]
+        e[:, 1:] &= out[:, :-1]
+        e[:, :-1] &= out[:, 1:]
+        out = e
+    return out
+
+
+def outline(image: ImageLike, mask: np.ndarray, color: Color, width: int = 2, threshold: float = 0.5,
+            mode: str = "nearest", halo: Color | None = (0, 0, 0)) -> np.ndarray:
+    """Draw the contour of ``mask >= threshold`` (any size, resized with ``mode``) over ``image``.
+
+    The contour is ``width`` pixels inside the region in ``color``, with a 1-pixel ``halo``
+    just outside it, so it stays visible on clothing or background of the mask's own colour
+    (a tint alone vanishes there). Returns a new array.
+    """
+    img = as_array(image)
+    inside = resize_map(mask, img.shape[:2], mode) >= threshold
+    edge = inside & ~_shift_and(inside, max(1, int(width)))
+    if halo is not None:
+        touching = ~inside & ~_shift_and(~inside, 1)  # pixels outside the region next to it
+        img[touching] = np.asarray(halo, dtype=np.uint8)
+    img[edge] = np.asarray(color, dtype=np.uint8)
+    return img
+
+
 def overlay_labels(image: ImageLike, labels: np.ndarray, colors: Sequence[Color | None] = REGION_COLORS, alpha: float = REGION_ALPHA) -> np.ndarray:
     """Blend ``colors[label]`` over each pixel (labels resized with nearest; ``None`` colours skipped)."""
     img = as_array(image)
