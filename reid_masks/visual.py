@@ -298,6 +298,30 @@ def legend(items: Sequence[tuple[str, Color]], width: int, height: int = CAPTION
     return np.asarray(strip)
 
 
+def colour_bar(width: int, height: int, color: Color, lo: float, hi: float, alpha: float = MASK_ALPHA,
+               base: Color = (96, 96, 96), background: Color = CAPTION_BG) -> np.ndarray:
+    """A ``height``-pixel strip: the ``lo`` label, a ramp of ``color`` blended over ``base`` from 0 to
+    ``alpha`` (how a min-max stretched map is drawn), the ``hi`` label: the scale of an overlaid map."""
+    strip = Image.new("RGB", (int(width), int(height)), background)
+    draw = ImageDraw.Draw(strip)
+    f = _font()
+    left, right = f"{lo:.2f}", f"{hi:.2f}"
+    x0 = int(text_width(left, f)) + 6
+    x1 = int(width) - int(text_width(right, f)) - 6
+    if x1 - x0 >= 16:
+        y = _text_offset(f, int(height))
+        draw.text((2, y), left, fill=TEXT_COLOR, font=f)
+        draw.text((x1 + 4, y), right, fill=TEXT_COLOR, font=f)
+    else:  # too narrow for the labels: the ramp alone
+        x0, x1 = 2, int(width) - 2
+    out = np.asarray(strip).copy()
+    if x1 > x0:
+        t = np.linspace(0.0, 1.0, x1 - x0)[:, None] * float(alpha)
+        ramp = np.asarray(base, np.float64) * (1 - t) + np.asarray(color, np.float64) * t
+        out[3:int(height) - 3, x0:x1] = np.round(ramp).astype(np.uint8)[None]
+    return out
+
+
 def save_png(image: ImageLike, path: str | Path) -> Path:
     """Write ``image`` as a PNG atomically (a temporary file renamed over ``path``)."""
     path = Path(path)
