@@ -11,8 +11,12 @@ import click
 from reid_masks.cli import HELP_SETTINGS, Group, add_command
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
+from reid_masks.progress import plural
 
 _SET_HELP = "Override a config key, e.g. --set solver.epochs=120 --set data.root=/data/market1501 (repeatable)."
+#: For the commands that use a trained model: only test/data keys change what they compute.
+_SET_HELP_INFERENCE = ("Override a key of the run's config, e.g. --set test.rerank=true --set test.flip=false "
+                       "--set data.root=/data/market1501 (repeatable).")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -111,7 +115,7 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
         _close_file_logs()
     if trainer.rank != 0:
         return
-    click.echo(f"trained {cfg.model.name} for {cfg.solver.epochs} epochs; checkpoint: {trainer.ckpt_path}")
+    click.echo(f"trained {cfg.model.name} for {plural(cfg.solver.epochs, 'epoch')}; checkpoint: {trainer.ckpt_path}")
     if "rank1" in record:
         click.echo(_percent_line(record))
 
@@ -127,7 +131,7 @@ def _load_for_inference(checkpoint: Path, overrides: tuple[str, ...]):
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path), help="checkpoint.pth of a fit run.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP + " E.g. test.rerank=true, data.root=...")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP_INFERENCE)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON [default: evaluation.json next to the checkpoint].")
 def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> None:
     """Rank-1/5/10 and mAP of a checkpoint on its dataset's query/gallery, or on each of data.test_sets (flip-averaged features)."""
@@ -164,7 +168,7 @@ def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> 
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path), help="checkpoint.pth of a fit run.")
 @click.option("--split", required=True, type=click.Choice(["query", "gallery", "train"]))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz: features, pids, camids, paths.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP_INFERENCE)
 def extract(checkpoint: Path, split: str, out: Path, overrides: tuple[str, ...]) -> None:
     """Write the L2-normalised (flip-averaged) features of one split to an .npz file."""
     import numpy as np
@@ -190,18 +194,26 @@ def configs(name: str | None) -> None:
     """List the shipped configs, or print NAME with its _base_ chain resolved (every key, as fit uses it)."""
     import yaml
 
-    from reid_train.config import config_to_dict, load_config, packaged_configs, resolve_config_path
+    from reid_train.config import config_header, config_to_dict, load_config, packaged_configs, resolve_config_path
 
     if name:
         cfg = load_config(name)
+        header = config_header(resolve_config_path(name))
+        if header:
+            click.echo("\n".join(f"# {line}" for line in header))
         click.echo(f"# {resolve_config_path(name)} resolved (_base_ merged, defaults filled in, only the keys this model reads);\n"
                    f"# use it with 'reid-train fit --config {name} --set key=value', or copy it and pass --config FILE")
         click.echo(yaml.safe_dump(config_to_dict(cfg, read_only=True), sort_keys=False).rstrip())
         return
+    rows = [("config", "model/backbone", "train set", "input", "batch", "epochs", "what it is (the file's first comment line)")]
     for stem in packaged_configs():
         c = load_config(stem)
-        click.echo(f"{stem:26s} {c.model.name + '/' + c.model.backbone:22s} {c.data.dataset:11s} {c.data.height}x{c.data.width}  "
-                   f"P={c.data.num_ids} K={c.data.num_instances}  {c.solver.epochs} epochs")
+        header = config_header(resolve_config_path(stem))
+        rows.append((stem, f"{c.model.name}/{c.model.backbone}", c.data.dataset, f"{c.data.height}x{c.data.width}",
+                     f"P={c.data.num_ids} K={c.data.num_instances}", plural(c.solver.epochs, "epoch"), header[0] if header else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     click.echo("show one: reid-train configs NAME; train one: reid-train fit --config NAME --set data.root=... --set data.cache=...")
 
 
