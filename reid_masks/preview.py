@@ -4,7 +4,8 @@ Each tile shows five panels, each the image resized to the cache's person-mask s
 ``scale``: (1) the image with its COCO keypoints and skeleton, (2) the whole, (3) the upper
 and (4) the bottom 24x8 mask as translucent overlays (nearest upsampling, so the cells
 stay visible), (5) the head/upper/lower regions; below them a caption strip with the path
-stem, the pid and the status (the status word red when it is a problem: ``no_person``,
+stem, the id (``pid P``: the dataset's own id, as in the file name, for query/gallery rows;
+``label L``: the training split's relabelled 0..N-1 id) and the status (the status word red when it is a problem: ``no_person``,
 ``unreadable``, and ``no_keypoints`` only in a cache with a keypoint source). Masks and
 regions are drawn as a light tint plus their contour (the 0.5 level, with a dark halo), so
 they stay visible on clothing or background of their own colour. Above the tiles: a colour
@@ -106,9 +107,9 @@ def _status_name(code: int) -> str:
     return STATUS_NAMES[code] if 0 <= code < len(STATUS_NAMES) else f"code_{code}"
 
 
-def _caption_text(stem: str, pid: int, status: str, width: int) -> str:
+def _caption_text(stem: str, pid: int, status: str, width: int, id_word: str = "pid") -> str:
     """'stem  pid P  status', shortening the stem (not the pid or status) to fit ``width``."""
-    suffix = f"  pid {pid}  {status}"
+    suffix = f"  {id_word} {pid}  {status}"
     room = width - 4 - visual.text_width(suffix)
     return visual.fit_text(stem, int(room)) + suffix if room > visual.text_width("...") else visual.fit_text(stem + suffix, width - 4)
 
@@ -130,12 +131,13 @@ def problem_statuses(keypoint_source: bool) -> frozenset[str]:
 
 
 def render_tile(image: np.ndarray | None, row: dict[str, Any], panel_hw: tuple[int, int], label: str,
-                problems: frozenset[str] = problem_statuses(True)) -> np.ndarray:
+                problems: frozenset[str] = problem_statuses(True), id_word: str = "pid") -> np.ndarray:
     """One tile: image+keypoints, whole, upper, bottom and regions panels over a caption.
 
     ``image`` is the RGB image (None when unreadable); ``row`` holds the cache columns
     ``keypoints``, ``image_size``, ``masks``, ``regions``, ``pid`` and ``status``; the status
-    word is red when it is one of ``problems`` (:func:`problem_statuses`).
+    word is red when it is one of ``problems`` (:func:`problem_statuses`). ``id_word``: ``pid`` for
+    the dataset's own ids (query/gallery), ``label`` for the training split's relabelled 0..N-1 ids.
     """
     if image is None:
         base = _placeholder(panel_hw)
@@ -156,7 +158,7 @@ def render_tile(image: np.ndarray | None, row: dict[str, Any], panel_hw: tuple[i
     panels.append(regions)
     strip = visual.hstack(panels, gap=PANEL_GAP)
     status = _status_name(int(row["status"]))
-    text = _caption_text(label, int(row["pid"]), status, strip.shape[1])
+    text = _caption_text(label, int(row["pid"]), status, strip.shape[1], id_word)
     problem = status in problems
     if not problem or not text.endswith(status):
         return visual.caption(strip, text, visual.BAD if problem else visual.TEXT_COLOR)
@@ -241,7 +243,7 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
         except UserError:
             image = None  # present but undecodable (status 'unreadable'): a placeholder panel
         label = Path(row["path"]).stem if split is not None or len(splits) == 1 else f"{s}/{Path(row['path']).stem}"
-        tiles.append(render_tile(image, row, layout.panel_hw, label, problems))
+        tiles.append(render_tile(image, row, layout.panel_hw, label, problems, "label" if s == "train" else "pid"))
     sheet = np.asarray(visual.tile_grid(tiles, layout.cols, gap=GRID_GAP))
     if legend:
         keypoints = any(float(np.max(row["keypoints"][:, 2], initial=0.0)) > 0 for _, row in rows)
