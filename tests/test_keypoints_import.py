@@ -296,3 +296,24 @@ def test_keypoints_need_a_mask_source_and_no_detector(market, tmp_path):
     assert code == 2 and "add a mask source" in msg
     code, msg = gen(market, tmp_path / "x.h5", market / TRUTH_KEYPOINTS, "--backend", "torchvision")
     assert code == 2 and "replaces the keypoint model" in msg
+
+
+def test_table_digests_and_left_out_files(market, truth, dataset_paths, capsys):
+    """Per-image digests (for per-row input fingerprints) follow the people read; junk crops' entries are ignored with a note."""
+    from reid_masks.keypoints_import import load_keypoints
+
+    doc = truth["doc"]
+    junk = [im["file_name"] for im in doc["images"] if im["file_name"] not in set(dataset_paths)]
+    assert junk and all((market / j).is_file() for j in junk)  # Market's junk images: files the adapter leaves out
+    table = load_keypoints(market / TRUTH_KEYPOINTS, None, market, dataset_paths, "market1501")
+    assert f"{len(junk)} entries for files the market1501 adapter leaves out" in capsys.readouterr().err
+    assert table.num_images == len(dataset_paths) and table.entry_digest("nowhere.jpg") == ""
+    digests = {table.entry_digest(p) for p in dataset_paths}
+    assert len(digests) == len(dataset_paths)
+    edited = copy.deepcopy(doc)
+    edited["annotations"][0]["keypoints"][0] += 1.0
+    path = market.parent / "edited.json"
+    path.write_text(json.dumps(edited))
+    other = load_keypoints(path, None, market, dataset_paths, "market1501")
+    first = next(im["file_name"] for im in doc["images"] if im["id"] == doc["annotations"][0]["image_id"])
+    assert [p for p in dataset_paths if other.entry_digest(p) != table.entry_digest(p)] == [first]
