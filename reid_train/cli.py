@@ -114,8 +114,11 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
                 trainer = Trainer(cfg, resume=resume is not None)
                 record = trainer.fit()
             except UserError as exc:  # refused before the first checkpoint: leave no run folder behind
-                if trainer is not None and trainer.saved is not None:
+                if trainer is not None and trainer.saved is not None:  # a full disk, a failed evaluation
+                    exc = UserError(f"{exc}; continue with: {continue_command()}")
                     _log_to_file(f"error: {exc}")
+                    _close_file_logs()
+                    raise exc from None
                 _close_file_logs()
                 if main_rank:
                     remove_unstarted_run(created, out_dir, out_dir / "log.txt" if new_log else None, lock)
