@@ -134,7 +134,7 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
                 if saved is not None or (trainer is None and ckpt.is_file()):
                     where = ("" if saved is None else f" up to iteration {saved[1]} of epoch {saved[0] + 1}" if saved[1]
                              else f" up to epoch {saved[0]}")
-                    log.warning("interrupted by a second Ctrl-C (the iteration in progress is lost): %s keeps the run%s; "
+                    log.warning("interrupted by a second Ctrl-C before the stop was done: %s keeps the run%s; "
                                 "continue with: %s", ckpt, where, continue_command())
                 else:
                     _close_file_logs()

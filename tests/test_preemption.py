@@ -242,7 +242,7 @@ def test_second_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_continue(market
     assert res.exit_code == 130, res.output
     assert "Aborted!" not in res.output and "Traceback" not in res.output
     command = shlex.join(["reid-train", *args, "--resume"])
-    line = (f"interrupted by a second Ctrl-C (the iteration in progress is lost): {out / CHECKPOINT_NAME} keeps the run "
+    line = (f"interrupted by a second Ctrl-C before the stop was done: {out / CHECKPOINT_NAME} keeps the run "
             f"up to epoch 1; continue with: {command}")
     said = [x for x in res.stderr.splitlines() if "interrupted" in x]
     logged = [x for x in (out / "log.txt").read_text().splitlines() if "interrupted" in x]

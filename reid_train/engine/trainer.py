@@ -4,7 +4,8 @@ One :class:`Trainer` per run. Everything a run produces lives in ``train.output_
 
 * ``config.yaml``   the resolved config (every key the model reads, after ``_base_`` and
   ``--set``; it loads back with ``--config``);
-* ``checkpoint.pth`` written after every epoch through a temporary file and
+* ``checkpoint.pth`` written after every epoch (before its evaluation, so that a stopped,
+  failed or killed evaluation costs only itself) through a temporary file and
   ``os.replace``, so a crash never leaves a truncated checkpoint: model, optimizer,
   scheduler, GradScaler, sampler state, RNG states (python, numpy, torch, cuda), the
   number of completed epochs, the config and the number of classes; a run stopped by a
@@ -32,7 +33,9 @@ iteration: the sampler yields the epoch's batches from there (``num_workers=0``)
 loader replays the skipped batches in its workers, seeded from the epoch's saved loader
 seed (``num_workers>0``: the workers' RNG streams are those of the uninterrupted run), so
 the final weights equal an uninterrupted run's. Under DDP the ranks agree after every
-iteration (one all-reduce of a flag) so they stop at the same one.
+iteration (one all-reduce of a flag) so they stop at the same one. A signal during the
+evaluation after an epoch ends it at once (:meth:`StopSignals.interruptible`: the epoch is
+saved already); under DDP every rank must get it, as Slurm and torchrun send it to all.
 
 Multi-GPU: launched by ``torchrun``, the trainer joins the process group (NCCL on CUDA,
 gloo on CPU), wraps the model in DDP (optionally with SyncBatchNorm, ``train.sync_bn``)
