@@ -125,7 +125,7 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
                 raise
         except Stopped as stopped:  # SIGTERM / SIGUSR1 / Ctrl-C: checkpoint written; 128 + signal number
             if main_rank:
-                log.warning("%s%s", stopped, f"; continue with: {continue_command()}" if stopped.resumable else "")
+                log.warning("%s; continue with: %s", stopped, continue_command())
             sys.exit(stopped.exit_status)
         except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint as it was
             if main_rank:

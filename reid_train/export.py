@@ -373,7 +373,7 @@ def export_command(checkpoint: Path, fmt: str, out: Path | None, height: int | N
     from reid_train.runs import lock_if_run_folder
 
     check_writable(out or default_out(checkpoint, fmt))
-    with lock_if_run_folder(out or default_out(checkpoint, fmt), or_file=True):  # model and sidecar of one export
+    with lock_if_run_folder(out or default_out(checkpoint, fmt)):  # not into the folder of a running fit
         result = export_model(checkpoint, fmt, out, height, width, opset, flip=flip, dynamo=dynamo,
                               check=not no_check, atol=atol, overrides=overrides)
     meta = result.metadata

@@ -101,15 +101,13 @@ def run_lock(run_dir: str | Path) -> OutputLock:
     return OutputLock(Path(run_dir).absolute().resolve(), _command())
 
 
-def lock_if_run_folder(out: str | Path, or_file: bool = False) -> ContextManager:
+def lock_if_run_folder(out: str | Path) -> ContextManager:
     """The run lock of the folder ``out`` is written into when that folder is a run folder (it holds
-    a checkpoint or a run config, or a fit has locked it); else ``out``'s own lock with ``or_file``
-    (outputs of several files, e.g. export's model and sidecar), or a no-op context."""
+    a checkpoint or a run config, or a fit has locked it); else a no-op context."""
     from reid_train.engine.trainer import CHECKPOINT_NAME
 
-    out = Path(out).absolute()
-    folder = out.resolve().parent
+    folder = Path(out).absolute().resolve().parent
     lock = run_lock(folder)
     if (folder / CHECKPOINT_NAME).exists() or (folder / RUN_CONFIG_NAME).exists() or lock.lock_path.exists():
         return lock
-    return OutputLock(out, _command()) if or_file else nullcontext()
+    return nullcontext()

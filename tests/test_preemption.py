@@ -164,6 +164,7 @@ def test_sigterm_during_evaluation_keeps_the_epoch_and_a_second_fit_is_refused(m
     and extract on the folder are refused naming the running fit; --resume goes on with epoch 2."""
     import subprocess
     import sys
+    import threading
     import time
 
     out = tmp_path / "run"
@@ -191,12 +192,16 @@ def test_sigterm_during_evaluation_keeps_the_epoch_and_a_second_fit_is_refused(m
             assert shlex.join(["reid-train", *args]) in res.stderr  # the holder's command
         assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in out.iterdir()} == files  # nothing touched
 
+        heard: list[tuple[float, str]] = []
+        reader = threading.Thread(target=lambda: heard.extend((time.monotonic(), x) for x in iter(proc.stderr.readline, "")))
+        reader.start()
+        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        try:
-            rest = proc.communicate(timeout=5)[1]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError("the evaluation did not stop within 5 s of SIGTERM")
+        proc.wait(timeout=120)  # the interpreter's own exit can take seconds on a loaded machine
+        reader.join()
+        rest = "".join(x for _, x in heard)
+        stopped_after = next((t for t, x in heard if "stopped by" in x), float("inf")) - sent
+        assert stopped_after < 5, f"the evaluation ended {stopped_after:.1f} s after SIGTERM (Slurm's SIGKILL comes after KillWait)"
     finally:
         if proc.poll() is None:
             proc.kill()

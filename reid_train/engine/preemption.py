@@ -42,14 +42,12 @@ def exit_status(signum: int) -> int:
 
 
 class Stopped(Exception):
-    """A run stopped by a signal after saving its checkpoint; ``exit_status`` is 128 + signal.
-    ``resumable``: False when every epoch is trained (only the final evaluation was cut short)."""
+    """A run stopped by a signal after saving its checkpoint; ``exit_status`` is 128 + signal."""
 
-    def __init__(self, message: str, signum: int, resumable: bool = True) -> None:
+    def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
         self.exit_status = exit_status(signum)
-        self.resumable = resumable
 
 
 class StopNow(BaseException):

@@ -742,6 +742,10 @@ class Trainer:
         record: dict[str, Any] = {}
         if self.start_epoch >= epochs:
             logger.info("checkpoint is at epoch %d >= solver.epochs=%d: nothing to train", self.start_epoch, epochs)
+            if (self.start_epoch == epochs and not self.start_iter and self._last_record.get("epoch") == epochs
+                    and not self._final_evaluation_done()):
+                record = dict(self._last_record)  # the final evaluation was stopped or failed: redo it
+                self._evaluate_epoch(epochs, record, stop)
         for epoch in range(self.start_epoch, epochs):
             record = self.train_epoch(epoch, stop)
             self.scheduler.step()
@@ -754,6 +758,17 @@ class Trainer:
                 self._stop(stop, done, 0)
         ddp.dump_param_checksums(self.model, max(self.start_epoch, epochs))  # debug, only with $REID_TRAIN_PARAM_CHECKSUM_DIR
         return record
+
+    def _final_evaluation_done(self) -> bool:
+        """Whether evaluation.json holds the evaluation of the checkpoint's (final) epoch
+        (collective under DDP: rank 0 decides)."""
+        done = True
+        if self.main:
+            try:
+                done = json.loads((self.output_dir / "evaluation.json").read_text()).get("epoch") == self.start_epoch
+            except (OSError, ValueError, AttributeError):
+                done = False
+        return bool(ddp.broadcast_object(done))
 
     def _save_epoch(self, done: int, record: dict[str, Any]) -> None:
         """Epoch ``done``'s metrics line, then its checkpoint (RNG states of this moment: the
@@ -785,7 +800,7 @@ class Trainer:
         except StopNow:
             raise Stopped(f"stopped by {stop.name or 'a stop signal on another rank'} during the evaluation after epoch {done}: "
                           f"{self.ckpt_path} keeps the run up to there; evaluate it with: {redo}",
-                          stop.signum or signal.SIGTERM, resumable=done < self.cfg.solver.epochs) from None
+                          stop.signum or signal.SIGTERM) from None
         except Exception as exc:  # the epoch is saved: say so with the failure
             if self.main:
                 logger.error("evaluation after epoch %d failed (%s); the epoch's checkpoint is kept: %s. Fix the cause, then "
