@@ -258,3 +258,24 @@ def test_second_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_continue(market
     res = CliRunner().invoke(main, shlex.split(command)[1:])
     assert res.exit_code == 0, res.output
     assert_same_weights(load_checkpoint(out / CHECKPOINT_NAME)["model"], straight[0])
+
+
+def test_a_stopped_final_evaluation_is_redone_by_resume(market_root, tmp_path, monkeypatch) -> None:
+    """SIGTERM as the last epoch's evaluation starts: exit as stopped (so Slurm requeues); the
+    requeued ``--resume`` has nothing to train but runs the evaluation that was cut short."""
+    out = tmp_path / "run"
+    one_epoch = load_config("tiny_synthetic", [*cfg_args(market_root, out, 0), "solver.epochs=1"])
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the evaluation went on after SIGTERM")
+
+    monkeypatch.setattr(trainer_mod, "evaluate_test_sets", signalled)
+    with pytest.raises(Stopped, match="^stopped by SIGTERM during the evaluation after epoch 1: .*; evaluate it with: reid-train evaluate --checkpoint "):
+        Trainer(one_epoch).fit()
+    monkeypatch.undo()
+    assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] == 1 and not (out / "evaluation.json").exists()
+    record = Trainer(one_epoch, resume=True).fit()
+    assert json.loads((out / "evaluation.json").read_text())["epoch"] == 1
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1] and lines[0]["mAP"] == record["mAP"]
