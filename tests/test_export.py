@@ -1,9 +1,9 @@
 """reid-masks export (bpbreid / lip-png / seg-png / npz) and the plain torch Dataset.
 
-The keypoint cache is made from synthetic crops whose true keypoints and visible masks the
-renderer knows, put through the real derivation (``reid_masks.derive``) as a perfect
-detector would report them (``reid_masks.synth.maskquality.observe``), then written with the
-real cache writer. The parsing cache is made by ``reid-masks generate --parsing-dir``.
+The keypoint cache (``reid_masks.synth.keypoint_cache``) holds synthetic crops whose true
+keypoints and visible masks the renderer knows, put through the real derivation as a perfect
+detector would report them, written with the real cache writer (person size 256x128, twice
+the crops). The parsing cache is made by ``reid-masks generate --parsing-dir``.
 """
 from __future__ import annotations
 
@@ -19,16 +19,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from reid_masks.cache import CUT, MASK_HW, STATUS, MaskCache, Rows, write_cache
+from reid_masks.cache import MASK_HW, STATUS, MaskCache
 from reid_masks.cli import main
 from reid_masks.datasets import build_dataset
-from reid_masks.derive import ARM_LABELS, HEAD_LABELS, LEG_LABELS, SPLIT_AT_HIP_LABELS, TORSO_LABELS, derive
-from reid_masks.generate import fingerprint
+from reid_masks.derive import ARM_LABELS, HEAD_LABELS, LEG_LABELS, SPLIT_AT_HIP_LABELS, TORSO_LABELS
 from reid_masks.imageio import read_label_png, read_parsing_png
 from reid_masks.pifpaf import field_size
-from reid_masks.synth.maskquality import observe, render_crops
-
-PERSON_HW = (256, 128)  # the cache's default person size: twice the 128x64 crops
+from reid_masks.synth.keypoint_cache import keypoint_dataset, repeat_cache
 
 # --- bpbreid's channel order and groupings, transcribed from VlSomers/bpbreid
 # torchreid/data/masks_transforms/pifpaf_mask_transform.py (PIFPAF_KEYPOINTS + PIFPAF_JOINTS,
@@ -77,39 +74,7 @@ def nearest_up(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.NEAREST))
 
 
-# --- a cache with keypoints -----------------------------------------------------------------
-
-def keypoint_dataset(root: Path, n: int = 16) -> Path:
-    """A Market-1501-layout copy of ``n`` rendered crops and its cache (keypoints from the renderer)."""
-    crops = render_crops(n, seed=3, occlusion_rate=0.3)
-    folders = ["bounding_box_train"] * (n // 2) + ["query"] * (n // 4) + ["bounding_box_test"] * (n - n // 2 - n // 4)
-    derived = {}
-    for i, (crop, folder) in enumerate(zip(crops, folders)):
-        rel = f"{folder}/{(i % 4) + 1:04d}_c{(i % 3) + 1}s1_{i:06d}_00.jpg"
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(crop.image).save(root / rel, quality=95)
-        derived[rel] = derive(observe(crop, "detector"))
-    ds = build_dataset("market1501", root)
-    splits = {}
-    for split in ("train", "query", "gallery"):
-        recs = ds.split(split)
-        d = [derived[r.path] for r in recs]
-        splits[split] = (len(recs), Rows(
-            index=np.arange(len(recs), dtype=np.int64), path=np.asarray([r.path for r in recs], dtype=object),
-            pid=np.asarray([r.pid for r in recs], np.int32), camid=np.asarray([r.camid for r in recs], np.int16),
-            fingerprint=np.asarray([fingerprint((root / r.path).read_bytes()) for r in recs], dtype="S16"),
-            status=np.asarray([x.status for x in d], np.uint8), score=np.asarray([x.score for x in d], np.float32),
-            box=np.stack([x.box for x in d]).astype(np.float32), keypoints=np.stack([x.keypoints for x in d]).astype(np.float32),
-            image_size=np.asarray([x.person.shape for x in d], np.int32), masks=np.stack([x.masks for x in d]).astype(np.float32),
-            person=np.stack([nearest_up(x.person.astype(np.uint8), PERSON_HW) for x in d]),
-            regions=np.stack([nearest_up(x.regions, PERSON_HW) for x in d]), cuts=np.stack([x.cuts for x in d]).astype(np.uint8),
-            parts=np.stack([nearest_up(x.parts, PERSON_HW) for x in d]),
-        ))
-    out = root.parent / f"{root.name}.h5"
-    write_cache(out, splits, {"dataset": "market1501", "person_size": list(PERSON_HW),
-                              "provenance": {"backend": {"name": "synthetic truth (tests)"}, "parser": {"name": "none"}}})
-    return out
-
+# --- a cache with keypoints: reid_masks.synth.keypoint_cache -------------------------------
 
 @pytest.fixture(scope="module")
 def kp_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -302,37 +267,23 @@ def test_another_cache_is_refused_then_overwritten(kp_cache, parsing_cache, tmp_
 
 # --- resume after kill -9 -------------------------------------------------------------------
 
-def big_cache(small: Path, out: Path, copies: int) -> int:
-    """``small``'s rows repeated ``copies`` times under new image names (no images needed with --out)."""
-    with MaskCache(small) as mc:
-        rows = {s: mc.all_rows(s) for s in mc.splits}
-    splits = {}
-    for s, r in rows.items():
-        rep = r.take(np.tile(np.arange(len(r)), copies))
-        rep.index = np.arange(len(rep), dtype=np.int64)
-        rep.path = np.asarray([p.replace("_00.jpg", f"_{k:04d}.jpg") for k in range(copies) for p in r.path], dtype=object)
-        splits[s] = (len(rep), rep)
-    write_cache(out, splits, {"dataset": "market1501", "provenance": {"parser": {"name": "none"}, "backend": {"name": "tests"}}})
-    return sum(n for n, _ in splits.values())
-
-
 def test_killed_export_resumes_skips_complete_files_and_rewrites_a_torn_one(kp_cache, tmp_path):
     _, small = kp_cache
     cache = tmp_path / "big.h5"
-    total = big_cache(small, cache, copies=100)
+    total = repeat_cache(small, cache, copies=40)
     out = tmp_path / "out"
     folder = out / "masks" / "pifpaf_maskrcnn_filtering"
     cmd = [sys.executable, "-m", "reid_masks.cli", "export", str(cache), "--format", "bpbreid", "--out", str(out), "--block-rows", "8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(folder.glob("*/*.npy"))) < 200 and proc.poll() is None:
+    while time.monotonic() < deadline and len(list(folder.glob("*/*.npy"))) < 100 and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the export finished before it could be killed; give it more rows"
     done = sorted(folder.glob("*/*.npy"))
-    assert 200 <= len(done) < total
+    assert 100 <= len(done) < total
     torn = done[len(done) // 2]
     torn.write_bytes(torn.read_bytes()[:300])  # a torn file under its final name
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -347,12 +298,12 @@ def test_killed_export_resumes_skips_complete_files_and_rewrites_a_torn_one(kp_c
 def test_sigterm_ends_with_one_line_and_143(kp_cache, tmp_path):
     _, small = kp_cache
     cache = tmp_path / "big.h5"
-    big_cache(small, cache, copies=60)
+    repeat_cache(small, cache, copies=30)
     out = tmp_path / "seg"
     cmd = [sys.executable, "-m", "reid_masks.cli", "export", str(cache), "--format", "bpbreid", "--out", str(out), "--block-rows", "8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(out.rglob("*.npy"))) < 50 and proc.poll() is None:
+    while time.monotonic() < deadline and len(list(out.rglob("*.npy"))) < 30 and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate()
@@ -363,13 +314,11 @@ def test_sigterm_ends_with_one_line_and_143(kp_cache, tmp_path):
 
 # --- the torch Dataset ----------------------------------------------------------------------
 
-def test_torch_dataset_in_a_plain_training_loop(kp_cache):
+def test_torch_dataset_items_match_the_cache(kp_cache):
     import torch
-    from torch.utils.data import DataLoader
 
     from reid_masks.torch_dataset import MaskCacheDataset
 
-    torch.manual_seed(0)
     root, cache = kp_cache
     ds = MaskCacheDataset(cache, root, "train", columns=("masks", "parts", "keypoints"))
     recs = build_dataset("market1501", root).split("train")
@@ -377,22 +326,26 @@ def test_torch_dataset_in_a_plain_training_loop(kp_cache):
     item = ds[1]
     assert item["image"].shape == (3, 128, 64) and item["pid"] == recs[1].pid and item["path"] == recs[1].path
     with MaskCache(cache) as mc:
-        assert torch.equal(item["parts"], torch.from_numpy(mc.column("train", "parts")[1]))
-        assert torch.equal(item["masks"], torch.from_numpy(mc.column("train", "masks")[1]))
-    n_ids = max(r.pid for r in recs) + 1
-    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, n_ids))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=0)
-    losses = []
-    for epoch in range(3):
-        for batch in loader:
-            whole = torch.nn.functional.interpolate(batch["masks"][:, :1], size=batch["image"].shape[-2:], mode="bilinear")
-            loss = torch.nn.functional.cross_entropy(model(torch.cat([batch["image"], whole], 1)), batch["pid"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    assert all(np.isfinite(losses)) and len(losses) == 3 * len(loader)
+        for c in ("masks", "parts", "keypoints"):
+            assert torch.equal(item[c], torch.from_numpy(mc.column("train", c)[1])), c
+
+
+def test_the_documented_training_loops_run(kp_cache):
+    """docs/using_the_cache.md's code blocks, run as written on the synthetic dataset."""
+    import re
+
+    import torch
+
+    torch.manual_seed(0)
+    root, cache = kp_cache
+    text = (Path(__file__).resolve().parents[1] / "docs" / "using_the_cache.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    scope = {"CACHE": str(cache), "ROOT": str(root), "EPOCHS": 2}
+    for code in blocks[1:]:  # the first block names a /data path
+        exec(compile(code, "docs/using_the_cache.md", "exec"), scope)
+    assert np.isfinite(scope["loss"].item()) and scope["num_ids"] == 4
+    assert scope["images"].shape[1:] == (3, 256, 128)
 
 
 def test_torch_dataset_checks_the_cache_against_the_images(kp_cache, tmp_path):
@@ -410,3 +363,33 @@ def test_torch_dataset_checks_the_cache_against_the_images(kp_cache, tmp_path):
         MaskCacheDataset(cache, root, "query")
     with pytest.raises(UserError, match="columns"):
         MaskCacheDataset(cache, src, "query", columns=("nonsense",))
+
+
+def test_bpbreid_paths_follow_its_infer_masks_path():
+    from reid_masks.export import bpbreid_target
+
+    base = Path("/d")
+    masks = base / "masks" / "pifpaf_maskrcnn_filtering"
+    # generic ImageDataset.infer_masks_path: <parent folder>/<stem>.npy
+    assert bpbreid_target(base, "market1501")("bounding_box_train/0002_c1s1_000451_03.jpg") == masks / "bounding_box_train" / "0002_c1s1_000451_03.npy"
+    assert bpbreid_target(base, "msmt17")("train/0000/0000_c1_0001.jpg") == masks / "0000" / "0000_c1_0001.npy"
+    # OccludedReID.infer_masks_path: two folders up (images in per-identity folders)
+    assert bpbreid_target(base, "occluded_reid")("occluded_body_images/001/001_01.tif") == masks / "occluded_body_images" / "001_01.npy"
+    # OccludedDuke's masks_dirs suffix for pifpaf_maskrcnn_filtering
+    assert bpbreid_target(base, "occluded_duke")("query/0001_c1_f0046182.jpg") == masks / "query" / "0001_c1_f0046182.jpg.confidence_fields.npy"
+
+
+def test_a_second_export_to_the_same_output_is_refused(kp_cache, tmp_path):
+    _, cache = kp_cache
+    out = tmp_path / "o"
+    holder = ("import sys, time\nfrom reid_masks.fileio import OutputLock\n"
+              "with OutputLock(sys.argv[1], 'reid-masks export (the other run)'):\n    print('locked', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(out / "reid-masks-export-npz.json")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"  # a POSIX lock: held by another process
+        code, text = run_export(cache, "--format", "npz", "--out", out)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 2 and "another run is writing it" in text and "the other run" in text
+    assert not (out / "train.npz").exists()
