@@ -228,19 +228,24 @@ def plan(mc: MaskCache, fmt: str, root: Path | None, out: Path | None) -> Plan:
     return Plan(fmt, base, stamp_dir / f"reid-masks-export-{fmt}.json", option)
 
 
-def read_stamp(p: Plan, identity: str, overwrite: bool) -> float:
-    """Check (then write) the stamp: returns the time before which existing files are stale (0: none)."""
+def check_stamp(p: Plan, identity: str, overwrite: bool, content: dict[str, Any]) -> float:
+    """Check the output's stamp, then write ours; returns the time before which existing files
+    are stale (0: none). ``--overwrite`` makes every file older than this run stale, measured on
+    the output's own clock (the stamp's modification time: right on NFS too), and a rerun after
+    an interrupted overwrite keeps that time."""
     old = read_json(p.stamp, "missing", "a reid-masks export stamp") if p.stamp.exists() else None
     if old is not None and not isinstance(old, dict):
         old = None
     since = 0.0
+    if not overwrite and old is not None:
+        if old.get("cache_identity") != identity:
+            raise UserError(f"{p.stamp}: this output holds a {p.fmt} export of another cache ({old.get('cache', '?')}); "
+                            f"pass --overwrite to replace its files, or choose another {p.option}")
+        since = float(old.get("stale_before", 0.0))
+    write_json_atomic(p.stamp, {**content, "cache_identity": identity, "stale_before": since})
     if overwrite:
-        since = time.time()
-    elif old is not None and old.get("cache_identity") != identity:
-        raise UserError(f"{p.stamp}: this output holds a {p.fmt} export of another cache ({old.get('cache', '?')}); "
-                        f"pass --overwrite to replace its files, or choose another {p.option}")
-    elif old is not None:
-        since = float(old.get("stale_before", 0.0))  # a killed --overwrite run: files older than it are stale
+        since = p.stamp.stat().st_mtime
+        write_json_atomic(p.stamp, {**content, "cache_identity": identity, "stale_before": since})
     return since
 
 
@@ -258,9 +263,8 @@ def export(cache: str | Path, fmt: str, root: Path | None = None, out: Path | No
         check_writable(p.stamp.parent, p.option, folder=True)
         with OutputLock(p.stamp, command), sigterm_as_interrupt():
             identity = cache_identity(mc)
-            since = read_stamp(p, identity, overwrite)
-            write_json_atomic(p.stamp, {"format": fmt, "cache": str(Path(cache).resolve()), "cache_identity": identity,
-                                        "exporter": f"reid-masks {__version__}", "stale_before": since, "command": command})
+            since = check_stamp(p, identity, overwrite, {"format": fmt, "cache": str(Path(cache).resolve()),
+                                                          "exporter": f"reid-masks {__version__}", "command": command})
             result = ExportResult(fmt, p.base)
             try:
                 if fmt == "npz":
@@ -274,45 +278,52 @@ def export(cache: str | Path, fmt: str, root: Path | None = None, out: Path | No
             return result
 
 
-def targets_of(mc: MaskCache, fmt: str, base: Path) -> dict[str, list[Path]]:
-    """Every split's target files; two images that would share a file are a one-line error."""
-    make = {"bpbreid": lambda: bpbreid_target(base, mc.dataset), "lip-png": lambda: lip_target(base), "seg-png": lambda: seg_target(base)}[fmt]()
-    seen: dict[Path, str] = {}
-    out = {}
+def target_maker(mc: MaskCache, fmt: str, base: Path) -> Callable[[str], Path]:
+    return {"bpbreid": lambda: bpbreid_target(base, mc.dataset), "lip-png": lambda: lip_target(base), "seg-png": lambda: seg_target(base)}[fmt]()
+
+
+def check_targets(mc: MaskCache, fmt: str, make: Callable[[str], Path]) -> set[str]:
+    """The folders the export writes into; two images that would share a file are a one-line error.
+
+    Reads the ``path`` column a block at a time and keeps one string per image (not the
+    paths' objects), so MSMT17's 126k images cost a few MiB.
+    """
+    seen: dict[str, str] = {}
+    folders: set[str] = set()
     for split in mc.splits:
-        paths = mc.column(split, "path")
-        out[split] = [make(str(rel)) for rel in paths]
-        for rel, t in zip(paths, out[split]):
-            other = seen.setdefault(t, rel)
-            if other != rel:
-                raise UserError(f"{mc.path}: images {other} and {rel} map to the same {fmt} file {t}; this layout cannot hold both")
-    return out
+        for start in range(0, mc.num_stored(split), 4096):
+            for rel in mc.column_slice(split, "path", start, start + 4096):
+                t = make(str(rel))
+                other = seen.setdefault(str(t), rel)
+                if other != rel:
+                    raise UserError(f"{mc.path}: images {other} and {rel} map to the same {fmt} file {t}; this layout cannot hold both")
+                folders.add(str(t.parent))
+    return folders
 
 
 def export_files(mc: MaskCache, fmt: str, base: Path, since: float, result: ExportResult, block_rows: int, show: bool) -> None:
     """One file per image, a block of rows at a time; complete files are skipped."""
     from reid_masks.pifpaf import field_size, render_fields
 
-    targets = targets_of(mc, fmt, base)
-    for folder in sorted({t.parent for ts in targets.values() for t in ts}):
+    make = target_maker(mc, fmt, base)
+    for folder in sorted(check_targets(mc, fmt, make)):
         remove_dead_temps(folder)
-    columns = {"bpbreid": ("status", "image_size", "keypoints", "person"), "lip-png": ("status", "image_size", "parts"),
-               "seg-png": ("status", "image_size", "person")}[fmt]
-    total = sum(len(t) for t in targets.values())
-    bar = Progress(total, label=f"export {fmt}") if show else None
+    columns = {"bpbreid": ("keypoints", "person"), "lip-png": ("parts",), "seg-png": ("person",)}[fmt]
+    bar = Progress(sum(mc.num_stored(s) for s in mc.splits), label=f"export {fmt}") if show else None
     unreadable = STATUS["unreadable"]
-    for split, split_targets in targets.items():
+    for split in mc.splits:
         sizes_all = mc.column(split, "image_size")
         status_all = mc.column(split, "status")
-        for start in range(0, len(split_targets), block_rows):
-            stop = min(start + block_rows, len(split_targets))
+        n = mc.num_stored(split)
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
             todo = []
-            for i in range(start, stop):
+            for i, rel in enumerate(mc.column_slice(split, "path", start, stop), start):
                 h, w = (int(v) for v in sizes_all[i])
                 if status_all[i] == unreadable or h <= 0 or w <= 0:
                     result.no_file += 1
                     continue
-                t = split_targets[i]
+                t = make(str(rel))
                 if t.exists():
                     shape = (36, *field_size(h, w)) if fmt == "bpbreid" else (h, w)
                     ok = npy_complete(t, shape) if fmt == "bpbreid" else png_complete(t, shape)
@@ -321,20 +332,20 @@ def export_files(mc: MaskCache, fmt: str, base: Path, since: float, result: Expo
                         continue
                     if not ok:
                         result.torn.append(str(t))
-                todo.append(i)
+                todo.append((i, t))
             if todo:
-                block = {c: mc.column_slice(split, c, start, stop) for c in columns if c not in ("status", "image_size")}
-                for i in todo:
+                block = {c: mc.column_slice(split, c, start, stop) for c in columns}
+                for i, t in todo:
                     h, w = (int(v) for v in sizes_all[i])
                     j = i - start
                     if fmt == "bpbreid":
                         if status_all[i] != STATUS["ok"]:
                             result.empty += 1
-                        write_npy(split_targets[i], render_fields(block["keypoints"][j], block["person"][j], h, w))
+                        write_npy(t, render_fields(block["keypoints"][j], block["person"][j], h, w))
                     elif fmt == "lip-png":
-                        write_png(split_targets[i], nearest(LIP_OF_PART[np.minimum(block["parts"][j], len(LIP_OF_PART) - 1)], (h, w)))
+                        write_png(t, nearest(LIP_OF_PART[np.minimum(block["parts"][j], len(LIP_OF_PART) - 1)], (h, w)))
                     else:
-                        write_png(split_targets[i], nearest((block["person"][j] > 0).astype(np.uint8) * 255, (h, w)))
+                        write_png(t, nearest((block["person"][j] > 0).astype(np.uint8) * 255, (h, w)))
                     result.written += 1
             if bar is not None:
                 bar.update(stop - start)

@@ -91,7 +91,7 @@ class MaskCacheDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        image = torch.from_numpy(read_image(self.dataset.abspath(rec))).permute(2, 0, 1).float().div_(255)
+        image = torch.from_numpy(np.array(read_image(self.dataset.abspath(rec)))).permute(2, 0, 1).float().div_(255)  # PIL's array is read-only
         item: dict[str, Any] = {"image": image, "pid": rec.pid, "camid": rec.camid, "path": rec.path, "index": int(self.keep[index])}
         for c, values in self.loaded.items():
             item[c] = values[index]
