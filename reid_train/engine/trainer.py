@@ -514,8 +514,9 @@ class Trainer:
             self._resumed_epoch = {"loader_seed": int(ckpt["loader_seed"]), **own}
         if self.main and self.metrics_path.exists():
             self._repair_metrics()
-        logger.info("resumed from %s at epoch %d%s", self.ckpt_path, self.start_epoch,
-                    f" + {self.start_iter} iteration(s)" if self.start_iter else "")
+        logger.info("resumed from %s: continuing with epoch %d%s (epochs are 1-based, as in metrics.jsonl)",
+                    self.ckpt_path, self.start_epoch + 1,
+                    f" at iteration {self.start_iter + 1} ({self.start_iter} done)" if self.start_iter else "")
 
     def _repair_metrics(self) -> None:
         """Make metrics.jsonl agree with the checkpoint it resumes from: lines of later epochs go,
