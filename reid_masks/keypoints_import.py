@@ -39,13 +39,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from reid_masks.backends.base import Instances
 from reid_masks.derive import KEYPOINT_MIN_SCORE
 from reid_masks.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: reading a source needs no torch
+    from reid_masks.backends.base import Instances
 
 PIFPAF_SUFFIX = ".predictions.json"
 OUTSIDE_MARGIN = 0.25  # a present keypoint may lie this fraction of the image's width / height outside it
@@ -128,6 +130,8 @@ class KeypointTable:
         Raises a one-line :class:`UserError` when a present keypoint lies outside the image by
         more than the margin (checked here with the decoded image's size).
         """
+        from reid_masks.backends.base import Instances  # imports torch: only in generate's workers
+
         p = self.people(rel)
         if p is None or len(p.scores) == 0:
             return Instances.empty(height, width, with_masks=False)
