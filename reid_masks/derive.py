@@ -30,7 +30,8 @@ Rules (documented in README, "How masks are derived"):
   is head / torso / legs as the regions head / upper / lower. Without keypoints either
   there are no arm pixels.
 * Status: ``ok`` when the target has at least one keypoint with score >=
-  ``KEYPOINT_MIN_SCORE``, else ``no_keypoints`` (rows made without a keypoint model, and
+  ``KEYPOINT_MIN_SCORE``, else ``no_keypoints`` (rows made without keypoints, images
+  without an imported entry (``generate --keypoints``), and
   detector rows whose target matched no confident keypoint instance).
 * No person found: status ``no_person`` and a fixed prior (a centred box 50% wide, 90%
   high, split at its middle) so training can run; filter these rows by status if wanted.
@@ -39,11 +40,14 @@ Rules (documented in README, "How masks are derived"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reid_masks.backends.base import Instances
 from reid_masks.cache import CUT, MASK_HW, PART_NAMES, STATUS
+
+if TYPE_CHECKING:  # annotations only: the derivation itself needs no torch
+    from reid_masks.backends.base import Instances
 
 LIP_LABELS = (  # the 20 LIP parsing labels, by value
     "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",
