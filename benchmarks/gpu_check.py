@@ -512,9 +512,9 @@ def check_fit(out: Path, epochs: int) -> str:
     ckpt = load_checkpoint(out / "checkpoint.pth")
     if int(ckpt["epoch"]) != epochs:
         raise AssertionError(f"{out}/checkpoint.pth is at epoch {ckpt['epoch']}, expected {epochs}")
-    res = json.loads((out / "evaluation.json").read_text())
+    res = json.loads((out / "evaluations.jsonl").read_text().splitlines()[-1])
     if not (0.0 <= res["rank1"] <= 1.0 and 0.0 <= res["mAP"] <= 1.0):
-        raise AssertionError(f"{out}/evaluation.json: rank-1 {res['rank1']}, mAP {res['mAP']} outside [0, 1]")
+        raise AssertionError(f"{out}/evaluations.jsonl: rank-1 {res['rank1']}, mAP {res['mAP']} outside [0, 1]")
     return f"epoch {epochs}, rank-1 {100 * res['rank1']:.1f}%, mAP {100 * res['mAP']:.1f}% (random init)"
 
 
@@ -591,14 +591,15 @@ def smoke_jobs() -> list[Job]:
 
     def evaluate(ctx: Ctx) -> Command:
         return Command("reid_train.cli", ["evaluate", "--checkpoint", str(ctx.run_dir("mmga_bf16") / "checkpoint.pth"),
-                                          "--out", str(ctx.work / "evaluate.json"), *sets({"test.flip": "true", "test.rerank": "true"})])
+                                          "--out", str(ctx.work / "evaluate.jsonl"), *sets({"test.flip": "true", "test.rerank": "true"})])
 
     def verify_evaluate(ctx: Ctx, _: str) -> str:
-        res = json.loads((ctx.work / "evaluate.json").read_text())
-        if res.get("flip") is not True or res.get("rerank") is not True:
-            raise AssertionError(f"evaluate.json: flip={res.get('flip')}, rerank={res.get('rerank')}, expected both true")
+        res = json.loads((ctx.work / "evaluate.jsonl").read_text().splitlines()[-1])
+        how = res.get("settings", {})
+        if how.get("flip") is not True or how.get("rerank") is not True:
+            raise AssertionError(f"evaluate.jsonl: flip={how.get('flip')}, rerank={how.get('rerank')}, expected both true")
         if not (0.0 <= res["rank1"] <= 1.0 and 0.0 <= res["mAP"] <= 1.0):
-            raise AssertionError(f"evaluate.json: rank-1 {res['rank1']}, mAP {res['mAP']} outside [0, 1]")
+            raise AssertionError(f"evaluate.jsonl: rank-1 {res['rank1']}, mAP {res['mAP']} outside [0, 1]")
         return f"{res['num_query']} x {res['num_gallery']}: rank-1 {100 * res['rank1']:.1f}%, mAP {100 * res['mAP']:.1f}%"
 
     def extract(ctx: Ctx) -> Command:

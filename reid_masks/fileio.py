@@ -161,6 +161,27 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def append_json_line(path: str | Path, data: Any) -> None:
+    """Append ``data`` as one JSON line to ``path`` (created if missing); what is there is never rewritten.
+
+    The whole line goes in one ``write`` on an ``O_APPEND`` descriptor, then ``fsync``, so
+    appenders do not interleave and a crash leaves at most a torn last line (readers skip
+    it). After a torn line a newline comes first, so the new line stands on its own.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(data) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_json(path: str | Path, missing: str, expected: str) -> Any:
     """A JSON file's content; a missing or unparseable file is a one-line UserError:
     ``"{path}: {missing}"`` or ``"{path}: expected {expected} (reason)"``."""

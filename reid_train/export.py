@@ -288,7 +288,7 @@ def export_model(
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_out(checkpoint, fmt)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
+    cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides, "export")
     model, cfg = model_from_checkpoint(ckpt, cfg)
     _check_images_only(model, cfg.model.name)
     model = model.float().eval()
@@ -364,10 +364,13 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
 @click.option("--atol", default=DEFAULT_ATOL, show_default=True, type=click.FloatRange(0, None, min_open=True),
               help="Parity tolerance: max abs difference of the features.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check (e.g. without onnxruntime).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (e.g. data.height=256).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.height/data.width (as --height/--width); other keys are refused.")
 def export_command(checkpoint: Path, fmt: str, out: Path | None, height: int | None, width: int | None, opset: int | None,
                    flip: bool, dynamo: bool, atol: float, no_check: bool, overrides: tuple[str, ...]) -> None:
     """Export the inference graph (images -> normalised feature, dynamic batch) to ONNX or TorchScript."""
+    from reid_train.config import check_overrides
+
+    check_overrides(overrides, "export")  # before torch is imported: a typo is refused at once
     check_writable(out or default_out(checkpoint, fmt))
     result = export_model(checkpoint, fmt, out, height, width, opset, flip=flip, dynamo=dynamo,
                           check=not no_check, atol=atol, overrides=overrides)

@@ -19,6 +19,8 @@ each PNG shows, left to right:
 A header gives the query's file, rank-1 outcome and average precision. ``index.png`` stacks
 every query's row under one legend, and ``rankings.json`` lists the rankings (paths, pids,
 cameras, distances, correct flags, AP). Camera ids are the datasets' 0-based ``camid``.
+The queries and gallery are those ``evaluate`` scores: the dataset's, or with
+``data.test_sets`` each set's, in a sub-folder named after it.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ if TYPE_CHECKING:  # torch is imported when used, so that 'reid-train --help' st
 
 __all__ = [
     "QueryRanking", "RankingLayout", "select_queries", "query_distances", "rank_gallery",
-    "render_ranking", "attention_maps", "visualize", "visualize_command", "MAP_ORDER",
+    "render_ranking", "attention_maps", "visualize", "visualize_set", "set_folders", "visualize_command", "MAP_ORDER",
 ]
 
 logger = logging.getLogger(__name__)
@@ -281,17 +283,37 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor, device: torch.d
 def _load(checkpoint: Path, overrides: Sequence[str]):
     from reid_train.inference import load_model
 
-    loaded = load_model(checkpoint, overrides=overrides)
-    return loaded.model, loaded.config, loaded.build_dataset(), loaded.device, loaded.amp_dtype
+    return load_model(checkpoint, overrides=overrides, command="visualize")
 
 
 def _stem(path: str) -> str:
     return Path(path).stem
 
 
+def set_folders(names: Sequence[str]) -> list[str]:
+    """One sub-folder name per test set: its dataset name, numbered when a name repeats."""
+    return [name if names.count(name) == 1 else f"{i}_{name}" for i, name in enumerate(names)]
+
+
 def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int = 5, seed: int = 0,
-              overrides: Sequence[str] = (), tile_height: int = 256) -> dict[str, Any]:
-    """Write one PNG per picked query, ``index.png`` and ``rankings.json`` to ``out_dir``; returns the JSON."""
+              overrides: Sequence[str] = (), tile_height: int = 256) -> list[dict[str, Any]]:
+    """Pictures of the checkpoint's test sets: the evaluation's sets (``data.test_sets``, each in
+    ``out_dir/<dataset>/``, else the dataset's query/gallery in ``out_dir``); returns each set's rankings.json."""
+    from reid_train.engine.test_sets import build_test_sets, check_test_set_caches
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    loaded = _load(checkpoint, overrides)
+    cfg = loaded.config
+    sets = build_test_sets(cfg, None if cfg.data.test_sets else loaded.build_dataset())
+    check_test_set_caches(sets, loaded.model)
+    folders = set_folders([s.dataset.name for s in sets]) if cfg.data.test_sets else [""]
+    return [visualize_set(loaded, s.dataset, s.cfg, out_dir / folder, n, topk, seed, tile_height, s.cache_key)
+            for s, folder in zip(sets, folders)]
+
+
+def visualize_set(loaded: Any, dataset: Any, cfg: Any, out_dir: Path, n: int = 8, topk: int = 5, seed: int = 0,
+                  tile_height: int = 256, cache_key: str = "data.cache") -> dict[str, Any]:
+    """Write one PNG per picked query of ``dataset``, ``index.png`` and ``rankings.json`` to ``out_dir``; returns the JSON."""
     import torch
 
     from reid_masks.imageio import read_image
@@ -299,14 +321,14 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
     from reid_masks.fileio import write_json_atomic
     from reid_train.engine.evaluator import build_test_loader, extract_features
 
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    model, cfg, dataset, device, amp = _load(checkpoint, overrides)
+    checkpoint, model, device, amp = loaded.checkpoint, loaded.model, loaded.device, loaded.amp_dtype
     cuda = device.type == "cuda"
     feats = {}
     for split in ("query", "gallery"):
         if not dataset.split(split):
             raise UserError(f"{dataset.name} at {dataset.root}: the {split} split is empty")
-        loader = build_test_loader(dataset, split, cfg, pin_memory=cuda, region_masks=getattr(model, "region_masks", None))
+        loader = build_test_loader(dataset, split, cfg, pin_memory=cuda, region_masks=getattr(model, "region_masks", None),
+                                   cache_key=cache_key)
         feats[split] = extract_features(model, loader, device, cfg.test.flip, amp, progress=f"{split} features")
     (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
     queries = select_queries(qp, qc, gp, gc, n, seed)
@@ -351,7 +373,8 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
     legend_strip = visual.legend(_legend_items(bool(att)), sheet.shape[1], LEGEND_HEIGHT)
     visual.save_png(np.concatenate([legend_strip, sheet], axis=0), out_dir / "index.png")
     result = {
-        "checkpoint": str(checkpoint), "model": cfg.model.name, "dataset": dataset.name,
+        "checkpoint": str(checkpoint), "model": cfg.model.name, "dataset": dataset.name, "root": str(dataset.root),
+        "out": str(out_dir),
         "metric": t.metric, "rerank": t.rerank, "flip": t.flip, "topk": topk, "seed": seed,
         "num_query": int(len(qp)), "num_gallery": int(len(gp)), "attention_maps": list(att[0]) if att else [],
         "queries": entries,
@@ -368,16 +391,23 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
 @click.option("--seed", default=0, show_default=True, type=int, help="Picks the queries.")
 @click.option("--tile-height", default=256, show_default=True, type=click.IntRange(32, 2048), help="Image height in the pictures (pixels).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set data.root=/data/market1501 --set test.rerank=true (repeatable).")
+              help="Override a key visualize reads, e.g. --set test.rerank=true, --set data.dataset=dukemtmc --set data.root=..., "
+                   "--set 'data.test_sets=[...]' (repeatable; keys visualize does not read are refused).")
 def visualize_command(checkpoint: Path, out_dir: Path, n: int, topk: int, seed: int, tile_height: int, overrides: tuple[str, ...]) -> None:
-    """Ranked-retrieval pictures (top-k, green = correct, red = wrong) and attention maps of sampled queries."""
+    """Ranked-retrieval pictures (top-k, green = correct, red = wrong) and attention maps of sampled queries.
+
+    With data.test_sets, the pictures of each set go to OUT/<dataset>/, as evaluate scores each set.
+    """
     from reid_masks.fileio import check_writable
 
+    from reid_train.config import check_overrides
+
+    check_overrides(overrides, "visualize")  # before torch is imported: a typo is refused at once
     check_writable(out_dir, "--out", folder=True)
-    result = visualize(checkpoint, out_dir, n, topk, seed, overrides, tile_height)
-    qs = result["queries"]
-    hits = sum(q["top"][0]["correct"] for q in qs if q["top"])
-    click.echo(f"wrote {len(qs)} query pictures, index.png and rankings.json to {out_dir} "
-               f"({result['dataset']}: rank-1 correct for {hits} of {len(qs)} shown; {result['metric']}, "
-               f"{'flip-averaged' if result['flip'] else 'no flip'}, {'re-ranked' if result['rerank'] else 'no re-ranking'}"
-               f"{'; attention maps ' + ', '.join(result['attention_maps']) if result['attention_maps'] else ''})")
+    for result in visualize(checkpoint, out_dir, n, topk, seed, overrides, tile_height):
+        qs = result["queries"]
+        hits = sum(q["top"][0]["correct"] for q in qs if q["top"])
+        click.echo(f"wrote {len(qs)} query pictures, index.png and rankings.json to {result['out']} "
+                   f"({result['dataset']}: rank-1 correct for {hits} of {len(qs)} shown; {result['metric']}, "
+                   f"{'flip-averaged' if result['flip'] else 'no flip'}, {'re-ranked' if result['rerank'] else 'no re-ranking'}"
+                   f"{'; attention maps ' + ', '.join(result['attention_maps']) if result['attention_maps'] else ''})")

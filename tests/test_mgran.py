@@ -383,7 +383,7 @@ def test_fit_evaluate_extract_end_to_end_on_cpu(market, market_root, small_cache
     assert "rank-1" in res.stdout and "rank-5" in res.stdout
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["num_query"] == len(market.query) and results["num_gallery"] == len(market.gallery)
-    train_eval = json.loads((out / "evaluation.json").read_text())
+    train_eval = json.loads((out / "evaluations.jsonl").read_text().splitlines()[-1])
     assert train_eval["rank1"] == pytest.approx(results["rank1"]) and train_eval["mAP"] == pytest.approx(results["mAP"])
 
     feats = tmp_path / "gallery.npz"

@@ -13,9 +13,10 @@ One :class:`Trainer` per run. Everything a run produces lives in ``train.output_
   files of writers that died (same host) are removed when ``fit`` starts;
 * ``metrics.jsonl`` one JSON object per epoch (see :meth:`Trainer.train_epoch`), plus
   ``rank1 rank5 rank10 mAP`` on the epochs that were evaluated;
-* ``evaluation.json`` the latest evaluation (``{rank1, rank5, rank10, mAP, num_query,
-  num_gallery, epoch, dataset}``, fractions in [0, 1], of the first test set; every
-  set of ``data.test_sets`` under ``test_sets``, see ``test_sets.py``);
+* ``evaluations.jsonl`` one record per evaluated epoch, appended after that epoch's
+  checkpoint is saved (scores, fractions in [0, 1], of the first test set; every set of
+  ``data.test_sets`` under ``test_sets``; the settings, checkpoint epoch and sha256 and the
+  config: ``reid_train/results.py``);
 * ``log.txt`` the progress log (written by the CLI);
 * ``tb/`` TensorBoard scalars, when ``tensorboard`` is installed and ``train.tensorboard``.
 
@@ -62,17 +63,18 @@ from torch.utils.data import DataLoader
 
 from reid_masks.datasets import ReIDDataset, build_dataset
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, remove_dead_temps, write_json_atomic, write_text_atomic
+from reid_masks.fileio import append_json_line, atomic_path, remove_dead_temps, write_text_atomic
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
-from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
+from reid_train.engine.test_sets import build_test_sets, check_test_set_caches, evaluate_test_sets
 from reid_masks.workers import detached_worker_init
 from reid_train.engine.preemption import StopSignals, Stopped
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
+from reid_train.results import EVALUATIONS_NAME, evaluation_record
 
 __all__ = [
     "Trainer", "WarmupStepLR", "build_optimizer", "build_model_from_config", "resolve_device",
@@ -178,8 +180,20 @@ class WarmupStepLR(torch.optim.lr_scheduler.LRScheduler):
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
 
+#: The config key that sets each optimizer group's learning rate: logs and metrics.jsonl use these names.
+LR_KEYS = {"backbone": "backbone_lr", "head": "lr"}
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``{config key: current lr}`` of the groups that hold parameters (MGRAN without a reduction
+    layer or identity head has no non-backbone weights, so no ``lr``)."""
+    return {LR_KEYS.get(g.get("name"), str(g.get("name", i))): g["lr"]
+            for i, g in enumerate(optimizer.param_groups) if g["params"]}
+
+
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
-    """SGD with two groups: backbone parameters at ``solver.backbone_lr``, the rest at ``solver.lr``."""
+    """SGD with two groups: backbone parameters at ``solver.backbone_lr``, the rest at ``solver.lr``
+    (empty for a model without non-backbone weights: :func:`learning_rates` leaves it out)."""
     s = cfg.solver
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     ids = {id(p) for p in backbone}
@@ -332,6 +346,7 @@ class Trainer:
             cache = d.cache
         elif d.cache:
             logger.info("model.name=%s uses no mask loss: data.cache only serves to check the images", cfg.model.name)
+        check_test_set_caches(self.test_sets, self.model)  # MGRAN: every test set's masks, before training
         # before any computation: stale masks and unusable query/gallery rows are refused, unusable train rows left out
         usable = check_cache_images(d.cache, self.dataset, ("train", "query", "gallery"))["train"] if d.cache else None
 
@@ -523,7 +538,7 @@ class Trainer:
 
         ``epoch`` (1-based, completed epochs), the batch-weighted mean of every loss term of
         :class:`MMGALoss` (``total``, ``ce_whole``, [``ce_local``], ``triplet``,
-        [``att``, ``att_m1_whole``, ``att_m2_*``]), ``lr_backbone``, ``lr_head``,
+        [``att``, ``att_m1_whole``, ``att_m2_*``]), ``backbone_lr`` and ``lr`` (the groups that exist),
         ``images_per_s``, ``time_s``. The epoch a run resumed in mid-epoch continues
         from its saved iteration, loader seed and loss sums. When ``stop`` has caught a
         signal, the epoch ends after the current iteration with a checkpoint and
@@ -531,7 +546,7 @@ class Trainer:
         """
         cfg = self.cfg
         self.net.train()
-        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        lrs = learning_rates(self.optimizer)
         sums: dict[str, float] = defaultdict(float)
         seen, first, before = 0, 0, 0.0
         resumed = self._resumed_epoch if epoch == self.start_epoch else None
@@ -555,10 +570,10 @@ class Trainer:
                 rate = seen * self.world_size / max(elapsed, 1e-9)
                 remaining_iters = (iters - it - 1) + (cfg.solver.epochs - epoch - 1) * iters
                 eta = remaining_iters * (elapsed - before) / (it + 1 - first)
-                logger.info("epoch %d/%d [%d/%d] loss %.4f (%s) lr %.4g/%.4g %.1f img/s eta %s",
+                logger.info("epoch %d/%d [%d/%d] loss %.4f (%s) %s %.1f img/s eta %s",
                             epoch + 1, cfg.solver.epochs, it + 1, iters, sums["total"] / seen,
                             " ".join(f"{k} {sums[k] / seen:.4f}" for k in terms if k != "total"),
-                            lrs.get("backbone", 0.0), lrs.get("head", 0.0), rate, _format_eta(eta))
+                            " ".join(f"{k} {v:.4g}" for k, v in lrs.items()), rate, _format_eta(eta))
             if stop is not None and it + 1 < iters and self._stop_agreed(stop):
                 partial = {"sums": dict(sums), "seen": seen, "time_s": time.perf_counter() - start}
                 self._stop(stop, epoch, it + 1, {"loader_seed": seed, "partial": partial}, self._gather(partial))
@@ -572,7 +587,7 @@ class Trainer:
             sums, seen = dict(zip(keys, t[:-1].tolist())), int(t[-1].item())
         record: dict[str, Any] = {"epoch": epoch + 1}
         record.update({k: v / max(seen, 1) for k, v in sums.items()})
-        record.update({f"lr_{k}": v for k, v in lrs.items()})
+        record.update(lrs)  # backbone_lr [, lr]: named as the config keys
         record["images_per_s"] = seen / max(elapsed, 1e-9)
         record["time_s"] = elapsed
         return record
@@ -634,6 +649,7 @@ class Trainer:
         if self.start_epoch >= epochs:
             logger.info("checkpoint is at epoch %d >= solver.epochs=%d: nothing to train", self.start_epoch, epochs)
         for epoch in range(self.start_epoch, epochs):
+            results = None
             record = self.train_epoch(epoch, stop)
             self.scheduler.step()
             done = epoch + 1
@@ -646,7 +662,6 @@ class Trainer:
                     raise
                 if self.main:
                     record.update({"rank1": results["rank1"], "rank5": results["rank5"], "rank10": results["rank10"], "mAP": results["mAP"]})
-                    write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done})
                 self._barrier()
             rank_rng = self._rank_rng_states()
             if self.main:
@@ -658,6 +673,9 @@ class Trainer:
                             self.tb.add_scalar(k, v, done)
                     self.tb.flush()
                 save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record, rank_rng))
+                if results is not None:  # after the save: the record names the checkpoint file's sha256
+                    append_json_line(self.output_dir / EVALUATIONS_NAME, evaluation_record(
+                        results, cfg, cfg, command="fit", epoch=done, checkpoint=self.ckpt_path, amp_dtype=self.amp_dtype))
                 logger.info("epoch %d/%d done: %s", done, epochs, ", ".join(
                     f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
             self._barrier()
