@@ -47,7 +47,12 @@ def _show(value: Any) -> str:
 
 
 def describe_differences(diff: dict[str, list[Any]]) -> str:
-    return "; ".join(f"{k} ({' | '.join(_show(v) for v in vs)})" for k, vs in diff.items())
+    """``key (a | b); ...`` -- keys some records lack (another model's keys, re-ranking's k1 without
+    re-ranking) follow from a key shown, so they are only counted."""
+    shown = {k: vs for k, vs in diff.items() if None not in vs} or diff
+    text = "; ".join(f"{k} ({' | '.join(_show(v) for v in vs)})" for k, vs in shown.items())
+    rest = len(diff) - len(shown)
+    return text + (f"; and {rest} key(s) only some of them have" if rest else "")
 
 
 def group_evaluations(records: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -246,6 +246,10 @@ def test_learning_rates_are_logged_for_the_groups_that_exist_under_config_names(
     assert mgran[0]["backbone_lr"] == pytest.approx(0.0025) and "lr" not in mgran[0]  # no non-backbone weights
     assert not any(k.startswith("lr_") for k in (*mgran[0], *mmga[0]))
     assert (mmga[0]["backbone_lr"], mmga[0]["lr"]) == pytest.approx((0.0025, 0.005))
+    from reid_train.curves import loss_keys
+
+    assert "ce_whole" in loss_keys(mmga) and "msml" in loss_keys(mgran)  # curves: no lr plotted as a loss
+    assert not {"lr", "backbone_lr"} & set(loss_keys(mmga) + loss_keys(mgran))
     for name, lrs in (("mgran", "backbone_lr 0.0025"), ("mmga", "backbone_lr 0.0025 lr 0.005")):
         line = next(x for x in runs[name]["log"].splitlines() if "epoch 1/1 [" in x)
         assert re.search(rf"\) {lrs} [\d.]+ img/s", line), line  # was "lr 0.0025/0.1" for MGRAN
