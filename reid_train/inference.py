@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from reid_train.data.transforms import PairedTransform
 __all__ = ["LoadedModel", "load_model", "extract_features"]
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from reid_train.any_images import MaskSources
 
 #: An image path, an HxWx3 uint8 RGB array, a 3xHxW float tensor in [0, 1], or a PIL image.
 ImageLike = Union[str, Path, np.ndarray, torch.Tensor, Any]
@@ -104,8 +107,8 @@ class LoadedModel(nn.Module):
                                "(train the network itself through .model)")
         regions = getattr(self.model, "region_masks", None)
         if regions:
-            raise UserError(f"model.name={self.config.model.name} needs the cached {regions} masks of every image: "
-                            f"use 'reid-train extract --checkpoint {self.checkpoint}' on a dataset split")
+            raise UserError(f"model.name={self.config.model.name} needs the {regions} masks of every image: use "
+                            f"extract_features(model, paths, masks=MaskSources(...)) or 'reid-train extract --images'")
         if len(images) == 0:
             return torch.zeros((0, self.model.feature_dim), device=self.device)
         tf = self.transform
@@ -175,16 +178,43 @@ def _as_rgb(image: ImageLike) -> np.ndarray | torch.Tensor:
 
 
 def extract_features(model: LoadedModel, images: Iterable[ImageLike], batch_size: int | None = None,
-                     flip: bool | None = None) -> torch.Tensor:
+                     flip: bool | None = None, masks: "MaskSources | None" = None) -> torch.Tensor:
     """(N, D) float32 CPU features of ``images`` (paths, HxWx3 uint8 arrays, PIL images or 3xHxW tensors in [0, 1]).
 
     ``model(batch)`` batch by batch (bounded memory), without autograd: equal to
     ``reid-train extract`` on the same files. ``batch_size`` and ``flip`` default to the
-    run's ``test.batch_size`` and ``test.flip``. MGRAN models need each image's cached
-    region masks: use ``reid-train extract`` (or the evaluator) for them.
+    run's ``test.batch_size`` and ``test.flip``. Models that need masks at inference
+    (MGRAN) take image paths and ``masks``, a :class:`reid_train.any_images.MaskSources`:
+    a cache holding the images, or the sources the mask stage makes them from on the spot
+    (as ``reid-train extract --images``).
     """
+    if getattr(model.model, "region_masks", None):
+        return _extract_with_masks(model, list(images), masks, flip)
+    if masks is not None and masks.given():
+        raise UserError(f"masks={masks}: model.name={model.config.model.name} uses no masks at inference")
     bs = int(batch_size or model.config.test.batch_size)
     items = list(images)
     with torch.no_grad():
         feats = [model(items[start:start + bs], flip=flip).cpu() for start in range(0, len(items), bs)]
     return torch.cat(feats) if feats else model(items, flip=flip).cpu()
+
+
+def _extract_with_masks(model: LoadedModel, items: list[ImageLike], masks: "MaskSources | None", flip: bool | None) -> torch.Tensor:
+    """MGRAN-style models: image paths only, their masks from ``masks`` (a cache or the mask stage's sources)."""
+    import tempfile
+
+    from reid_train.any_images import MaskSources, dataset_of_paths, extract_images
+    from reid_train.config import apply_overrides
+
+    if masks is None or not masks.given():
+        raise UserError(f"model.name={model.config.model.name} needs the {model.model.region_masks} masks of every image: pass "
+                        f"masks=MaskSources(cache=...) or MaskSources(parsing_dir=... / masks_dir=... / backend=...)")
+    if not all(isinstance(im, (str, Path)) for im in items):
+        raise UserError(f"model.name={model.config.model.name}: give image paths (their masks are looked up or made per file)")
+    if not items:
+        return torch.zeros((0, model.model.feature_dim))
+    cfg = model.config if flip is None else apply_overrides(model.config, [f"test.flip={str(flip).lower()}"])
+    with tempfile.TemporaryDirectory(prefix=".reid-extract-") as tmp:
+        dataset = dataset_of_paths(items, Path(tmp))
+        feats, _, _ = extract_images(model.model, cfg, dataset, model.device, masks, model.amp_dtype, model.channels_last, progress=None)
+    return feats

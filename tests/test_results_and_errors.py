@@ -282,7 +282,7 @@ def test_load_model_is_an_nn_module_whose_forward_is_the_evaluation_forward(runs
     with pytest.raises(RuntimeError, match="call .eval"):
         loaded(batch)
     loaded.eval()
-    with pytest.raises(UserError, match="needs the cached regions masks"):
+    with pytest.raises(UserError, match="needs the regions masks"):
         load_model(runs["mgran"]["ckpt"])(batch)
 
 
