@@ -158,7 +158,7 @@ def load_model(checkpoint: str | Path, device: str | None = None, overrides: Seq
     trained = config_from_dict(ckpt["config"], f"{checkpoint} config")
     cfg = _other_dataset_without_cache(trained, apply_overrides(trained, overrides, command))
     dev = resolve_device(device or cfg.train.device)
-    model, cfg = model_from_checkpoint(ckpt, cfg)
+    model, cfg = model_from_checkpoint(ckpt, cfg, checkpoint)
     loaded = LoadedModel(model, cfg, int(ckpt["epoch"]), checkpoint, trained).to(dev).eval()
     if loaded.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVALUATIONS_NAME", "RECORD_FORMAT", "evaluation_record", "save_evaluation", "check_result_path",
-    "read_evaluations", "comparison_key", "METRICS",
+    "read_evaluations", "fit_evaluation", "comparison_key", "METRICS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,19 @@ def read_evaluations(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise UserError(f"{path}: no evaluation in it")
     return records
+
+
+def fit_evaluation(run_dir: str | Path, epoch: int) -> dict[str, Any] | None:
+    """The latest record ``fit`` appended to ``run_dir``'s evaluations.jsonl for ``epoch``, or None
+    (no file, no such line; torn lines are skipped): whether a resumed fit must redo that evaluation."""
+    path = Path(run_dir) / EVALUATIONS_NAME
+    if not path.is_file():
+        return None
+    found = None
+    for _, data in _lines(path):
+        if isinstance(data, dict) and data.get("command") == "fit" and data.get("epoch") == epoch:
+            found = data
+    return found
 
 
 def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
