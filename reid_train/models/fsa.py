@@ -30,7 +30,7 @@ Decisions the paper leaves open, and why:
 * **Last stride 2** (``model.last_stride``): the paper's Conv5_x is 8x4 at 256x128, which is
   ResNet's stride 32; BoT's last stride 1 would make it 16x8. ``last_stride=1`` is available
   (Conv4_x is then not pooled; Conv3_x is pooled by 2).
-* **MHSA** (BoTNet, Srinivas et al. 2021, as transcribed from its published ``botnet.py``):
+* **MHSA** (BoTNet, Srinivas et al. 2021, following its published TF ``relpos_self_attention``):
   the 3x3 conv2 of *every* Bottleneck of Conv4_x (layer3) and Conv5_x (layer4) is replaced by
   multi-head self-attention over all positions with ``model.mhsa_heads`` = 4 heads (BoTNet's),
   1x1 q/k/v projections without bias, queries scaled by ``d**-0.5`` and 2-D relative position
