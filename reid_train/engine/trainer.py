@@ -450,8 +450,9 @@ class Trainer:
         if self.main and self.metrics_path.exists():  # drop lines of epochs after the checkpoint
             keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
             write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in keep))
-        logger.info("resumed from %s at epoch %d%s", self.ckpt_path, self.start_epoch,
-                    f" + {self.start_iter} iteration(s)" if self.start_iter else "")
+        logger.info("resumed from %s: continuing with epoch %d%s (epochs are 1-based, as in metrics.jsonl)",
+                    self.ckpt_path, self.start_epoch + 1,
+                    f" at iteration {self.start_iter + 1} ({self.start_iter} done)" if self.start_iter else "")
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
         """Under DDP, every rank's RNG states (collective: all ranks call it); else None."""
