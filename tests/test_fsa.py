@@ -171,6 +171,15 @@ def test_eca_kernel_sizes_follow_the_official_rule_for_every_channel_count_used(
         assert k == _official_eca_k(c) and block.eca.conv.padding[0] == (k - 1) // 2
     assert channels == {256, 512, 1024, 2048}
     assert [_official_eca_k(c) for c in sorted(channels)] == [5, 5, 5, 7]
+    # placed as in the official ECA-ResNet: on the residual branch, before the identity is added
+    # (an ECA that closes its gate leaves relu(x); one after the addition would give 0)
+    block = model.backbone.layer1[1].eval()
+    with torch.no_grad():
+        block.bn3.weight.zero_()
+        block.bn3.bias.fill_(1.0)  # the residual branch is 1 everywhere: ECA's pooled input is 1
+        block.eca.conv.weight.fill_(-1e4)
+        x = torch.rand(1, 256, 4, 2) + 0.1
+        torch.testing.assert_close(block(x), x)
     # official forward: x * sigmoid(conv1d(GAP(x) as a channel sequence))
     eca = ECA(256)
     x = torch.randn(2, 256, 3, 2)
@@ -363,9 +372,18 @@ def test_fsa_mask_stop_resume_evaluate_extract_export_visualize(synth_dataset, t
 
     ckpt = str(tmp_path / "a" / "checkpoint.pth")
     runner = CliRunner()
+    other = make_cache(root).parent / "copy"  # data.test_sets: a second set (a copy of the first), scored the same way
+    if not other.exists():
+        import shutil
+
+        shutil.copytree(root, other)
     res = runner.invoke(main, ["evaluate", "--checkpoint", ckpt, "--set", "test.rerank=true", "--set", "test.flip=true",
+                               "--set", f"data.test_sets=[{{dataset: market1501, root: {root}}}, {{dataset: market1501, root: {other}}}]",
                                "--out", str(tmp_path / "ev.json")])
     assert res.exit_code == 0 and "re-ranked" in res.output, res.output
+    sets_scored = json.loads((tmp_path / "ev.json").read_text())["test_sets"]
+    assert [s["root"] for s in sets_scored] == [str(root), str(other)]
+    assert sets_scored[0]["mAP"] == pytest.approx(sets_scored[1]["mAP"])  # the same images and ids: the same scores
     res = runner.invoke(main, ["extract", "--checkpoint", ckpt, "--split", "query", "--out", str(tmp_path / "q.npz")])
     assert res.exit_code == 0, res.output
     loaded = load_model(ckpt)
