@@ -196,11 +196,12 @@ def add_command(group: click.Group, command: click.Command) -> None:
 
 
 def _register() -> None:
+    from reid_masks.export import export_command
     from reid_masks.inspect import inspect_command
     from reid_masks.preview import preview_command
     from reid_masks.slurm import status_command, submit_command
 
-    for command in (inspect_command, preview_command, submit_command, status_command):
+    for command in (inspect_command, preview_command, submit_command, status_command, export_command):
         add_command(main, command)
 
 

@@ -87,7 +87,7 @@ def load_model(checkpoint: str | Path, device: str | None = None, overrides: Seq
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
     dev = resolve_device(device or cfg.train.device)
-    model, cfg = model_from_checkpoint(ckpt, cfg)
+    model, cfg = model_from_checkpoint(ckpt, cfg, checkpoint)
     cuda = dev.type == "cuda"
     amp = amp_dtype(cfg.train.amp, dev)
     channels_last = cfg.train.channels_last and cuda
