@@ -81,18 +81,11 @@ def resnet50_ibn_a(weights: None = None) -> torchvision.models.ResNet:
     return net
 
 
-class _IBNWeights:
-    """The one weights entry ``imagenet_weights_file`` needs: ``IMAGENET1K_V1.url``."""
-
-    class IMAGENET1K_V1:  # noqa: N801 - mirrors torchvision's enum member name
-        url = IBN_A_URL
-
-
-_BUILDERS = {
+_BUILDERS = {  # arch -> (builder, torchvision weights enum; None: the IBN-Net release, IBN_A_URL)
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
-    "resnet50_ibn_a": (resnet50_ibn_a, _IBNWeights),
+    "resnet50_ibn_a": (resnet50_ibn_a, None),
 }
 
 
@@ -110,7 +103,8 @@ def imagenet_weights_file(arch: str = "resnet50") -> tuple[str, str]:
     same cache this project reads.
     """
     _check_arch(arch)
-    url = _BUILDERS[arch][1].IMAGENET1K_V1.url
+    weights = _BUILDERS[arch][1]
+    url = weights.IMAGENET1K_V1.url if weights is not None else IBN_A_URL
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     return path, url
 
