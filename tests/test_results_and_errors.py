@@ -287,7 +287,8 @@ def test_load_model_is_an_nn_module_whose_forward_is_the_evaluation_forward(runs
 
 
 def test_the_torch_free_model_catalog_matches_the_model_zoo() -> None:
-    from reid_train.catalog import BACKBONES, MGRAN_FAMILY, MODEL_NAMES
-    from reid_train.models import ARCH_CHANNELS, MGRAN_VARIANTS, model_names
+    from reid_train.catalog import BACKBONES, FSA_FAMILY, MGRAN_FAMILY, MMGA_FAMILY, MODEL_NAMES
+    from reid_train.models import ARCH_CHANNELS, FSA_VARIANTS, MGRAN_VARIANTS, VARIANTS, model_names
 
-    assert list(MODEL_NAMES) == model_names() and set(BACKBONES) == set(ARCH_CHANNELS) and set(MGRAN_FAMILY) == set(MGRAN_VARIANTS)
+    assert list(MODEL_NAMES) == model_names() and set(BACKBONES) == set(ARCH_CHANNELS)
+    assert (set(MMGA_FAMILY), set(MGRAN_FAMILY), set(FSA_FAMILY)) == (set(VARIANTS), set(MGRAN_VARIANTS), set(FSA_VARIANTS))
