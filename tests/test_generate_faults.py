@@ -164,7 +164,7 @@ def test_disk_full_during_assembly_is_one_line_and_no_crash(market, reference, s
         layout = {s: (ref.num_rows(s), None) for s in ref.splits}
     sources = [{"kind": "chunk", "folder": str(partial), "chunk": int(p.stem.split("-")[1])} for p in sorted(partial.glob("chunk-*.npz"))]
     with pytest.raises(UserError, match="no space left on device while writing c.h5"):
-        assemble_mod.assemble(out, layout, {"dataset": "market1501"}, DEFAULT_PERSON_HW, sources, partial, estimate_bytes=0, kept_note="chunks kept")
+        assemble_mod.assemble(out, layout, {"dataset": "market1501"}, DEFAULT_PERSON_HW, sources, estimate_bytes=0, kept_note="chunks kept")
     assert not out.exists() and not [p for p in where.iterdir() if ".tmp-" in p.name]
     # through the command: the free-space check refuses at once, naming the space needed
     code, msg = gen(market, out, "--chunk-rows", "16")
