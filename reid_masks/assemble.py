@@ -10,6 +10,7 @@ block of a shard) at a time, so memory does not grow with the dataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -93,7 +94,7 @@ def assemble(out: Path, layout: dict[str, tuple[int, list[int] | None]], attrs: 
     """
     free = shutil.disk_usage(out.parent).free
     if free < estimate_bytes:
-        raise UserError(f"{out.parent}: {mib(free)} free, the cache needs about {mib(estimate_bytes)}; free space there and rerun the same command ({kept_note})")
+        raise UserError(f"{out.parent}: {mib(free)} free, the cache needs about {mib(estimate_bytes, up=True)}; free space there and rerun the same command ({kept_note})")
     tmp = temp_name(out)
     job = {"out": str(tmp), "layout": layout, "attrs": attrs, "person_hw": list(person_hw), "sources": sources, "parent": os.getpid()}
     job_file = temp_name(out, ".json")
@@ -116,8 +117,11 @@ def assemble(out: Path, layout: dict[str, tuple[int, list[int] | None]], attrs: 
         tmp.unlink(missing_ok=True)
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+def mib(n: float, up: bool = False) -> str:
+    """``n`` bytes as MiB (GiB from 1 GiB on); ``up`` rounds up, for space a user must free."""
+    unit, digits, name = (2**20, 1, "MiB") if n < 2**30 else (2**30, 2, "GiB")
+    value = math.ceil(n / unit * 10**digits) / 10**digits if up else n / unit
+    return f"{value:.{digits}f} {name}"
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +34,7 @@ from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic, write_target
 from reid_masks.progress import Progress
-from reid_masks.workers import detached_worker_init
+from reid_masks.workers import Interrupted, detached_worker_init, sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 256
@@ -482,31 +481,6 @@ class GenerateResult:
         return lines
 
 
-class Interrupted(UserError):
-    """Ctrl-C or SIGTERM during a run: finished work kept; exits 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (Slurm's time limit, preemption, scancel) raises like Ctrl-C in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Run the mask stage; returns the cache written (a shard file under ``--shard``).
 
@@ -631,10 +605,11 @@ def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: l
     except Exception as exc:
         if is_disk_full(exc):
             done = sum(store.exists(g) for g in mine)
-            per_chunk = store.size() / max(done, 1)
-            # the rest of the chunks, then the cache beside all of them (assemble's own estimate), less what is free now
-            need = per_chunk * (len(mine) - done) + cache_estimate(per_chunk * len(mine)) - shutil.disk_usage(partial).free
-            raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, about {mib(need) if done else 'unknown space'} more needed; free space and rerun the same command to resume") from None
+            per_chunk = store.size(on_disk=True) / max(done, 1)
+            # the rest of the chunks (10% for chunks larger than the first ones), then the cache beside
+            # all of them (assemble's own estimate), less what is free now
+            need = 1.1 * per_chunk * (len(mine) - done) + cache_estimate(per_chunk * len(mine)) - shutil.disk_usage(partial).free
+            raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, about {mib(need, up=True) if done else 'unknown space'} more needed; free space and rerun the same command to resume") from None
         raise
 
     stored = {s: [] for s in counts}

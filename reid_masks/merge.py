@@ -22,7 +22,7 @@ from reid_masks.assemble import SHARDS_TO_CACHE, assemble, cache_estimate
 from reid_masks.cache import MaskCache, check_cache_rows
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, check_writable, remove_dead_temps, write_target
-from reid_masks.generate import Interrupted, sigterm_as_interrupt
+from reid_masks.workers import Interrupted, sigterm_as_interrupt
 
 VOLATILE = ("command", "created")
 
