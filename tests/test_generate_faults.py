@@ -430,7 +430,15 @@ def test_assembly_child_dies_with_a_killed_parent_and_the_next_run_cleans_up(mar
     stop_before_assembly(monkeypatch)
     gen(market, out, "--chunk-rows", "16")
     monkeypatch.undo()
-    proc = subprocess.Popen(cli(market, out, "--chunk-rows", "16", "--workers", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the parent: assemble() as generate calls it, in a process of its own (without the CLI's torch import)
+    partial = out.with_name(out.name + ".partial")
+    with MaskCache(reference) as ref:
+        layout = {s: (ref.num_rows(s), None) for s in ref.splits}
+    sources = [{"kind": "chunk", "folder": str(partial), "chunk": int(p.stem.split("-")[1])} for p in sorted(partial.glob("chunk-*.npz"))]
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import json, sys; from pathlib import Path; from reid_masks.assemble import assemble\n"
+        f"assemble(Path({str(out)!r}), json.loads({json.dumps(layout)!r}), {{}}, (256, 128), json.loads({json.dumps(sources)!r}), 0, 'kept')")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
     child = assembly_child(proc.pid, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
