@@ -495,6 +495,16 @@ class MaskCache:
     def num_stored(self, split: str) -> int:
         return len(self._file[split]["pid"])
 
+    def column_slice(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        """Stored rows ``start:stop`` of one column (one sequential read; paths as str)."""
+        return self.read(split, name, slice(start, stop))
+
+    def column_shape(self, split: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) of a stored column, without reading it."""
+        self._need(name)
+        ds = self._file[split][name]
+        return tuple(ds.shape), ds.dtype
+
     def all_rows(self, split: str) -> Rows:
         return Rows(**self.rows(split))
 
