@@ -602,14 +602,20 @@ def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: l
     progress = Progress(sum(len(v) for v in compute.values()))
     try:
         run_chunks(cfg, ds, rows, compute, keep, reuse, store, backend, parser, progress)
-    except Exception as exc:
+    except BaseException as exc:
+        progress.end_line()  # the one-line error (interrupted, disk full, ...) starts on its own line
+        if not isinstance(exc, Exception):
+            raise
         if is_disk_full(exc):
             done = sum(store.exists(g) for g in mine)
             per_chunk = store.size(on_disk=True) / max(done, 1)
             # the rest of the chunks (10% for chunks larger than the first ones), then the cache beside
             # all of them (assemble's own estimate), less what is free now
-            need = 1.1 * per_chunk * (len(mine) - done) + cache_estimate(per_chunk * len(mine)) - shutil.disk_usage(partial).free
-            raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, about {mib(need, up=True) if done else 'unknown space'} more needed; free space and rerun the same command to resume") from None
+            total = 1.1 * per_chunk * (len(mine) - done) + cache_estimate(per_chunk * len(mine))
+            free = shutil.disk_usage(partial).free
+            space = ("unknown space more needed" if not done else f"about {mib(total - free, up=True)} more needed" if total > free
+                     else f"about {mib(total, up=True)} needed in all, though {mib(free)} is free now (a quota?)")
+            raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, {space}; free space and rerun the same command to resume") from None
         raise
 
     stored = {s: [] for s in counts}
