@@ -33,6 +33,7 @@ from reid_masks.datasets import CACHE_SPLITS, Record, ReIDDataset, build_dataset
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic, write_target
+from reid_masks.keypoints_import import KeypointTable, load_keypoints
 from reid_masks.progress import Progress
 from reid_masks.workers import Interrupted, detached_worker_init, sigterm_as_interrupt
 
@@ -49,6 +50,8 @@ class GenerateConfig:
     parsing_dir: Path | None = None
     masks_dir: Path | None = None
     seg_siblings: bool = False
+    keypoints: Path | None = None  # imported keypoints (reid_masks.keypoints_import) instead of a keypoint model
+    keypoints_images: Path | None = None  # the COCO images that map a results list's image ids
     backend: str = "auto"  # auto | torchvision | detectron2 | none
     backend_options: dict[str, Any] = field(default_factory=dict)
     parser: str | None = None  # schp | precomputed | none; None: precomputed with --parsing-dir, else none
@@ -96,23 +99,28 @@ def file_fingerprint(path: Path) -> bytes:
 class RowInput:
     """A per-image input source read besides the image: the hook every such source plugs into.
 
-    A source has a short ``name`` (shown when its files change) and returns, for the image at
-    ``rel`` (path relative to the dataset root), the file(s) the row of that image is made
-    from. Every run fingerprints them (blake2b, :func:`file_fingerprint`) into the cache's
-    ``inputs`` column as ``name=<16 hex>`` (``name=missing`` for an absent file), so a file
-    replaced after the cache was made makes ``generate`` call the cache stale naming the
-    source, ``--update`` recompute that row, and a resumed chunk made from an older file is
-    recomputed. To add a source (e.g. ``--keypoints``: COCO json / OpenPifPaf per-image
-    json), subclass this with ``name`` and :meth:`files`, and return an instance from
-    :func:`row_inputs`; the source's own reading stays in :class:`ImageSource`. A source that
-    keeps every image in one file (a COCO json) returns that file for every row: an edit to it
-    then marks every row changed, so ``--update`` recomputes them all (safe, not minimal).
+    A source has a short ``name`` (shown when its data for a row changes) and gives, for the
+    image at ``rel`` (path relative to the dataset root), the fingerprint(s) of what the row of
+    that image is made from: by default the blake2b of each file :meth:`files` returns
+    (``name=missing`` for an absent file). They go into the cache's ``inputs`` column as
+    ``name=<16 hex>``, so data replaced after the cache was made makes ``generate`` call the
+    cache stale naming the source, ``--update`` recompute that row, and a resumed chunk made
+    from older data be recomputed. To add a source: subclass this with ``name`` and either
+    :meth:`files` (one or more files per image: PNGs, per-image json) or, for a source that
+    keeps every image in one file, :meth:`fingerprints` over that image's own entry (as
+    :class:`ImportedKeypoints` does), so an edit to one entry marks only its row; then return
+    an instance from :func:`row_inputs`. The source's own reading stays in :class:`ImageSource`.
     """
 
     name = ""
 
     def files(self, rel: str) -> list[Path]:
-        raise NotImplementedError
+        return []
+
+    def fingerprints(self, rel: str, hashed: dict[Path, bytes] | None = None) -> list[bytes]:
+        """One fingerprint per file of :meth:`files` (``hashed``: fingerprints already computed, by path)."""
+        hashed = hashed or {}
+        return [hashed[f] if f in hashed else file_fingerprint(f) for f in self.files(rel)]
 
 
 class ParsingPNGs(RowInput):
@@ -142,31 +150,44 @@ class MaskPNGs(RowInput):
         return [self.root / f"{p.parts[0]}_seg" / Path(*p.parts[1:]).with_suffix(".png")]
 
 
-def row_inputs(root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool) -> list[RowInput]:
-    """The per-image input sources of a run (module :class:`RowInput`: add new sources here)."""
+class ImportedKeypoints(RowInput):
+    """``--keypoints``: one source file (or folder) for all images; each row's fingerprint is that of
+    its own entry (:meth:`reid_masks.keypoints_import.KeypointTable.entry_digest`, ``none`` without one)."""
+
+    name = "keypoints"
+
+    def __init__(self, table: KeypointTable):
+        self.table = table
+
+    def fingerprints(self, rel: str, hashed: dict[Path, bytes] | None = None) -> list[bytes]:
+        return [self.table.entry_digest(rel)[:16].encode() or b"none"]
+
+
+def row_inputs(root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool,
+               keypoints: KeypointTable | None = None) -> list[RowInput]:
+    """The per-image input sources of a run (:class:`RowInput`: add new sources here)."""
     out: list[RowInput] = []
     if parsing_dir is not None:
         out.append(ParsingPNGs(parsing_dir))
     if masks_dir is not None or seg_siblings:
         out.append(MaskPNGs(root, masks_dir))
+    if keypoints is not None:
+        out.append(ImportedKeypoints(keypoints))
     return out
 
 
-def inputs_text(sources: list[RowInput], rel: str, digests: list[bytes] | None = None) -> str:
-    """The ``inputs`` cell of a row: ``name=<fingerprint>`` per file, space-separated ("" without sources)."""
-    names = [src.name for src in sources for _ in src.files(rel)]
-    if digests is None:
-        digests = [file_fingerprint(f) for src in sources for f in src.files(rel)]
-    return " ".join(f"{n}={d.decode()}" for n, d in zip(names, digests))
+def inputs_text(sources: list[RowInput], rel: str, hashed: dict[Path, bytes] | None = None) -> str:
+    """The ``inputs`` cell of a row: ``name=<fingerprint>`` per source file or entry, space-separated ("" without sources)."""
+    return " ".join(f"{src.name}={fp.decode()}" for src in sources for fp in src.fingerprints(rel, hashed))
 
 
 def inputs_texts(sources: list[RowInput], rels: list[str], workers: int) -> list[str]:
-    """:func:`inputs_text` of many rows, the files hashed in threads (:func:`hash_files`)."""
+    """:func:`inputs_text` of many rows, their files hashed in threads first (:func:`hash_files`)."""
     if not sources:
         return [""] * len(rels)
-    files = [[f for src in sources for f in src.files(rel)] for rel in rels]
-    digests = iter(hash_files([f for fs in files for f in fs], workers))
-    return [inputs_text(sources, rel, [next(digests) for _ in fs]) for rel, fs in zip(rels, files)]
+    files = [f for rel in rels for src in sources for f in src.files(rel)]
+    hashed = dict(zip(files, hash_files(files, workers)))
+    return [inputs_text(sources, rel, hashed) for rel in rels]
 
 
 def changed_inputs(old: str, new: str) -> list[str]:
@@ -197,15 +218,16 @@ class Item:
     error: str | None = None  # a user error to raise in the main process
     inputs: str = ""  # the row's ``inputs`` cell (:class:`RowInput`)
     derived: Derived | None = None
-    instances: Any = None  # the backend's Instances, set in the main process
+    instances: Any = None  # the backend's Instances (set in the main process), or the imported keypoints' (set on load)
 
 
 class ImageSource:
-    """Reads an image and its precomputed parsing / mask PNG; picklable for workers."""
+    """Reads an image, its precomputed parsing / mask PNG and imported keypoints; picklable for workers."""
 
-    def __init__(self, root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool):
+    def __init__(self, root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool, keypoints: KeypointTable | None = None):
         self.root, self.parsing_dir, self.masks_dir, self.seg_siblings = root, parsing_dir, masks_dir, seg_siblings
-        self.inputs = row_inputs(root, parsing_dir, masks_dir, seg_siblings)
+        self.keypoints = keypoints
+        self.inputs = row_inputs(root, parsing_dir, masks_dir, seg_siblings, keypoints)
 
     def mask_png_path(self, rel: str) -> Path | None:
         return MaskPNGs(self.root, self.masks_dir).files(rel)[0] if self.masks_dir is not None or self.seg_siblings else None
@@ -235,6 +257,8 @@ class ImageSource:
             mpath = self.mask_png_path(rec.path)
             if mpath is not None:
                 item.mask_png = self._label(read_label_png, mpath, h, w, "person mask") > 0
+            if self.keypoints is not None:
+                item.instances = self.keypoints.instances(rec.path, h, w)
         except UserError as exc:
             item.error = str(exc)
         return item
@@ -261,8 +285,8 @@ class ItemDataset:
     def __getitem__(self, i: int) -> Item:
         item = self.source.load(*self.rows[i])
         if self.derive_here and item.image is not None and item.error is None:
-            item.derived = derive(observation(item, None))
-            item.image = None  # nothing downstream needs the pixels
+            item.derived = derive(observation(item, item.instances))
+            item.image = item.instances = None  # nothing downstream needs the pixels or the people
         return item
 
 
@@ -339,6 +363,13 @@ def make_parser(cfg: GenerateConfig) -> Any:
 def make_backend(cfg: GenerateConfig) -> Any:
     name = cfg.backend
     has_source = bool(cfg.parsing_dir or cfg.masks_dir or cfg.seg_siblings or parser_name(cfg) == "schp")
+    if cfg.keypoints is not None:
+        if name not in ("auto", "none"):
+            raise UserError(f"--keypoints replaces the keypoint model: use it without --backend {name} (the person mask then comes from --parsing-dir, --parser schp, --masks-dir or --seg-siblings)")
+        if not has_source:
+            raise UserError("--keypoints gives keypoints only: add a mask source (--parsing-dir, --parser schp, --masks-dir or --seg-siblings)")
+    if cfg.keypoints_images is not None and cfg.keypoints is None:
+        raise UserError("--keypoints-images maps the image ids of a --keypoints results list; give --keypoints too")
     if name == "auto":
         name = "none" if has_source else "torchvision"
     if name == "none":
@@ -367,8 +398,8 @@ def dataset_signature(rows: list[tuple[str, int, Record]]) -> str:
     return h.hexdigest()[:16]
 
 
-def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]:
-    return {
+def provenance(cfg: GenerateConfig, backend: Any, parser: Any, keypoints: KeypointTable | None = None) -> dict[str, Any]:
+    prov = {
         "package": "reid-masks",
         "version": __version__,
         "backend": backend.provenance() if backend is not None else {"name": "none"},
@@ -381,6 +412,9 @@ def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]
         "person_size": list(cfg.person_size),
         "derivation": "reid_masks.derive v2 (README: How masks are derived)",
     }
+    if keypoints is not None:  # only then: caches made without it keep their provenance (and --update)
+        prov["keypoints"] = keypoints.provenance()
+    return prov
 
 
 def hash_files(paths: list[Path], workers: int, progress: Progress | None = None) -> list[bytes]:
@@ -520,13 +554,16 @@ def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: P
     rows = work_rows(ds)
     check_images_exist(ds, rows)
     backend = make_backend(cfg)
+    keypoints = None
+    if cfg.keypoints is not None:  # read and checked whole, before any work (every shard the same)
+        keypoints = load_keypoints(cfg.keypoints, cfg.keypoints_images, ds.root, (r.path for _, _, r in rows), ds.name, max(1, cfg.workers))
     parser = make_parser(cfg)
-    prov = provenance(cfg, backend, parser)
+    prov = provenance(cfg, backend, parser, keypoints)
     counts = {s: len(ds.split(s)) for s in cache_splits(ds)}
 
     old: MaskCache | None = None
     todo = set(range(len(rows)))
-    sources = row_inputs(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings)
+    sources = row_inputs(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings, keypoints)
     current_inputs: list[str] = []
     if out.is_file():
         if cfg.shard[1] != 1:
@@ -554,14 +591,15 @@ def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: P
         sys.stderr.write(f"{out}: updating {len(todo)} changed or added row(s), {len(removed)} removed, {len(rows) - len(todo)} kept\n")
 
     try:
-        return _run(cfg, ds, out, partial, rows, todo, old, backend, parser, prov, counts, sources, current_inputs)
+        return _run(cfg, ds, out, partial, rows, todo, old, backend, parser, prov, counts, sources, current_inputs, keypoints)
     finally:
         if old is not None:
             old.close()
 
 
 def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: list, todo: set[int], old: MaskCache | None,
-         backend: Any, parser: Any, prov: dict, counts: dict[str, int], sources: list[RowInput], current_inputs: list[str]) -> GenerateResult:
+         backend: Any, parser: Any, prov: dict, counts: dict[str, int], sources: list[RowInput], current_inputs: list[str],
+         keypoints: KeypointTable | None = None) -> GenerateResult:
     store = ChunkStore(partial)
     meta = {"signature": dataset_signature(rows), "provenance": strip_volatile(prov), "chunk_rows": cfg.chunk_rows, "shard": list(cfg.shard), "update": cfg.update}
     prepare_partial(partial, meta)
@@ -601,7 +639,7 @@ def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: l
     reuse = ReusedRows(old, rows, current_inputs) if old is not None else None
     progress = Progress(sum(len(v) for v in compute.values()))
     try:
-        run_chunks(cfg, ds, rows, compute, keep, reuse, store, backend, parser, progress)
+        run_chunks(cfg, ds, rows, compute, keep, reuse, store, backend, parser, progress, keypoints)
     except BaseException as exc:
         progress.end_line()  # the one-line error (interrupted, disk full, ...) starts on its own line
         if not isinstance(exc, Exception):
@@ -730,7 +768,7 @@ def prepare_partial(partial: Path, meta: dict) -> None:
 
 
 def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, compute: dict[int, list[int]], keep: dict[int, list[int]],
-               reuse: ReusedRows | None, store: ChunkStore, backend: Any, parser: Any, progress: Progress) -> None:
+               reuse: ReusedRows | None, store: ChunkStore, backend: Any, parser: Any, progress: Progress, keypoints: KeypointTable | None = None) -> None:
     """Decode in workers, infer in batches, derive off the model's path, save finished chunks.
 
     ``compute[g]`` are the rows of chunk ``g`` to process, ``keep[g]`` those ``--update``
@@ -746,7 +784,7 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, compute: dict[i
         return
     chunk_of = {k: g for g, ks in compute.items() for k in ks}
     rows_index = {(s, i): k for k, (s, i, _) in enumerate(rows)}
-    source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings)
+    source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings, keypoints)
     loader = DataLoader(
         ItemDataset(source, [rows[k] for k in order], derive_here=backend is None and parser is None),
         batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate, worker_init_fn=detached_worker_init if cfg.workers > 0 else None,
