@@ -220,6 +220,20 @@ def check_cache_rows(cache: "MaskCache", splits: Iterable[str] | None = None, ma
     return None
 
 
+def damaged_rows(dset: Any) -> tuple[int, int] | None:
+    """Rows ``(start, stop)`` of the first compressed chunk of an h5py dataset that cannot be read."""
+    if not dset.chunks:
+        return None
+    for i in range(dset.id.get_num_chunks()):
+        start = dset.id.get_chunk_info(i).chunk_offset[0]
+        stop = min(start + dset.chunks[0], dset.shape[0])
+        try:
+            dset[start:stop]
+        except OSError:
+            return start, stop
+    return None
+
+
 def _rows(cache: "MaskCache", split: str, stored: np.ndarray, show: int = 3) -> str:
     """"12, 40, 41 (of 7 bad)" -- split positions of the first stored rows given."""
     index = cache.row_index(split)[np.asarray(stored[:show], np.int64)]
@@ -448,12 +462,13 @@ class MaskCache:
     def read(self, split: str, name: str, sel: Any = ()) -> np.ndarray:
         """``split/name[sel]``; a damaged compressed chunk (h5py's OSError) is a one-line UserError."""
         self._need(name)
+        dset = self._file[split][name]
         try:
-            data = self._file[split][name][sel]
+            data = dset[sel]
         except OSError as exc:
-            reason = str(exc).split("(")[0].strip() or type(exc).__name__
-            raise UserError(f"{self.path}: {split}/{name} cannot be read ({reason}): the file is damaged; "
-                            f"regenerate it with the reid-masks generate command that made it") from None
+            start, end = damaged_rows(dset) or (0, len(dset))
+            raise UserError(f"{self.path}: damaged data in {split}/{name} rows {start}-{end - 1} ({str(exc).splitlines()[0]}); "
+                            f"the file is corrupted: regenerate it with 'reid-masks generate' (or restore a copy)") from None
         if name == "path" or name == "inputs":
             data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in np.atleast_1d(data)], dtype=object)
         return data

@@ -122,7 +122,7 @@ def test_inspect_shard_and_damaged_chunk_are_one_line(market, reference, tmp_pat
         fh.seek(info.byte_offset + 8)
         fh.write(b"\xff" * (info.size - 16))
     code, out = run("inspect", broken)
-    assert code == 2 and f"{broken}: train/masks cannot be read" in one_line(out) and "damaged" in out
+    assert code == 2 and f"{broken}: damaged data in train/masks rows 0-" in one_line(out) and "regenerate it" in out
 
 
 def test_replaced_parsing_png_is_seen_and_update_writes_through_a_symlink(market, tmp_path):
