@@ -149,6 +149,15 @@ def check_writable(path: str | Path, option: str = "--out", folder: bool = False
     return path
 
 
+def write_target(path: str | Path) -> Path:
+    """Where writing ``path`` must go: the file a symlink points to (resolved once, at start), else
+    ``path``. An output renamed into place over a link would replace the link with a regular file
+    and leave the file it pointed to stale; its lock, temporaries and ``.partial`` folder then sit
+    beside the file written."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
