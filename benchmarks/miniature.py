@@ -152,12 +152,12 @@ def main() -> None:
         sets = [f"model.name={name}", f"train.output_dir={out}"] + common
         fit_cmd = train_cli + ["fit", "--config", "tiny_synthetic"] + [a for s in sets for a in ("--set", s)]
         fit_s, _ = run(fit_cmd, env, work / f"fit_{name}.log")
-        fit_eval = json.loads((out / "evaluation.json").read_text())
+        fit_eval = json.loads((out / "evaluations.jsonl").read_text().splitlines()[-1])
         metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        eval_json = out / "evaluate.json"
+        eval_json = out / "evaluate.jsonl"  # appended to: a rerun of the benchmark keeps both lines
         eval_s, _ = run(train_cli + ["evaluate", "--checkpoint", str(out / "checkpoint.pth"), "--out", str(eval_json)],
                         env, work / f"evaluate_{name}.log")
-        ev = json.loads(eval_json.read_text())
+        ev = json.loads(eval_json.read_text().splitlines()[-1])
         same = all(abs(ev[k] - fit_eval[k]) < 1e-9 for k in ("rank1", "rank5", "rank10", "mAP"))
         rows.append({
             "model": name, "rank1": ev["rank1"], "rank5": ev["rank5"], "rank10": ev["rank10"], "mAP": ev["mAP"],

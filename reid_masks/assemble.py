@@ -10,6 +10,7 @@ block of a shard) at a time, so memory does not grow with the dataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import numpy as np
 
 from reid_masks.errors import UserError
 from reid_masks.fileio import is_disk_full, temp_name
+from reid_masks.workers import detached_worker_init
 
 DISK_FULL_EXIT = 28
 BLOCK_ROWS = 1024
@@ -50,6 +52,9 @@ def write_from_sources(job: dict[str, Any]) -> None:
 
 def child_main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
+    detached_worker_init()  # signals are the parent's to handle; die with it, even on kill -9
+    if os.getppid() != job["parent"]:  # the parent died before the kernel was told
+        os._exit(1)
     try:
         write_from_sources(job)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
@@ -59,20 +64,40 @@ def child_main(job_path: str) -> None:
         os._exit(DISK_FULL_EXIT if is_disk_full(exc) else 1)
 
 
+CHUNKS_TO_CACHE = 1.75  # cache size / chunk files size, with a margin (cache_estimate)
+SHARDS_TO_CACHE = 1.1  # a shard is a cache already: the merged file is about their sum
+
+
+def cache_estimate(source_bytes: float, ratio: float = CHUNKS_TO_CACHE) -> int:
+    """Expected size of a cache assembled from chunk or shard files of ``source_bytes`` in all.
+
+    The HDF5 file (gzip 4 in chunks of 64 rows for the maps) compresses worse than the
+    chunk files (deflate 3 over whole 256-row columns): measured 1.32x (8-row chunks) to
+    1.61x (256-row chunks) their size on the synthetic Market, 1.50x on random masks
+    (docs/benchmarks.md, "Row digests and cache sizes"); 1.75x plus a MiB of HDF5 metadata
+    leaves a margin. ``merge`` passes :data:`SHARDS_TO_CACHE` (its sources are caches already).
+    """
+    return int(source_bytes * ratio) + (1 << 20)
+
+
 def assemble(out: Path, layout: dict[str, tuple[int, list[int] | None]], attrs: dict[str, Any], person_hw: tuple[int, int],
-             sources: list[dict[str, Any]], job_dir: Path, estimate_bytes: int, kept_note: str) -> None:
+             sources: list[dict[str, Any]], estimate_bytes: int, kept_note: str) -> None:
     """Write the cache at ``out`` (through a temporary file renamed into place) in a child process.
 
     ``estimate_bytes`` is the expected size of the cache (from the sizes of its sources): a
     folder with less free space than that is refused before writing; ``kept_note`` says what
-    a failure leaves intact, for the one-line message.
+    a failure leaves intact, for the one-line message. The child dies with this process
+    (``PR_SET_PDEATHSIG``, even on ``kill -9``); its temporary file and job file are named as
+    :func:`reid_masks.fileio.temp_name` of ``out``, so the next run removes what a killed run
+    left (:func:`reid_masks.fileio.remove_dead_temps`). Ctrl-C / SIGTERM here stop the child
+    and remove both before the interrupt goes on.
     """
     free = shutil.disk_usage(out.parent).free
     if free < estimate_bytes:
-        raise UserError(f"{out.parent}: {mib(free)} free, the cache needs about {mib(estimate_bytes)}; free space there and rerun the same command ({kept_note})")
+        raise UserError(f"{out.parent}: {mib(free)} free, the cache needs about {mib(estimate_bytes, up=True)}; free space there and rerun the same command ({kept_note})")
     tmp = temp_name(out)
-    job = {"out": str(tmp), "layout": layout, "attrs": attrs, "person_hw": list(person_hw), "sources": sources}
-    job_file = job_dir / f"assemble-{os.getpid()}.json"
+    job = {"out": str(tmp), "layout": layout, "attrs": attrs, "person_hw": list(person_hw), "sources": sources, "parent": os.getpid()}
+    job_file = temp_name(out, ".json")
     job_file.write_text(json.dumps(job))
     env = dict(os.environ)
     package_parent = str(Path(__file__).resolve().parent.parent)
@@ -92,8 +117,11 @@ def assemble(out: Path, layout: dict[str, tuple[int, list[int] | None]], attrs: 
         tmp.unlink(missing_ok=True)
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+def mib(n: float, up: bool = False) -> str:
+    """``n`` bytes as MiB (GiB from 1 GiB on); ``up`` rounds up, for space a user must free."""
+    unit, digits, name = (2**20, 1, "MiB") if n < 2**30 else (2**30, 2, "GiB")
+    value = math.ceil(n / unit * 10**digits) / 10**digits if up else n / unit
+    return f"{value:.{digits}f} {name}"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ root) and in the dataset adapter's order. See README.md, "The mask cache".
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,9 +18,20 @@ from reid_masks.datasets.records import CACHE_SPLITS
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path
 
-SCHEMA_VERSION = 3  # 2: the `cuts` column (which source placed each region cut); 3: the `parts` column
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # older caches are read without the newer columns
-COLUMNS_SINCE = {"cuts": 2, "parts": 3}  # columns a cache of an older schema version does not have
+#: 2: the `cuts` column (which source placed each region cut); 3: the `parts` column;
+#: 4: `inputs` (fingerprints of the parsing / mask files a row was made from), `row_digest`
+#: and `map_digests` (each row's derived columns tied to its image fingerprint, README "The mask cache")
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # older caches are read without the newer columns
+COLUMNS_SINCE = {"cuts": 2, "parts": 3, "inputs": 4, "row_digest": 4, "map_digests": 4}  # columns a cache of an older schema version does not have
+#: Columns of schema 4 that an older cache lacks and :class:`Rows` can do without (empty until :meth:`Rows.sealed`).
+DIGEST_COLUMNS = ("inputs", "row_digest", "map_digests")
+#: The full-size maps, each with its own digest (``map_digests[:, k]``): verified where they are read in full.
+MAP_COLUMNS = ("person", "regions", "parts")
+#: The columns ``row_digest`` covers besides ``path``, ``inputs`` and ``map_digests``, with their stored dtypes.
+ROW_DIGEST_COLUMNS = (("fingerprint", "S16"), ("status", np.uint8), ("score", np.float32), ("box", np.float32),
+                      ("keypoints", np.float32), ("image_size", np.int32), ("masks", np.float32), ("cuts", np.uint8))
+VERIFY_BLOCK = 4096  # rows read at a time by :func:`check_cache_rows`
 MASK_HW = (24, 8)
 DEFAULT_PERSON_HW = (256, 128)
 STATUS_NAMES = ("ok", "no_person", "no_keypoints", "unreadable")
@@ -53,12 +65,36 @@ class Rows:
     regions: np.ndarray  # (n, H, W) uint8: 0 bg, 1 head, 2 upper, 3 lower
     cuts: np.ndarray  # (n, 2) uint8, CUT codes of the shoulder line and the hip line
     parts: np.ndarray  # (n, H, W) uint8: PART_NAMES codes (0 bg, 1 head, 2 torso, 3 arms, 4 legs)
+    inputs: np.ndarray | None = None  # (n,) object (str): "name=<blake2b>" of each parsing / mask file read ("" none)
+    row_digest: np.ndarray | None = None  # (n,) S16: :func:`row_digests` (b"" until sealed)
+    map_digests: np.ndarray | None = None  # (n, 3) S16: blake2b of person, regions, parts (b"" until sealed)
+
+    def __post_init__(self) -> None:
+        n = len(self.index)
+        if self.inputs is None:
+            self.inputs = np.full(n, "", dtype=object)
+        if self.row_digest is None:
+            self.row_digest = np.zeros(n, dtype="S16")
+        if self.map_digests is None:
+            self.map_digests = np.zeros((n, len(MAP_COLUMNS)), dtype="S16")
 
     def __len__(self) -> int:
         return len(self.index)
 
     def take(self, order: np.ndarray) -> "Rows":
         return Rows(**{f.name: getattr(self, f.name)[order] for f in fields(self)})
+
+    def sealed(self) -> "Rows":
+        """These rows with their digests computed from their columns (rows just made, or of a
+        cache older than schema 4)."""
+        maps = map_digests(self.person, self.regions, self.parts)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(map_digests=maps, row_digest=row_digests(vars(self) | {"map_digests": maps}))
+        return Rows(**values)
+
+    def unsealed(self) -> np.ndarray:
+        """Which rows carry no digest yet."""
+        return np.asarray(self.row_digest, dtype="S16") == b""
 
     @staticmethod
     def concat(parts: list["Rows"]) -> "Rows":
@@ -68,16 +104,141 @@ class Rows:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["path"] = np.asarray(self.path, dtype=str)
         out["fingerprint"] = np.asarray(self.fingerprint).astype("S16")  # drops h5py's dtype metadata
+        out["inputs"] = np.asarray(self.inputs, dtype=str).reshape(len(self))
+        out["row_digest"] = np.asarray(self.row_digest).astype("S16")
+        out["map_digests"] = np.asarray(self.map_digests).astype("S16")
         return out
 
     @staticmethod
     def from_npz(data: Any) -> "Rows":
         values = {f.name: data[f.name] for f in fields(Rows)}
         values["path"] = values["path"].astype(object)
+        values["inputs"] = values["inputs"].astype(object)
         return Rows(**values)
 
 
 COLUMNS = [f.name for f in fields(Rows)]
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=8).hexdigest().encode()
+
+
+def _text(value: Any) -> bytes:
+    return (value if isinstance(value, bytes) else str(value).encode()) + b"\0"
+
+
+def map_digests(person: np.ndarray, regions: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """(n, 3) S16: blake2b-64 of each row's ``person``, ``regions`` and ``parts`` map (uint8 bytes)."""
+    maps = [np.ascontiguousarray(m, dtype=np.uint8) for m in (person, regions, parts)]
+    out = np.zeros((len(maps[0]), len(maps)), dtype="S16")
+    for k, m in enumerate(maps):
+        flat = m.reshape(len(m), -1)
+        out[:, k] = [_digest(row.tobytes()) for row in flat]
+    return out
+
+
+def row_digests(columns: dict[str, Any]) -> np.ndarray:
+    """(n,) S16: blake2b-64 of each row's ``path``, ``inputs``, the :data:`ROW_DIGEST_COLUMNS`
+    (image fingerprint, status, masks, ...) and its ``map_digests``.
+
+    It ties every derived column to the image fingerprint of the same row: rows of the masks
+    (or maps) moved to other rows, or values edited, no longer match. Values are hashed in
+    their stored dtypes, so rows in memory and rows read back from a cache digest alike.
+    """
+    n = len(columns["path"])
+    fixed = [np.ascontiguousarray(columns[name], dtype=dtype).reshape(n, -1).view(np.uint8) for name, dtype in ROW_DIGEST_COLUMNS]
+    fixed.append(np.ascontiguousarray(columns["map_digests"], dtype="S16").reshape(n, -1).view(np.uint8))
+    block = np.concatenate(fixed, axis=1)
+    inputs = columns.get("inputs")
+    inputs = [""] * n if inputs is None else inputs
+    return np.asarray([_digest(_text(p) + _text(i) + block[k].tobytes()) for k, (p, i) in enumerate(zip(columns["path"], inputs))], dtype="S16")
+
+
+def digest_mismatches(columns: dict[str, Any]) -> np.ndarray:
+    """Positions of the rows whose digests do not match their columns: ``row_digest`` always,
+    and each of :data:`MAP_COLUMNS` that ``columns`` holds against its ``map_digests`` entry."""
+    bad = np.asarray(columns["row_digest"], dtype="S16") != row_digests(columns)
+    bad[map_mismatches(columns)] = True
+    return np.flatnonzero(bad)
+
+
+def map_mismatches(columns: dict[str, Any]) -> np.ndarray:
+    """Positions of the rows whose maps in ``columns`` (any of :data:`MAP_COLUMNS`) differ from
+    their ``map_digests`` entries: what a reader of the maps checks (MGRAN's mask loader)."""
+    stored = np.asarray(columns["map_digests"], dtype="S16")
+    bad = np.zeros(len(stored), dtype=bool)
+    for k, name in enumerate(MAP_COLUMNS):
+        if name in columns:
+            maps = np.ascontiguousarray(columns[name], dtype=np.uint8)
+            bad |= stored[:, k] != np.asarray([_digest(m.tobytes()) for m in maps.reshape(len(maps), -1)], dtype="S16")
+    return np.flatnonzero(bad)
+
+
+def masks_out_of_range(masks: np.ndarray) -> np.ndarray:
+    """Positions of the rows whose 24x8 masks hold a value outside [0, 1] or not finite (NaN, inf)."""
+    m = np.asarray(masks, dtype=np.float32).reshape(len(masks), -1)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(m).all(axis=1) & (m >= 0).all(axis=1) & (m <= 1).all(axis=1)
+    return np.flatnonzero(~ok)
+
+
+def check_cache_rows(cache: "MaskCache", splits: Iterable[str] | None = None, maps: Iterable[str] = ()) -> str | None:
+    """Refuse a cache whose rows are not the rows ``generate`` wrote, in one line naming the cache,
+    the split and the first rows: every row's ``row_digest`` (masks, keypoints, status, map
+    digests ... tied to its image fingerprint, path and input files) and its masks' range
+    ([0, 1], finite). ``maps`` (names of :data:`MAP_COLUMNS`) are verified too, at the cost of
+    reading them in full (README: "The mask cache", cost in docs/benchmarks.md).
+
+    Reads ``VERIFY_BLOCK`` rows at a time. The one check behind ``reid-train fit``,
+    ``evaluate``, ``extract``, ``visualize`` and ``reid-masks inspect`` / ``merge``. A cache
+    older than schema 4 has no digests: its ranges are still checked and the returned line
+    (a warning for the caller to show) says its rows cannot be verified; None otherwise.
+    """
+    splits = cache.splits if splits is None else list(splits)
+    maps = list(maps)
+    sealed = cache.has_column("row_digest")
+    names = ["masks"] + ([c for c in COLUMNS if c != "index" and c not in MAP_COLUMNS] + maps if sealed else [])
+    fix = "regenerate it: remove it, then rerun the reid-masks generate command that made it (without --update)"
+    for split in splits:
+        n = cache.num_stored(split)
+        for a in range(0, n, VERIFY_BLOCK):
+            b = min(n, a + VERIFY_BLOCK)
+            cols = {name: cache.read(split, name, slice(a, b)) for name in dict.fromkeys(names)}
+            bad = masks_out_of_range(cols["masks"])
+            if len(bad):
+                raise UserError(f"{cache.path}: {split} row(s) {_rows(cache, split, a + bad)} have mask values outside [0, 1] or "
+                                f"not finite (NaN/inf); the cache was edited or damaged: {fix}")
+            if sealed:
+                bad = digest_mismatches(cols)
+                if len(bad):
+                    raise UserError(f"{cache.path}: {split} row(s) {_rows(cache, split, a + bad)} do not match their row digest "
+                                    f"(masks moved to other rows or edited since reid-masks generate wrote them); {fix}")
+    if not sealed:
+        return (f"{cache.path}: cache schema version {cache.schema_version} has no row digests, so its masks cannot be verified "
+                f"against their images; rerun the reid-masks generate command that made it with --update to add them")
+    return None
+
+
+def damaged_rows(dset: Any) -> tuple[int, int] | None:
+    """Rows ``(start, stop)`` of the first compressed chunk of an h5py dataset that cannot be read."""
+    if not dset.chunks:
+        return None
+    for i in range(dset.id.get_num_chunks()):
+        start = dset.id.get_chunk_info(i).chunk_offset[0]
+        stop = min(start + dset.chunks[0], dset.shape[0])
+        try:
+            dset[start:stop]
+        except OSError:
+            return start, stop
+    return None
+
+
+def _rows(cache: "MaskCache", split: str, stored: np.ndarray, show: int = 3) -> str:
+    """"12, 40, 41 (of 7 bad)" -- split positions of the first stored rows given."""
+    index = cache.row_index(split)[np.asarray(stored[:show], np.int64)]
+    more = f" (of {len(stored)})" if len(stored) > show else ""
+    return ", ".join(str(int(i)) for i in index) + (", ..." + more if more else "")
 
 
 def write_cache(path: str | Path, splits: dict[str, tuple[int, Rows]], attrs: dict[str, Any], partial: bool = False) -> None:
@@ -154,9 +315,24 @@ class CacheWriter:
         return pos
 
     def write(self, split: str, rows: Rows) -> None:
-        """Store ``rows`` (sorted by ``index``) at their positions; each row once."""
+        """Store ``rows`` (sorted by ``index``) at their positions; each row once.
+
+        Rows that carry digests (made by ``generate``, read from a schema-4 cache) are
+        verified against them, so chunks, ``merge`` and ``--update`` never carry a moved or
+        edited row into a new cache under a fresh digest; rows without (written from memory,
+        or from a cache older than schema 4) are sealed here.
+        """
         if not len(rows):
             return
+        unsealed = rows.unsealed()
+        if unsealed.all():
+            rows = rows.sealed()
+        else:
+            bad = digest_mismatches(vars(rows))
+            if unsealed.any() or len(bad):
+                first = rows.index[bad[:3]] if len(bad) else rows.index[unsealed][:3]
+                raise ValueError(f"split {split}: rows {', '.join(map(str, first))} do not match their row digests "
+                                 f"(masks moved between rows or edited since they were made)")
         pos = self.positions(split, rows.index)
         if np.any(np.diff(pos) <= 0):
             raise ValueError(f"split {split}: rows must be sorted by index, each once")
@@ -172,7 +348,9 @@ class CacheWriter:
                 data = getattr(rows, name)[a:b]
                 if name == "path":
                     data = np.asarray(data, dtype=object)
-                elif name == "fingerprint":
+                elif name == "inputs":
+                    data = np.asarray(data, dtype=object)
+                elif name in ("fingerprint", "row_digest", "map_digests"):
                     data = np.asarray(data, dtype="S16")
                 group[name][lo:hi] = data
         written[pos] = True
@@ -210,6 +388,7 @@ def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...]
         "image_size": ((2,), np.int32), "masks": ((3, *MASK_HW), np.float32), "person": ((ph, pw), np.uint8), "regions": ((ph, pw), np.uint8),
         "cuts": ((2,), np.uint8),
         "parts": ((ph, pw), np.uint8),
+        "inputs": ((), h5py.string_dtype("utf-8")), "row_digest": ((), "S16"), "map_digests": ((len(MAP_COLUMNS),), "S16"),
     }
 
 
@@ -280,16 +459,28 @@ class MaskCache:
             raise UserError(f"{self.path}: cache schema version {self.schema_version} has no '{name}' column (added in version "
                             f"{COLUMNS_SINCE[name]}); regenerate the cache with 'reid-masks generate' (without --update)")
 
-    def column(self, split: str, name: str) -> np.ndarray:
+    def read(self, split: str, name: str, sel: Any = ()) -> np.ndarray:
+        """``split/name[sel]``; a damaged compressed chunk (h5py's OSError) is a one-line UserError."""
         self._need(name)
-        data = self._file[split][name][()]
-        if name == "path":
-            data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in data], dtype=object)
+        dset = self._file[split][name]
+        try:
+            data = dset[sel]
+        except OSError as exc:
+            start, end = damaged_rows(dset) or (0, len(dset))
+            raise UserError(f"{self.path}: damaged data in {split}/{name} rows {start}-{end - 1} ({str(exc).splitlines()[0]}); "
+                            f"the file is corrupted: regenerate it with 'reid-masks generate' (or restore a copy)") from None
+        if name == "path" or name == "inputs":
+            data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in np.atleast_1d(data)], dtype=object)
         return data
 
+    def column(self, split: str, name: str) -> np.ndarray:
+        return self.read(split, name)
+
     def rows(self, split: str, index: np.ndarray | None = None, columns: Iterable[str] = COLUMNS) -> dict[str, np.ndarray]:
-        """Columns for the given rows (all rows when ``index`` is None)."""
-        group = self._file[split]
+        """Columns for the given rows (all rows when ``index`` is None); by default every column
+        this cache's schema has (a cache older than schema 4 has no digest columns)."""
+        if columns is COLUMNS:
+            columns = [c for c in COLUMNS if c not in DIGEST_COLUMNS or self.has_column(c)]
         out = {}
         for name in columns:
             self._need(name)
@@ -299,32 +490,29 @@ class MaskCache:
                 out[name] = self.column(split, name)
             else:
                 uniq, inv = np.unique(np.asarray(index, dtype=np.int64), return_inverse=True)
-                data = group[name][uniq] if len(uniq) else group[name][:0]  # h5py wants increasing indices
+                data = self.read(split, name, uniq if len(uniq) else slice(0, 0))  # h5py wants increasing indices
                 out[name] = data[inv]
-        if "path" in out and index is not None:
-            out["path"] = np.asarray([p.decode() if isinstance(p, bytes) else p for p in out["path"]], dtype=object)
         return out
 
     def block(self, split: str, start: int, stop: int) -> Rows:
         """Stored rows ``start:stop`` of a split as :class:`Rows` (``index`` = their split positions)."""
         group = self._file[split]
-        for name in WRITTEN_COLUMNS:
-            self._need(name)
-        values = {name: group[name][start:stop] for name in WRITTEN_COLUMNS}
-        values["path"] = np.asarray([p.decode() if isinstance(p, bytes) else p for p in values["path"]], dtype=object)
+        names = [c for c in WRITTEN_COLUMNS if c not in DIGEST_COLUMNS or self.has_column(c)]  # older: sealed on write
+        values = {name: self.read(split, name, slice(start, stop)) for name in names}
         values["index"] = group["index"][start:stop] if "index" in group else np.arange(start, start + len(values["pid"]), dtype=np.int64)
         return Rows(**values)
+
+    @property
+    def person_hw(self) -> tuple[int, int]:
+        """Height, width of the stored person / regions / parts maps (as stored, whatever the attributes say)."""
+        return tuple(self._file[self.splits[0]]["person"].shape[1:]) if self.splits else DEFAULT_PERSON_HW
 
     def num_stored(self, split: str) -> int:
         return len(self._file[split]["pid"])
 
     def column_slice(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
         """Stored rows ``start:stop`` of one column (one sequential read; paths as str)."""
-        self._need(name)
-        data = self._file[split][name][start:stop]
-        if name == "path":
-            data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in data], dtype=object)
-        return data
+        return self.read(split, name, slice(start, stop))
 
     def column_shape(self, split: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """(shape, dtype) of a stored column, without reading it."""

@@ -79,6 +79,7 @@ class ChunkStore:
         except FileNotFoundError:
             pass
 
-    def size(self) -> int:
-        """Bytes of all chunk files so far."""
-        return sum(p.stat().st_size for p in self.folder.glob("chunk-*.npz") if p.is_file())
+    def size(self, on_disk: bool = False) -> int:
+        """Bytes of all chunk files so far; ``on_disk``: the space they take (whole file-system blocks)."""
+        stats = [p.stat() for p in self.folder.glob("chunk-*.npz") if p.is_file()]
+        return sum(max(st.st_size, st.st_blocks * 512) if on_disk else st.st_size for st in stats)

@@ -28,7 +28,7 @@ import click
 import numpy as np
 
 from reid_masks import __version__
-from reid_masks.cache import STATUS, WRITTEN_COLUMNS, MaskCache
+from reid_masks.cache import DIGEST_COLUMNS, STATUS, WRITTEN_COLUMNS, MaskCache
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, atomic_path, check_writable, read_json, remove_dead_temps, write_json_atomic
 from reid_masks.progress import Progress
@@ -42,7 +42,7 @@ BPBREID_SUFFIX = {"occluded_duke": ".jpg.confidence_fields.npy"}
 BPBREID_GRANDPARENT = ("occluded_reid",)
 #: One LIP label per body part (cache ``parts`` codes 0..4): background, face, upper-clothes, left-arm, pants.
 LIP_OF_PART = np.array([0, 13, 5, 14, 9], np.uint8)
-NPZ_COLUMNS = tuple(c for c in WRITTEN_COLUMNS if c != "fingerprint")
+NPZ_COLUMNS = tuple(c for c in WRITTEN_COLUMNS if c != "fingerprint" and c not in DIGEST_COLUMNS)  # digests: the cache's own integrity
 
 
 @dataclass

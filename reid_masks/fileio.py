@@ -185,6 +185,15 @@ def check_writable(path: str | Path, option: str = "--out", folder: bool = False
     return path
 
 
+def write_target(path: str | Path) -> Path:
+    """Where writing ``path`` must go: the file a symlink points to (resolved once, at start), else
+    ``path``. An output renamed into place over a link would replace the link with a regular file
+    and leave the file it pointed to stale; its lock, temporaries and ``.partial`` folder then sit
+    beside the file written."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -195,6 +204,27 @@ def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> N
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """JSON (indented, newline-terminated) through a temporary file renamed over ``path``."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def append_json_line(path: str | Path, data: Any) -> None:
+    """Append ``data`` as one JSON line to ``path`` (created if missing); what is there is never rewritten.
+
+    The whole line goes in one ``write`` on an ``O_APPEND`` descriptor, then ``fsync``, so
+    appenders do not interleave and a crash leaves at most a torn last line (readers skip
+    it). After a torn line a newline comes first, so the new line stands on its own.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(data) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str | Path, missing: str, expected: str) -> Any:

@@ -18,24 +18,23 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from reid_masks import __version__
-from reid_masks.assemble import assemble, mib
-from reid_masks.cache import DEFAULT_PERSON_HW, STATUS, STATUS_NAMES, MaskCache, Rows
+from reid_masks.assemble import assemble, cache_estimate, mib
+from reid_masks.cache import DEFAULT_PERSON_HW, STATUS, STATUS_NAMES, MaskCache, Rows, check_cache_rows
 from reid_masks.chunks import BadChunk, ChunkStore
 from reid_masks.datasets import CACHE_SPLITS, Record, ReIDDataset, build_dataset, cache_splits
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
-from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic
+from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic, write_target
 from reid_masks.keypoints_import import KeypointTable, load_keypoints
 from reid_masks.progress import Progress
-from reid_masks.workers import detached_worker_init
+from reid_masks.workers import Interrupted, detached_worker_init, sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 256
@@ -85,6 +84,124 @@ def fingerprint(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=8).hexdigest().encode()
 
 
+def file_fingerprint(path: Path) -> bytes:
+    """:func:`fingerprint` of a file's bytes; ``b"missing"`` for one that cannot be read."""
+    try:
+        return fingerprint(Path(path).read_bytes())
+    except OSError:
+        return b"missing"
+
+
+# --- the files a row is made from, besides its image ---------------------------------------------
+
+
+class RowInput:
+    """A per-image input source read besides the image: the hook every such source plugs into.
+
+    A source has a short ``name`` (shown when its data for a row changes) and gives, for the
+    image at ``rel`` (path relative to the dataset root), the fingerprint(s) of what the row of
+    that image is made from: by default the blake2b of each file :meth:`files` returns
+    (``name=missing`` for an absent file). They go into the cache's ``inputs`` column as
+    ``name=<16 hex>``, so data replaced after the cache was made makes ``generate`` call the
+    cache stale naming the source, ``--update`` recompute that row, and a resumed chunk made
+    from older data be recomputed. To add a source: subclass this with ``name`` and either
+    :meth:`files` (one or more files per image: PNGs, per-image json) or, for a source that
+    keeps every image in one file, :meth:`fingerprints` over that image's own entry (as
+    :class:`ImportedKeypoints` does), so an edit to one entry marks only its row; then return
+    an instance from :func:`row_inputs`. The source's own reading stays in :class:`ImageSource`.
+    """
+
+    name = ""
+
+    def files(self, rel: str) -> list[Path]:
+        return []
+
+    def fingerprints(self, rel: str, hashed: dict[Path, bytes] | None = None) -> list[bytes]:
+        """One fingerprint per file of :meth:`files` (``hashed``: fingerprints already computed, by path)."""
+        hashed = hashed or {}
+        return [hashed[f] if f in hashed else file_fingerprint(f) for f in self.files(rel)]
+
+
+class ParsingPNGs(RowInput):
+    """``--parsing-dir``: LIP label PNGs at ``<dir>/<image path>.png``."""
+
+    name = "parsing"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def files(self, rel: str) -> list[Path]:
+        return [(self.folder / rel).with_suffix(".png")]
+
+
+class MaskPNGs(RowInput):
+    """``--masks-dir`` (``<dir>/<image path>.png``) or ``--seg-siblings`` (MGCAM's ``<split>_seg/``)."""
+
+    name = "mask"
+
+    def __init__(self, root: Path, folder: Path | None):
+        self.root, self.folder = Path(root), folder
+
+    def files(self, rel: str) -> list[Path]:
+        if self.folder is not None:
+            return [(Path(self.folder) / rel).with_suffix(".png")]
+        p = Path(rel)
+        return [self.root / f"{p.parts[0]}_seg" / Path(*p.parts[1:]).with_suffix(".png")]
+
+
+class ImportedKeypoints(RowInput):
+    """``--keypoints``: one source file (or folder) for all images; each row's fingerprint is that of
+    its own entry (:meth:`reid_masks.keypoints_import.KeypointTable.entry_digest`, ``none`` without one)."""
+
+    name = "keypoints"
+
+    def __init__(self, table: KeypointTable):
+        self.table = table
+
+    def fingerprints(self, rel: str, hashed: dict[Path, bytes] | None = None) -> list[bytes]:
+        return [self.table.entry_digest(rel)[:16].encode() or b"none"]
+
+
+def row_inputs(root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool,
+               keypoints: KeypointTable | None = None) -> list[RowInput]:
+    """The per-image input sources of a run (:class:`RowInput`: add new sources here)."""
+    out: list[RowInput] = []
+    if parsing_dir is not None:
+        out.append(ParsingPNGs(parsing_dir))
+    if masks_dir is not None or seg_siblings:
+        out.append(MaskPNGs(root, masks_dir))
+    if keypoints is not None:
+        out.append(ImportedKeypoints(keypoints))
+    return out
+
+
+def inputs_text(sources: list[RowInput], rel: str, hashed: dict[Path, bytes] | None = None) -> str:
+    """The ``inputs`` cell of a row: ``name=<fingerprint>`` per source file or entry, space-separated ("" without sources)."""
+    return " ".join(f"{src.name}={fp.decode()}" for src in sources for fp in src.fingerprints(rel, hashed))
+
+
+def inputs_texts(sources: list[RowInput], rels: list[str], workers: int) -> list[str]:
+    """:func:`inputs_text` of many rows, their files hashed in threads first (:func:`hash_files`)."""
+    if not sources:
+        return [""] * len(rels)
+    files = [f for rel in rels for src in sources for f in src.files(rel)]
+    hashed = dict(zip(files, hash_files(files, workers)))
+    return [inputs_text(sources, rel, hashed) for rel in rels]
+
+
+def changed_inputs(old: str, new: str) -> list[str]:
+    """Names of the sources whose files differ between two ``inputs`` cells."""
+    def parse(text: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for pair in text.split():
+            name, _, value = pair.partition("=")
+            out.setdefault(name, []).append(value)
+        return out
+
+    a, b = parse(old), parse(new)
+    return [name for name in dict.fromkeys([*a, *b]) if a.get(name) != b.get(name)]
+
+
 # --- per image work (runs in DataLoader workers) -------------------------------------------
 
 
@@ -98,6 +215,7 @@ class Item:
     parsing: np.ndarray | None
     mask_png: np.ndarray | None
     error: str | None = None  # a user error to raise in the main process
+    inputs: str = ""  # the row's ``inputs`` cell (:class:`RowInput`)
     derived: Derived | None = None
     instances: Any = None  # the backend's Instances (set in the main process), or the imported keypoints' (set on load)
 
@@ -108,24 +226,21 @@ class ImageSource:
     def __init__(self, root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool, keypoints: KeypointTable | None = None):
         self.root, self.parsing_dir, self.masks_dir, self.seg_siblings = root, parsing_dir, masks_dir, seg_siblings
         self.keypoints = keypoints
+        self.inputs = row_inputs(root, parsing_dir, masks_dir, seg_siblings, keypoints)
 
     def mask_png_path(self, rel: str) -> Path | None:
-        if self.masks_dir is not None:
-            return (self.masks_dir / rel).with_suffix(".png")
-        if self.seg_siblings:
-            p = Path(rel)
-            return self.root / f"{p.parts[0]}_seg" / Path(*p.parts[1:]).with_suffix(".png")
-        return None
+        return MaskPNGs(self.root, self.masks_dir).files(rel)[0] if self.masks_dir is not None or self.seg_siblings else None
 
     def load(self, split: str, index: int, rec: Record) -> Item:
         from reid_masks.imageio import read_image, read_label_png, read_parsing_png
 
         path = self.root / rec.path
+        inputs = inputs_text(self.inputs, rec.path)  # before reading them: a file replaced meanwhile is seen as changed next run
         try:
             data = path.read_bytes()
         except OSError:  # a dangling link, a vanished or unreadable file: the row says so, never dropped
-            return Item(split, index, rec, b"missing", None, None, None)
-        item = Item(split, index, rec, fingerprint(data), None, None, None)
+            return Item(split, index, rec, b"missing", None, None, None, inputs=inputs)
+        item = Item(split, index, rec, fingerprint(data), None, None, None, inputs=inputs)
         try:
             item.image = read_image(path, data)
         except UserError:  # any decoder failure: recorded as the row's status
@@ -221,8 +336,8 @@ def rows_from(items: list[Item], person_hw: tuple[int, int]) -> Rows:
         status=col("status", np.uint8), score=col("score", np.float32), box=col("box", np.float32),
         keypoints=col("keypoints", np.float32), image_size=col("image_size", np.int32), masks=col("masks", np.float32),
         person=col("person", np.uint8), regions=col("regions", np.uint8), cuts=col("cuts", np.uint8).reshape(-1, 2),
-        parts=col("parts", np.uint8),
-    )
+        parts=col("parts", np.uint8), inputs=np.asarray([it.inputs for it in items], dtype=object),
+    ).sealed()
 
 
 def parser_name(cfg: GenerateConfig) -> str:
@@ -305,34 +420,61 @@ def hash_files(paths: list[Path], workers: int, progress: Progress | None = None
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(path: Path) -> bytes:
-        try:
-            return fingerprint(path.read_bytes())
-        except OSError:
-            return b"missing"
-
     out: list[bytes] = []
     step = 1024
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(paths), step):
-            out.extend(pool.map(one, paths[start : start + step]))
+            out.extend(pool.map(file_fingerprint, paths[start : start + step]))
             if progress is not None:
                 progress.update(len(paths[start : start + step]))
     return out
 
 
-def compare_with_existing(out: Path, ds: ReIDDataset, rows: list[tuple[str, int, Record]], prov: dict, workers: int) -> tuple[list[bool], MaskCache]:
-    """Which rows of the dataset the existing cache at ``out`` already holds unchanged."""
+def compare_with_existing(out: Path, ds: ReIDDataset, rows: list[tuple[str, int, Record]], prov: dict, workers: int,
+                          sources: list[RowInput]) -> tuple[list[str | None], list[str], MaskCache]:
+    """What changed, per row of the dataset, since the existing cache at ``out`` was made.
+
+    Returns each row's change (None: unchanged; ``"image"``: image changed or added; else the
+    names of the :class:`RowInput` sources whose files changed, e.g. ``"parsing"``), the rows'
+    current ``inputs`` cells, and the open cache. A cache whose rows fail their digests or
+    ranges (:func:`check_cache_rows`) is refused: ``--update`` would carry them over.
+    """
     old = MaskCache(out)
-    if old.dataset != ds.name:
-        raise UserError(f"{out}: existing cache is for dataset {old.dataset!r}, not {ds.name!r} (choose another --out)")
-    old_prov = dict(old.attrs.get("provenance", {}))
-    if strip_volatile(old_prov) != strip_volatile(prov):
-        raise UserError(f"{out}: existing cache was made with other options ({diff_keys(old_prov, prov)}); remove it or choose another --out")
+    try:
+        if old.dataset != ds.name:
+            raise UserError(f"{out}: existing cache is for dataset {old.dataset!r}, not {ds.name!r} (choose another --out)")
+        old_prov = dict(old.attrs.get("provenance", {}))
+        if strip_volatile(old_prov) != strip_volatile(prov):
+            raise UserError(f"{out}: existing cache was made with other options ({diff_keys(old_prov, prov)}); remove it or choose another --out")
+        check_cache_rows(old)
+    except BaseException:
+        old.close()
+        raise
     current = hash_files([ds.root / r.path for _, _, r in rows], workers)
-    known = {s: dict(zip(old.column(s, "path"), old.column(s, "fingerprint"))) for s in old.splits}
-    same = [known.get(s, {}).get(r.path) == fp for (s, _, r), fp in zip(rows, current)]
-    return same, old
+    inputs = inputs_texts(sources, [r.path for _, _, r in rows], workers)
+    with_inputs = old.has_column("inputs")
+    known = {s: dict(zip(old.column(s, "path"), zip(old.column(s, "fingerprint"), old.column(s, "inputs") if with_inputs else [None] * old.num_stored(s))))
+             for s in old.splits}
+    changes: list[str | None] = []
+    for (s, _, r), fp, now in zip(rows, current, inputs):
+        got = known.get(s, {}).get(r.path)
+        if got is None or got[0] != fp:
+            changes.append("image")
+        elif with_inputs and got[1] != now:
+            changes.append(",".join(changed_inputs(got[1], now)))
+        else:
+            changes.append(None)
+    return changes, inputs, old
+
+
+def describe_changes(rows: list[tuple[str, int, Record]], changes: list[str | None]) -> list[str]:
+    """'2 image(s) changed or added (first: ...)', '1 parsing file(s) changed (first: ...)'."""
+    by_kind: dict[str, list[str]] = {}
+    for (_, _, r), change in zip(rows, changes):
+        for kind in (change.split(",") if change else []):
+            by_kind.setdefault(kind, []).append(r.path)
+    return [f"{len(paths)} image(s) changed or added (first: {paths[0]})" if kind == "image" else f"{len(paths)} row(s) whose {kind} file changed (first: {paths[0]})"
+            for kind, paths in by_kind.items()]
 
 
 def strip_volatile(prov: dict) -> dict:
@@ -368,31 +510,6 @@ class GenerateResult:
         return lines
 
 
-class Interrupted(UserError):
-    """Ctrl-C or SIGTERM during a run: finished work kept; exits 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (Slurm's time limit, preemption, scancel) raises like Ctrl-C in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Run the mask stage; returns the cache written (a shard file under ``--shard``).
 
@@ -400,7 +517,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     Ctrl-C and SIGTERM keep every finished chunk and raise :class:`Interrupted`.
     """
     ds = build_dataset(cfg.dataset, cfg.root, **cfg.dataset_options)
-    out = shard_path(cfg.out, cfg.shard)
+    out = write_target(shard_path(cfg.out, cfg.shard))
     partial = out.with_name(out.name + ".partial")
     check_writable(out, also=[partial.name])
     with OutputLock(out, cfg.command), sigterm_as_interrupt():
@@ -441,35 +558,43 @@ def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: P
 
     old: MaskCache | None = None
     todo = set(range(len(rows)))
+    sources = row_inputs(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings, keypoints)
+    current_inputs: list[str] = []
     if out.is_file():
         if cfg.shard[1] != 1:
             raise UserError(f"{out}: shard output exists already; remove it to regenerate this shard")
-        same, old = compare_with_existing(out, ds, rows, prov, cfg.workers)
-        changed = [rows[k][2].path for k, ok in enumerate(same) if not ok]
+        changes, current_inputs, old = compare_with_existing(out, ds, rows, prov, cfg.workers, sources)
         current_paths = {(s, r.path) for s, _, r in rows}
         removed = [p for s in old.splits for p in old.column(s, "path") if (s, p) not in current_paths]
-        if not changed and not removed:
+        unsealed = not old.has_column("row_digest")  # schema < 4: rows without digests, nor input fingerprints
+        if not any(changes) and not removed and not unsealed:
             old.close()
             log.info("%s is up to date", out)
-            sys.stderr.write(f"{out}: up to date ({len(rows)} images), nothing to do\n")
+            sys.stderr.write(f"{out}: up to date ({len(rows)} images and their input files), nothing to do\n")
             return GenerateResult(out, False, *status_summary(out))
         if not cfg.update:
             old.close()
-            what = [f"{len(changed)} image(s) changed or added" + (f" (first: {changed[0]})" if changed else ""),
-                    f"{len(removed)} removed" + (f" (first: {removed[0]})" if removed else "")]
+            if unsealed and not any(changes) and not removed:
+                raise UserError(f"{out}: cache of schema version {old.schema_version} has no row digests (its masks cannot be tied to their "
+                                f"rows, nor its rows to their parsing/mask files); rerun with --update to add them")
+            what = describe_changes(rows, changes) + [f"{len(removed)} removed" + (f" (first: {removed[0]})" if removed else "")]
             raise UserError(f"{out}: stale cache, {' and '.join(what)} since it was made; rerun with --update to recompute only those rows")
-        todo = {k for k, ok in enumerate(same) if not ok}
+        todo = {k for k, change in enumerate(changes) if change}
+        if unsealed and sources:
+            sys.stderr.write(f"warning: {out}: a schema-{old.schema_version} cache records no fingerprints of its {'/'.join(s.name for s in sources)} "
+                             f"files: the rows kept are assumed made from the current ones (remove the cache to recompute every row)\n")
         sys.stderr.write(f"{out}: updating {len(todo)} changed or added row(s), {len(removed)} removed, {len(rows) - len(todo)} kept\n")
 
     try:
-        return _run(cfg, ds, out, partial, rows, todo, old, backend, parser, prov, counts, keypoints)
+        return _run(cfg, ds, out, partial, rows, todo, old, backend, parser, prov, counts, sources, current_inputs, keypoints)
     finally:
         if old is not None:
             old.close()
 
 
 def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: list, todo: set[int], old: MaskCache | None,
-         backend: Any, parser: Any, prov: dict, counts: dict[str, int], keypoints: KeypointTable | None = None) -> GenerateResult:
+         backend: Any, parser: Any, prov: dict, counts: dict[str, int], sources: list[RowInput], current_inputs: list[str],
+         keypoints: KeypointTable | None = None) -> GenerateResult:
     store = ChunkStore(partial)
     meta = {"signature": dataset_signature(rows), "provenance": strip_volatile(prov), "chunk_rows": cfg.chunk_rows, "shard": list(cfg.shard), "update": cfg.update}
     prepare_partial(partial, meta)
@@ -484,33 +609,46 @@ def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: l
             out_.setdefault(rows[k][0], []).append(rows[k][1])
         return {s: np.asarray(v, np.int64) for s, v in out_.items()}
 
-    pending, resumed = [], 0
+    pending, loaded = [], {}
     for g in mine:
         if not store.exists(g):
             pending.append(g)
             continue
         try:
-            store.load(g, expected(g))
-            resumed += 1
+            chunk = store.load(g, expected(g))
+            loaded[g] = {s: (r.index, r.fingerprint, r.inputs) for s, r in chunk.items()}  # small columns only
         except BadChunk as exc:
             sys.stderr.write(f"{exc}; recomputing chunk {g}\n")
             store.discard(g)
             pending.append(g)
+    for g in outdated_chunks(ds, rows, loaded, sources, cfg.workers):
+        store.discard(g)
+        pending.append(g)
+    pending.sort()
+    resumed = len(mine) - len(pending)
     if resumed:
         sys.stderr.write(f"resuming: {resumed} of {len(mine)} chunks already done in {partial}\n")
 
     compute = {g: [k for k in members[g] if k in todo] for g in pending}
     keep = {g: [k for k in members[g] if k not in todo] for g in pending}
-    reuse = ReusedRows(old, rows) if old is not None else None
+    reuse = ReusedRows(old, rows, current_inputs) if old is not None else None
     progress = Progress(sum(len(v) for v in compute.values()))
     try:
         run_chunks(cfg, ds, rows, compute, keep, reuse, store, backend, parser, progress, keypoints)
-    except Exception as exc:
+    except BaseException as exc:
+        progress.end_line()  # the one-line error (interrupted, disk full, ...) starts on its own line
+        if not isinstance(exc, Exception):
+            raise
         if is_disk_full(exc):
             done = sum(store.exists(g) for g in mine)
-            per_chunk = store.size() / max(done, 1)
-            need = per_chunk * (len(mine) - done) * 2  # the rest of the chunks, then the cache itself
-            raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, about {mib(need) if done else 'unknown space'} more needed; free space and rerun the same command to resume") from None
+            per_chunk = store.size(on_disk=True) / max(done, 1)
+            # the rest of the chunks (10% for chunks larger than the first ones), then the cache beside
+            # all of them (assemble's own estimate), less what is free now
+            total = 1.1 * per_chunk * (len(mine) - done) + cache_estimate(per_chunk * len(mine))
+            free = shutil.disk_usage(partial).free
+            space = ("unknown space more needed" if not done else f"about {mib(total - free, up=True)} more needed" if total > free
+                     else f"about {mib(total, up=True)} needed in all, though {mib(free)} is free now (a quota?)")
+            raise UserError(f"{partial}: no space left on device; {done} of {len(mine)} chunk(s) kept there, {space}; free space and rerun the same command to resume") from None
         raise
 
     stored = {s: [] for s in counts}
@@ -529,8 +667,8 @@ def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: l
         "shard": f"{cfg.shard[0]}/{cfg.shard[1]}",
         "num_chunks": n_chunks,
     }
-    sources = [{"kind": "chunk", "folder": str(partial), "chunk": g} for g in mine]
-    assemble(out, layout, attrs, cfg.person_size, sources, partial, estimate_bytes=int(store.size() * 1.1) + (1 << 20),
+    chunk_sources = [{"kind": "chunk", "folder": str(partial), "chunk": g} for g in mine]
+    assemble(out, layout, attrs, cfg.person_size, chunk_sources, estimate_bytes=cache_estimate(store.size()),
              kept_note=f"all {len(mine)} chunk(s) are kept in {partial}")
     shutil.rmtree(partial, ignore_errors=True)
     return GenerateResult(out, True, *status_summary(out))
@@ -553,18 +691,44 @@ def status_summary(path: Path, examples: int = 3) -> tuple[dict[str, int], dict[
     return counts, first
 
 
-class ReusedRows:
-    """Rows of the existing cache that ``--update`` keeps, read chunk by chunk."""
+def outdated_chunks(ds: ReIDDataset, rows: list[tuple[str, int, Record]], loaded: dict[int, dict[str, tuple]],
+                    sources: list[RowInput], workers: int) -> list[int]:
+    """Finished chunks holding a row whose image or input files changed since the chunk was made
+    (an interrupted run resumed over an edited dataset): each is named on stderr, to be recomputed."""
+    where = {(s, i): k for k, (s, i, _) in enumerate(rows)}
+    ks = [where[(s, int(i))] for g in loaded for s, (index, _, _) in loaded[g].items() for i in index]
+    if not ks:
+        return []
+    images = dict(zip(ks, hash_files([ds.root / rows[k][2].path for k in ks], workers)))
+    inputs = dict(zip(ks, inputs_texts(sources, [rows[k][2].path for k in ks], workers)))
+    out = []
+    for g, by_split in loaded.items():
+        stale = [rows[where[(s, int(i))]][2].path for s, (index, fps, ins) in by_split.items() for i, fp, was in zip(index, fps, ins)
+                 if bytes(fp) != images[where[(s, int(i))]] or was != inputs[where[(s, int(i))]]]
+        if stale:
+            sys.stderr.write(f"chunk {g}: {len(stale)} row(s) made from an older version of their image or input files "
+                             f"(first: {stale[0]}); recomputing chunk {g}\n")
+            out.append(g)
+    return out
 
-    def __init__(self, old: MaskCache, rows: list[tuple[str, int, Record]]):
-        self.old, self.rows = old, rows
+
+class ReusedRows:
+    """Rows of the existing cache that ``--update`` keeps, read chunk by chunk.
+
+    Rows of a schema-4 cache carry their digests (verified when the new cache is written);
+    those of an older cache get the rows' current ``inputs`` cells and are sealed here.
+    """
+
+    def __init__(self, old: MaskCache, rows: list[tuple[str, int, Record]], current_inputs: list[str]):
+        self.old, self.rows, self.current_inputs = old, rows, current_inputs
         self.pos = {s: old.path_index(s) for s in old.splits}
         self.lock = threading.Lock()
 
     def take(self, ks: list[int]) -> dict[str, Rows]:
         out = {}
         for s in CACHE_SPLITS:
-            mine = [self.rows[k] for k in ks if self.rows[k][0] == s]
+            mine_k = [k for k in ks if self.rows[k][0] == s]
+            mine = [self.rows[k] for k in mine_k]
             if not mine:
                 continue
             with self.lock:
@@ -572,7 +736,11 @@ class ReusedRows:
             data["index"] = np.asarray([i for _, i, _ in mine], np.int64)
             data["pid"] = np.asarray([r.pid for _, _, r in mine], np.int32)
             data["camid"] = np.asarray([r.camid for _, _, r in mine], np.int16)
-            out[s] = Rows(**data)
+            if self.old.has_column("row_digest"):
+                out[s] = Rows(**data)
+            else:
+                data["inputs"] = np.asarray([self.current_inputs[k] for k in mine_k], dtype=object)
+                out[s] = Rows(**data).sealed()
         return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
-from reid_masks.cache import CUT_NAMES, MASK_HW, STATUS, STATUS_NAMES, MaskCache
+from reid_masks.cache import CUT_NAMES, MASK_HW, STATUS, STATUS_NAMES, MaskCache, check_cache_rows
 
 PERCENTILES = (5, 25, 50, 75, 95)
 #: Statuses whose rows hold a person (and so masks worth measuring).
@@ -99,8 +99,9 @@ def detector_input_size(provenance: dict[str, Any]) -> dict[str, list[int]] | No
 
 
 def summarize_split(cache: MaskCache, split: str) -> dict[str, Any]:
-    """Counts, status histogram, area statistics and sanity checks of one split."""
-    n = cache.num_rows(split)
+    """Counts, status histogram, area statistics and sanity checks of the rows a split stores
+    (a shard of ``generate --shard`` stores some of them: ``split_rows`` says how many the split has)."""
+    n = cache.num_stored(split)
     cols = cache.rows(split, columns=["pid", "camid", "status", "masks", "keypoints", "cuts"])
     status = cols["status"].astype(np.int64)
     hist = count_codes(status, STATUS_NAMES)
@@ -119,6 +120,7 @@ def summarize_split(cache: MaskCache, split: str) -> dict[str, Any]:
     present = kps[:, :, 2] > 0
     return {
         "rows": n,
+        "split_rows": cache.num_rows(split),
         "ids": int(len(np.unique(cols["pid"]))),
         "cameras": int(len(np.unique(cols["camid"]))),
         "status": hist,
@@ -199,7 +201,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for split, s in summary["splits"].items():
         n = s["rows"]
         lines.append("")
-        lines.append(f"[{split}] {n} rows, {s['ids']} ids, {s['cameras']} cameras")
+        of = f" (a shard: {n} of the split's {s['split_rows']})" if s.get("split_rows", n) != n else ""
+        lines.append(f"[{split}] {n} rows{of}, {s['ids']} ids, {s['cameras']} cameras")
         lines.append("  status: " + _counts(s["status"], n))
         area = s["area"]
         lines.append(f"  area fraction over {area['rows']} rows with a person ({'/'.join(PERSON_STATUSES)}):")
@@ -224,7 +227,14 @@ def format_summary(summary: dict[str, Any]) -> str:
 @click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
 def inspect_command(cache_path: Path, as_json: bool) -> None:
-    """Summarize a mask cache: rows, ids, cameras, statuses, mask areas, sanity checks, provenance."""
+    """Summarize a mask cache: rows, ids, cameras, statuses, mask areas, sanity checks, provenance.
+
+    The rows are first checked against their digests and the masks' range (one line naming
+    the first bad rows); a damaged file is one line too.
+    """
     with MaskCache(cache_path) as cache:
+        note = check_cache_rows(cache)
+        if note:
+            click.echo(f"warning: {note}", err=True)
         summary = summarize(cache)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

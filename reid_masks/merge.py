@@ -3,17 +3,26 @@
 Only the small columns (row positions, provenance) are compared in memory; the rows are
 streamed shard by shard into the new file (:mod:`reid_masks.assemble`), so memory does not
 grow with the dataset.
+
+Like ``generate``: one run per output (a lock beside it), the output checked for writing
+before any work, a symlink ``--out`` written through to its target, every shard's rows
+checked against their digests (:func:`reid_masks.cache.check_cache_rows`) first, and
+Ctrl-C / SIGTERM end in one line (exit 130 / 143) with no temporary file left; the shards
+are only read.
 """
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from reid_masks.assemble import assemble
-from reid_masks.cache import DEFAULT_PERSON_HW, MaskCache
+from reid_masks.assemble import SHARDS_TO_CACHE, assemble, cache_estimate
+from reid_masks.cache import MaskCache, check_cache_rows
 from reid_masks.errors import UserError
-from reid_masks.fileio import OutputLock, remove_dead_temps
+from reid_masks.fileio import OutputLock, check_writable, remove_dead_temps, write_target
+from reid_masks.workers import Interrupted, sigterm_as_interrupt
 
 VOLATILE = ("command", "created")
 
@@ -22,8 +31,25 @@ def merge_shards(shards: list[Path], out: Path, command: str = "") -> Path:
     """Combine shards; refuses different provenance or dataset, overlapping or missing rows."""
     if not shards:
         raise UserError("merge: no shard files given")
-    caches = [MaskCache(p) for p in shards]
+    out = check_writable(write_target(out))
     try:
+        with sigterm_as_interrupt():
+            return _merge(shards, out, command)
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}: {out} not written (no temporary file left); the shard "
+                          f"files are untouched; rerun the same command", signum) from None
+
+
+def _merge(shards: list[Path], out: Path, command: str) -> Path:
+    caches = []
+    try:
+        for p in shards:
+            caches.append(MaskCache(p))
+        for c in caches:
+            note = check_cache_rows(c)
+            if note:
+                sys.stderr.write(f"warning: {note}\n")
         ref = caches[0]
         ref_attrs = ref.attrs
         for c in caches[1:]:
@@ -53,7 +79,7 @@ def merge_shards(shards: list[Path], out: Path, command: str = "") -> Path:
         attrs = {k: v for k, v in ref_attrs.items() if k not in ("schema_version", "status_names", "region_names", "cut_names", "shard")}
         attrs["shard"] = "0/1"
         attrs["merged_from"] = [str(p) for p in shards]
-        person_hw = tuple(ref_attrs.get("person_size", DEFAULT_PERSON_HW))
+        person_hw = ref.person_hw
     finally:
         for c in caches:
             c.close()
@@ -61,6 +87,6 @@ def merge_shards(shards: list[Path], out: Path, command: str = "") -> Path:
     with OutputLock(out, command):
         remove_dead_temps(out.parent, out.name)
         size = sum(Path(p).stat().st_size for p in shards)
-        assemble(out, layout, attrs, person_hw, [{"kind": "cache", "path": str(p)} for p in shards], out.parent,
-                 estimate_bytes=int(size * 1.1) + (1 << 20), kept_note="the shard files are untouched")
+        assemble(out, layout, attrs, person_hw, [{"kind": "cache", "path": str(p)} for p in shards],
+                 estimate_bytes=cache_estimate(size, SHARDS_TO_CACHE), kept_note="the shard files are untouched")
     return out

@@ -19,6 +19,7 @@ class Progress:
         self.done = 0
         self.start = self.last = time.monotonic()
         self.base: int | None = None
+        self.open_line = False  # a progress line was printed without its newline yet
 
     def rate(self, now: float | None = None) -> float | None:
         """Items per second since the first batch finished; None until that is measurable."""
@@ -35,9 +36,17 @@ class Progress:
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
             self.stream.write("\r" + self.line(now) + "   ")
+            self.open_line = True
             if self.done >= self.total:
-                self.stream.write("\n")
+                self.end_line()
             self.stream.flush()
+
+    def end_line(self) -> None:
+        """End a progress line left open (a run stopped midway), so what follows starts on its own line."""
+        if self.open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open_line = False
 
     def line(self, now: float | None = None) -> str:
         rate = self.rate(now)

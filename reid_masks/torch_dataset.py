@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from reid_masks.cache import COLUMNS, MaskCache, locate_records
+from reid_masks.cache import COLUMNS, DIGEST_COLUMNS, MaskCache, locate_records
 from reid_masks.datasets import build_dataset
 from reid_masks.errors import UserError
 from reid_masks.imageio import read_image
 
 #: Columns read per item (one image-sized map each); the others are loaded once.
 PER_ITEM_COLUMNS = ("person", "regions", "parts")
-CHOOSABLE = tuple(c for c in COLUMNS if c not in ("index", "path", "pid", "camid", "fingerprint"))
+CHOOSABLE = tuple(c for c in COLUMNS if c not in ("index", "path", "pid", "camid", "fingerprint", *DIGEST_COLUMNS))
 
 
 class MaskCacheDataset(Dataset):

@@ -13,6 +13,10 @@ Because workers ignore SIGTERM, the main process must end leftover ones with SIG
 exits: multiprocessing's own exit handler would SIGTERM them and then wait forever (an
 exception from a worker -- an unreadable image -- leaves the DataLoader's workers running
 while the error goes up to the command line).
+
+The parent's side (``generate``, ``merge``): :func:`sigterm_as_interrupt` turns SIGTERM into
+the same KeyboardInterrupt as Ctrl-C, and :class:`Interrupted` is the one-line error each
+command raises then (exit status 128 + the signal number).
 """
 from __future__ import annotations
 
@@ -22,6 +26,11 @@ import multiprocessing.util  # noqa: F401 -- its exit handler first, so ours (at
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from reid_masks.errors import UserError
 
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -40,6 +49,31 @@ def detached_worker_init(worker_id: int = 0) -> None:
             pass
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM during a run: finished work kept; exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (Slurm's time limit, preemption, scancel) raises like Ctrl-C in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _kill_leftover_workers() -> None:

@@ -6,8 +6,8 @@ A torchreid-like Python API, imported lazily (torch is only loaded when used)::
     model = build_model("mmga", num_classes=751, pretrained="imagenet")
     cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
 
-    model = load_model("runs/mmga_market1501/checkpoint.pth")    # a trained run, eval mode
-    feats = extract_features(model, ["a.jpg", "b.jpg"])          # as `reid-train extract`
+    model = load_model("runs/mmga_market1501/checkpoint.pth")    # a trained run: an nn.Module in eval mode
+    feats = extract_features(model, ["a.jpg", "b.jpg"])          # as `reid-train extract`; model(images) too
 """
 from __future__ import annotations
 

@@ -17,9 +17,6 @@ from reid_masks.fileio import atomic_path
 from reid_masks.progress import plural
 
 _SET_HELP = "Override a config key, e.g. --set solver.epochs=120 --set data.root=/data/market1501 (repeatable)."
-#: For the commands that use a trained model: only test/data keys change what they compute.
-_SET_HELP_INFERENCE = ("Override a key of the run's config, e.g. --set test.rerank=true --set test.flip=false "
-                       "--set data.root=/data/market1501 (repeatable).")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -77,7 +74,7 @@ def _percent_line(results: dict) -> str:
 @click.group(cls=Group, context_settings=HELP_SETTINGS)
 @click.version_option(package_name="reid-masks")
 def main() -> None:
-    """Train, evaluate and export MMGA / MGRAN models."""
+    """Train, evaluate and export MMGA / MGRAN / FSA models."""
 
 
 @main.command()
@@ -87,13 +84,13 @@ def main() -> None:
               help="Continue a run from its checkpoint.pth: 'fit --resume RUN_DIR' alone (its config.yaml, then any --set), "
                    "or 'fit --config NAME ... --resume' for train.output_dir of that config.")
 def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None) -> None:
-    """Train a model; checkpoints, metrics.jsonl and evaluation.json go to train.output_dir."""
+    """Train a model; checkpoints, metrics.jsonl and evaluations.jsonl go to train.output_dir."""
     from reid_masks.fileio import check_writable
     from reid_train.config import load_config
     from reid_train.engine.preemption import Stopped, continue_command, exit_status
-    from reid_train.engine.trainer import CHECKPOINT_NAME, Trainer
     from reid_train.runs import absolute_paths, first_missing, load_run_config, remove_unstarted_run, run_lock
 
+    # the config is read and checked before torch is imported (seconds): a typo is refused at once
     if resume:
         if config_name:
             raise UserError(f"--resume {resume} reads {resume}/config.yaml: drop --config (change keys with --set)")
@@ -108,6 +105,8 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
     created = first_missing(out_dir) if main_rank else None
     if main_rank:
         check_writable(out_dir, "train.output_dir", folder=True)
+    from reid_train.engine.trainer import CHECKPOINT_NAME, Trainer
+
     with run_lock(out_dir) if main_rank else contextlib.nullcontext() as lock:  # one run per folder; rank 0 holds it
         new_log = main_rank and not (out_dir / "log.txt").exists()
         _setup_logging(out_dir / "log.txt")
@@ -155,56 +154,64 @@ def fit(config_name: str | None, overrides: tuple[str, ...], resume: str | None)
         click.echo(_percent_line(record))
 
 
-def _load_for_inference(checkpoint: Path, overrides: tuple[str, ...]):
+def _load_for_inference(checkpoint: Path, overrides: tuple[str, ...], command: str):
     """(model on its device, config, dataset, device, amp dtype, channels_last, epoch) of a checkpoint."""
     from reid_train.inference import load_model
 
-    loaded = load_model(checkpoint, overrides=overrides)
+    loaded = load_model(checkpoint, overrides=overrides, command=command)
     return (loaded.model, loaded.config, loaded.build_dataset(), loaded.device, loaded.amp_dtype,
             loaded.channels_last, loaded.epoch)
 
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path), help="checkpoint.pth of a fit run.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP_INFERENCE)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Results JSON [default: evaluation.json next to the checkpoint].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override an evaluation key, e.g. --set test.rerank=true, --set data.dataset=dukemtmc --set data.root=..., "
+                   "--set 'data.test_sets=[{dataset: occluded_reid, root: ...}]' (repeatable; keys evaluate does not read are refused).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the record goes: a .jsonl file is appended to, any other name is a new JSON file (an existing one "
+                   "is refused) [default: evaluations.jsonl next to the checkpoint, appended].")
 def evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path | None) -> None:
-    """Rank-1/5/10 and mAP of a checkpoint on its dataset's query/gallery, or on each of data.test_sets (flip-averaged features)."""
-    from reid_masks.fileio import check_writable
+    """Rank-1/5/10 and mAP of a checkpoint on its dataset's query/gallery, or on each of data.test_sets (flip-averaged features).
+
+    Every evaluation is kept: its record (scores, settings, checkpoint epoch and sha256)
+    is appended to the run's evaluations.jsonl, never replacing an earlier one.
+    """
+    from reid_train.config import check_overrides
+    from reid_train.results import EVALUATIONS_NAME, check_result_path
     from reid_train.runs import lock_if_run_folder
 
-    out = out or checkpoint.parent / "evaluation.json"
+    check_overrides(overrides, "evaluate")  # before torch is imported: a typo is refused at once
+    out = out or checkpoint.parent / EVALUATIONS_NAME
     if _main_process():
-        check_writable(out)
+        check_result_path(out)
     with lock_if_run_folder(out) if _main_process() else contextlib.nullcontext():  # not beside a running fit
         _evaluate(checkpoint, overrides, out)
 
 
 def _evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path) -> None:
-    from reid_masks.fileio import write_json_atomic
+    _setup_logging()
+    from reid_train.engine import distributed as ddp  # under torchrun: every rank extracts a shard
     from reid_train.engine.evaluator import result_line
     from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
-
-    _setup_logging()
     from reid_train.inference import load_model
+    from reid_train.results import evaluation_record, save_evaluation
 
-    loaded = load_model(checkpoint, overrides=overrides)
-    model, cfg, device, amp, channels_last, epoch = loaded.model, loaded.config, loaded.device, loaded.amp_dtype, loaded.channels_last, loaded.epoch
+    loaded = load_model(checkpoint, overrides=overrides, command="evaluate")
+    cfg = loaded.config
     # with data.test_sets, the training set's root need not exist on this machine
     dataset = None if cfg.data.test_sets else loaded.build_dataset()
-    from reid_train.engine import distributed as ddp  # under torchrun: every rank extracts a shard
-
-    device = ddp.init_from_env(device)
-    results = evaluate_test_sets(model.to(device), build_test_sets(cfg, dataset), device, amp, channels_last, log_result=False, progress=True)
+    device = ddp.init_from_env(loaded.device)
+    loaded.to(device)
+    results = evaluate_test_sets(loaded.model, build_test_sets(cfg, dataset), device, loaded.amp_dtype, loaded.channels_last,
+                                 log_result=False, progress=True)
     if ddp.rank() != 0:
         return
-    write_json_atomic(out, {
-        **results, "checkpoint": str(checkpoint), "epoch": epoch,
-        "metric": cfg.test.metric, "rerank": cfg.test.rerank, "flip": cfg.test.flip,
-    })
+    save_evaluation(out, evaluation_record(results, cfg, loaded.train_config, command="evaluate", epoch=loaded.epoch,
+                                           checkpoint=checkpoint, amp_dtype=loaded.amp_dtype))
     for r in results["test_sets"]:  # each test set it is given (data.test_sets), else the training dataset
         click.echo(result_line(r, r["dataset"], cfg))
-    click.echo(f"results: {out}")
+    click.echo(f"checkpoint epoch {loaded.epoch}; record {'appended to' if out.suffix == '.jsonl' else 'written to'} {out}")
 
 
 @main.command()
@@ -221,20 +228,21 @@ def _evaluate(checkpoint: Path, overrides: tuple[str, ...], out: Path) -> None:
 @click.option("--backend", type=click.Choice(["torchvision", "detectron2"]),
               help="With --images, for MGRAN: make the masks on the spot with this Mask R-CNN (weights from its usual cache).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz: features, pids, camids, paths.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP_INFERENCE)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key extract reads, e.g. --set data.dataset=dukemtmc --set data.root=/data/duke, test.flip=false "
+                   "(repeatable; keys extract does not read are refused).")
 def extract(checkpoint: Path, split: str | None, images: Path | None, mask_cache: Path | None, parsing_dir: Path | None,
             masks_dir: Path | None, backend: str | None, out: Path, overrides: tuple[str, ...]) -> None:
     """Write the L2-normalised (flip-averaged) features of one split, or of any images, to an .npz file.
 
     With --images the .npz keeps each image's path relative to the folder (pids -1, cameras 0).
     """
-    import numpy as np
-
     from reid_masks.fileio import check_writable
     from reid_train.any_images import MaskSources, extract_images, images_dataset
-    from reid_train.engine.evaluator import build_test_loader, extract_features
+    from reid_train.config import check_overrides
     from reid_train.runs import lock_if_run_folder
 
+    check_overrides(overrides, "extract")  # before torch is imported: a typo is refused at once
     sources = MaskSources(mask_cache, parsing_dir, masks_dir, backend)
     if (split is None) == (images is None):
         raise UserError("give --split (a split of the run's dataset) or --images DIR_OR_LIST, one of them")
@@ -243,17 +251,21 @@ def extract(checkpoint: Path, split: str | None, images: Path | None, mask_cache
     check_writable(out)
     with lock_if_run_folder(out):  # not into the folder of a running fit
         _setup_logging()
+        import numpy as np
+
+        from reid_train.engine.evaluator import build_test_loader, extract_features
+
         if images is not None:
             dataset = images_dataset(images)  # checked before the model is loaded
             from reid_train.inference import load_model
 
-            loaded = load_model(checkpoint, overrides=overrides)
+            loaded = load_model(checkpoint, overrides=overrides, command="extract")
             feats, paths, how = extract_images(loaded.model, loaded.config, dataset, loaded.device, sources, loaded.amp_dtype,
                                                loaded.channels_last)
             pids, camids = np.full(len(paths), -1, dtype=np.int64), np.zeros(len(paths), dtype=np.int64)
             what, flip = f"image features ({images}; {how})", loaded.config.test.flip
         else:
-            model, cfg, dataset, device, amp, channels_last, _ = _load_for_inference(checkpoint, overrides)
+            model, cfg, dataset, device, amp, channels_last, _ = _load_for_inference(checkpoint, overrides, "extract")
             loader = build_test_loader(dataset, split, cfg, pin_memory=device.type == "cuda", region_masks=getattr(model, "region_masks", None))
             feats, pids, camids = extract_features(model, loader, device, cfg.test.flip, amp, channels_last, progress=f"{split} features")
             paths = [r.path for r in loader.dataset.records]  # train: unusable cache rows left out

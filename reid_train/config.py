@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +31,15 @@ import yaml
 
 from reid_masks.datasets import check_dataset_options
 from reid_masks.errors import UserError
-from reid_train.models import ARCH_CHANNELS, MGRAN_VARIANTS, model_names
+from reid_train.catalog import BACKBONES, FSA_VARIANTS, MGRAN_FAMILY, MODEL_NAMES
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "TrainConfig", "TestConfig",
     "load_config", "config_from_dict", "apply_overrides", "config_to_dict", "resolve_config_path",
-    "packaged_configs", "CONFIG_DIR", "READ_WHEN", "unread_keys",
+    "packaged_configs", "CONFIG_DIR", "READ_WHEN", "COMMAND_READS", "unread_keys", "check_overrides",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-MODEL_NAMES = tuple(model_names())
-BACKBONES = tuple(ARCH_CHANNELS)
 TEST_SET_KEYS = ("dataset", "root", "cache", "options")  # one entry of data.test_sets
 
 
@@ -50,6 +49,13 @@ def _choices(*values: Any) -> dict[str, Any]:
 
 MAX_SIDE = 4096  # image sides in pixels (as reid-train export --height/--width)
 MAX_DIM = 65536  # feature widths
+#: ``none`` / ``null`` / ``~`` (any case) or an empty value: the key is off (e.g. no mask cache).
+NO_VALUE = ("", "none", "null", "~")
+
+
+def _optional() -> dict[str, Any]:
+    """Metadata of a path key that may be off: :data:`NO_VALUE` (YAML null, ``none``) gives ``""``."""
+    return {"optional": True}
 
 
 def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> dict[str, Any]:
@@ -63,7 +69,7 @@ class DataConfig:
 
     dataset: str = "market1501"  # a reid_masks.datasets.build_dataset name
     root: str = ""  # dataset root folder
-    cache: str = ""  # HDF5 mask cache from 'reid-masks generate' (needed by wmga/dmga/mmga; mgran* also at evaluation)
+    cache: str = field(default="", metadata=_optional())  # HDF5 mask cache from 'reid-masks generate' (needed by wmga/dmga/mmga; mgran* also at evaluation)
     options: dict[str, Any] = field(default_factory=dict)  # the dataset adapter's options (e.g. folder pattern), as reid-masks --dataset-option
     # evaluate on these instead of data.dataset's query/gallery: [{dataset, root, cache, options}] (engine/test_sets.py)
     test_sets: list[dict[str, Any]] = field(default_factory=list)
@@ -93,6 +99,7 @@ class ModelConfig:
     head_bn: bool = True
     reduction_dim: int = field(default=0, metadata=_range(0, MAX_DIM))  # mgran*: shared Linear+BN per branch (0: none, F = branches x 2048)
     id_head: bool = False  # mgran*: identity softmax on F (our addition; the paper trains with MSML only)
+    mhsa_heads: int = field(default=4, metadata=_range(1, 64))  # fsa_sam/fsa/fsa_mask: heads of the MHSA replacing Conv4_x/Conv5_x's 3x3 convs
 
 
 @dataclass
@@ -100,6 +107,7 @@ class LossConfig:
     """MMGALoss: CE_w + CE_l + lambda1 * triplet + lambda2 * (L1w + L2w + lambda0 * (L2u + L2b)).
 
     mgran*: MGRANLoss = MSML(F; margin) [+ CE on F with model.id_head] (reid_train/losses_mgran.py).
+    fsa*: FSALoss = CE + lambda1 * triplet [+ lambda2 * L_att for fsa_mask] (reid_train/losses_fsa.py).
     """
 
     margin: float = field(default=0.3, metadata=_range(0.0))
@@ -188,11 +196,15 @@ if _numeric_keys_without_range():
 
 
 def _is_mgran(cfg: Config) -> bool:
-    return cfg.model.name in MGRAN_VARIANTS
+    return cfg.model.name in MGRAN_FAMILY
+
+
+def _is_fsa(cfg: Config) -> bool:
+    return cfg.model.name in FSA_VARIANTS
 
 
 def _is_mmga(cfg: Config) -> bool:
-    return not _is_mgran(cfg)
+    return not _is_mgran(cfg) and not _is_fsa(cfg)
 
 
 READ_WHEN: dict[str, typing.Callable[[Config], bool]] = {
@@ -202,35 +214,71 @@ READ_WHEN: dict[str, typing.Callable[[Config], bool]] = {
     "model.part_dim": _is_mmga,
     "model.head_bn": _is_mmga,
     "loss.lambda0": _is_mmga,
-    "loss.lambda1": _is_mmga,
-    "loss.lambda2": _is_mmga,
+    "loss.lambda1": lambda cfg: _is_mmga(cfg) or _is_fsa(cfg),  # the triplet weight
+    "loss.lambda2": lambda cfg: _is_mmga(cfg) or bool(_is_fsa(cfg) and FSA_VARIANTS[cfg.model.name].masks),
+    # FSA family (reid_train/models/fsa.py, FSALoss in reid_train/losses_fsa.py)
+    "model.mhsa_heads": lambda cfg: _is_fsa(cfg) and FSA_VARIANTS[cfg.model.name].mhsa,
     # MGRAN family (reid_train/models/mgran.py, MGRANLoss in reid_train/losses_mgran.py)
     "model.reduction_dim": _is_mgran,
     "model.id_head": _is_mgran,
     "loss.msml_normalize": _is_mgran,
-    # the identity softmax: always in MMGA, only with model.id_head in MGRAN
-    "loss.label_smoothing": lambda cfg: _is_mmga(cfg) or cfg.model.id_head,
+    # the identity softmax: always in MMGA and FSA, only with model.id_head in MGRAN
+    "loss.label_smoothing": lambda cfg: not _is_mgran(cfg) or cfg.model.id_head,
     # the optimizer's non-backbone group: empty for an MGRAN without reduction layer or id head
-    "solver.lr": lambda cfg: _is_mmga(cfg) or cfg.model.id_head or cfg.model.reduction_dim > 0,
+    "solver.lr": lambda cfg: not _is_mgran(cfg) or cfg.model.id_head or cfg.model.reduction_dim > 0,
 }
 """Keys that only some models read: ``key -> predicate(final config)``; every other key is
 read by every model."""
 
 
-def unread_keys(cfg: Config, keys: typing.Iterable[str]) -> list[str]:
-    """The dotted ``keys`` that ``cfg``'s model does not read (see :data:`READ_WHEN`)."""
-    return [k for k in keys if k in READ_WHEN and not READ_WHEN[k](cfg)]
+# What each command other than ``fit`` reads of its config (``fit`` reads every key its model
+# reads). The model, its input size and normalisation come from the checkpoint and the
+# training keys change nothing after training, so a ``--set`` of any key not listed here
+# is refused like a key the model does not read. ``section.*`` covers a section,
+# ``data.options`` its own keys (``data.options.split_id``), ``data.test_sets`` its entries.
+_INFERENCE_DATA = ("data.dataset", "data.root", "data.cache", "data.options", "data.num_workers")
+_DEVICE = ("train.device", "train.amp", "train.channels_last")
+COMMAND_READS: dict[str, tuple[str, ...]] = {
+    # train.seed seeds the CUHK03 classic single-shot draws (engine/evaluator.py)
+    "evaluate": (*_INFERENCE_DATA, "data.test_sets", *_DEVICE, "train.seed", "test.*"),
+    "visualize": (*_INFERENCE_DATA, "data.test_sets", *_DEVICE, "test.batch_size", "test.flip", "test.metric",
+                  "test.rerank", "test.k1", "test.k2", "test.lambda_value"),
+    "extract": (*_INFERENCE_DATA, *_DEVICE, "test.batch_size", "test.flip"),
+    "export": ("data.height", "data.width"),  # the exported graph's input size (as --height/--width)
+}
 
 
-def _refuse_unread(cfg: Config, keys_by_origin: Mapping[str, str]) -> None:
-    """UserError naming the first key (and where it was set) that ``cfg``'s model ignores."""
-    unread = unread_keys(cfg, keys_by_origin)
-    if unread:
-        key = unread[0]
-        raise UserError(
-            f"{keys_by_origin[key]}: {key} is not read by model.name={cfg.model.name} (it changes nothing for this "
-            f"model); remove it{' (unread here: ' + ', '.join(unread) + ')' if len(unread) > 1 else ''}"
-        )
+def _command_reads(command: str, key: str) -> bool:
+    """Whether ``command`` reads the dotted ``key`` (``data.test_sets[0].cache`` counts as ``data.test_sets``)."""
+    if command == "fit":
+        return True
+    section, name = re.sub(r"\[\d+\]", "", key).split(".")[:2]
+    reads = COMMAND_READS[command]
+    return f"{section}.*" in reads or f"{section}.{name}" in reads
+
+
+def _model_reads(cfg: Config, key: str) -> bool:
+    return key not in READ_WHEN or READ_WHEN[key](cfg)
+
+
+def unread_keys(cfg: Config, keys: typing.Iterable[str], command: str = "fit") -> list[str]:
+    """The dotted ``keys`` that ``cfg``'s model (:data:`READ_WHEN`) or ``command`` (:data:`COMMAND_READS`) does not read."""
+    return [k for k in keys if not _command_reads(command, k) or not _model_reads(cfg, k)]
+
+
+def _refuse_unread(cfg: Config, keys_by_origin: Mapping[str, str], command: str = "fit") -> None:
+    """UserError naming the first key (and where it was set) that ``command`` or ``cfg``'s model ignores."""
+    unread = unread_keys(cfg, keys_by_origin, command)
+    if not unread:
+        return
+    key = unread[0]
+    if not _command_reads(command, key):
+        why = (f"is not read by 'reid-train {command}' (it reads {', '.join(COMMAND_READS[command])}; the model, its "
+               f"input size and normalisation come from the checkpoint, training keys change nothing after training)")
+    else:
+        why = f"is not read by model.name={cfg.model.name} (it changes nothing for this model)"
+    raise UserError(f"{keys_by_origin[key]}: {key} {why}; remove it"
+                    f"{' (unread here: ' + ', '.join(unread) + ')' if len(unread) > 1 else ''}")
 
 
 # --------------------------------------------------------------------------- conversion
@@ -324,12 +372,28 @@ def _set_value(cfg: Config, dotted: str, value: Any, origin: str, from_text: boo
     if len(parts) < 2:
         raise UserError(f"{origin}: {dotted!r} is a section; set one of its keys, e.g. {dotted}.{next(iter(_section_fields(dotted)))}=...")
     section, key, rest = parts[0], parts[1], parts[2:]
+    indexed = re.fullmatch(r"(\w+)\[(\d+)\]", key)  # one entry of a list of mappings: data.test_sets[0].cache
+    if indexed:
+        key = indexed.group(1)
     fields = _section_fields(section)
     if key not in fields:
         raise _unknown("config key", dotted, [f"{section}.{k}" for k in fields], origin)
     tp = _hints(type(getattr(cfg, section)))[key]
     where = f"{origin}: {dotted}"
     obj = getattr(cfg, section)
+    if indexed:
+        entries, index = copy.deepcopy(getattr(obj, key)), int(indexed.group(2))
+        if typing.get_origin(tp) is not list or not rest:
+            raise UserError(f"{where}: expected {section}.{key}[i].KEY=value for an entry of the list {section}.{key}")
+        if index >= len(entries):
+            raise UserError(f"{where}: {section}.{key} has {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} "
+                            f"(0-based); set the whole list with --set '{section}.{key}=[...]'")
+        node = entries[index]
+        for p in rest[:-1]:
+            node = node.setdefault(p, {})
+        node[rest[-1]] = value  # text stays text; the entry is checked with the list (_validate)
+        setattr(obj, key, entries)
+        return
     if rest:  # free-form mapping keys, e.g. data.options.variant=detected
         if typing.get_origin(tp) is not dict:
             raise _unknown("config key", dotted, [f"{section}.{k}" for k in fields], origin)
@@ -342,6 +406,8 @@ def _set_value(cfg: Config, dotted: str, value: Any, origin: str, from_text: boo
         setattr(obj, key, mapping)
         return
     converted = _convert(value, tp, where, from_text)
+    if fields[key].metadata.get("optional") and isinstance(converted, str) and converted.strip().lower() in NO_VALUE:
+        converted = ""  # YAML null, none: the key is off (not a file named "null")
     _check(converted, fields[key].metadata, where)
     setattr(obj, key, converted)
 
@@ -382,7 +448,9 @@ def _validate(cfg: Config, origin: str) -> Config:
         for key in ("dataset", "root"):
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise UserError(f"{where}: '{key}' is required (a string), e.g. {{dataset: occluded_reid, root: /data/Occluded_REID}}")
-        if not isinstance(entry.get("cache", ""), str) or not isinstance(entry.get("options") or {}, Mapping):
+        if entry.get("cache") is None or str(entry["cache"]).strip().lower() in NO_VALUE:
+            entry["cache"] = ""  # YAML null / none: this set has no mask cache
+        if not isinstance(entry["cache"], str) or not isinstance(entry.get("options") or {}, Mapping):
             raise UserError(f"{where}: 'cache' must be a path string and 'options' a mapping")
         try:
             check_dataset_options(entry["dataset"], dict(entry.get("options") or {}))
@@ -399,18 +467,43 @@ def config_from_dict(tree: Mapping[str, Any], origin: str = "config") -> Config:
     return _validate(cfg, origin)
 
 
-def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
-    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values typed per key)."""
-    cfg = copy.deepcopy(cfg)
+def _apply(cfg: Config, overrides: typing.Iterable[str], skip_indexed: bool = False) -> dict[str, str]:
+    """Set ``section.key=value`` overrides on ``cfg`` in place (each value typed and range-checked
+    per key); returns ``{key: "--set"}``. ``skip_indexed``: leave ``list[i].key`` entries unset."""
     keys = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. solver.epochs=120")
-        key, value = item.split("=", 1)
-        _set_value(cfg, key.strip(), value.strip(), "--set", from_text=True)
-        keys[key.strip()] = "--set"
-    _refuse_unread(cfg, keys)
+        key, value = (t.strip() for t in item.split("=", 1))
+        if not (skip_indexed and "[" in key):
+            _set_value(cfg, key, value, "--set", from_text=True)
+        keys[key] = "--set"
+    return keys
+
+
+def apply_overrides(cfg: Config, overrides: typing.Iterable[str], command: str = "fit") -> Config:
+    """A copy of ``cfg`` with ``section.key=value`` overrides applied (values typed per key).
+
+    ``command``: the ``reid-train`` command the config is for; a key it does not read
+    (:data:`COMMAND_READS`), like a key the model does not read (:data:`READ_WHEN`), is refused.
+    """
+    cfg = copy.deepcopy(cfg)
+    keys = _apply(cfg, overrides)
+    _refuse_unread(cfg, keys, command)
     return _validate(cfg, "--set")
+
+
+def check_overrides(overrides: typing.Iterable[str], command: str) -> None:
+    """Refuse a bad ``--set`` of ``command`` before anything heavy (torch, a checkpoint) is loaded.
+
+    Checks what needs no other value: the key exists, its value has the key's type and
+    range, and ``command`` reads it. What depends on the final config (the model's keys,
+    dataset options, list entries) is checked again when the config is loaded.
+    """
+    keys = _apply(Config(), overrides, skip_indexed=True)
+    unread = [k for k in keys if not _command_reads(command, k)]
+    if unread:
+        _refuse_unread(Config(), {k: keys[k] for k in unread}, command)
 
 
 def config_to_dict(cfg: Config, read_only: bool = False) -> dict[str, Any]:

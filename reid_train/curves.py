@@ -31,7 +31,8 @@ __all__ = ["read_metrics", "loss_keys", "nice_ticks", "Axes", "render_curves", "
 
 ACCURACY_KEYS = ("rank1", "mAP")
 ACCURACY_LABELS = {"rank1": "rank-1", "mAP": "mAP"}
-_NOT_LOSS = {"epoch", "rank1", "rank5", "rank10", "mAP", "images_per_s", "time_s"}
+# learning rates are logged under their config keys (trainer.LR_KEYS); logs before that used lr_<group>
+_NOT_LOSS = {"epoch", "rank1", "rank5", "rank10", "mAP", "images_per_s", "time_s", "backbone_lr", "lr"}
 
 PLOT_BG: visual.Color = visual.CAPTION_BG
 GRID: visual.Color = (72, 72, 72)

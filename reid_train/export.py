@@ -92,13 +92,13 @@ def sidecar_path(out: str | Path) -> Path:
 
 
 def _check_images_only(model: nn.Module, name: str) -> None:
-    """UserError unless ``model`` is an images-only model (MMGA family)."""
-    from reid_train.models import MMGA
+    """UserError unless ``model`` is an images-only model (MMGA and FSA families)."""
+    from reid_train.models import FSA, MMGA
 
     if getattr(model, "region_masks", None):  # MGRAN: its inputs are image x mask products
-        raise UserError(f"export supports images-only models (mmga family); {name} needs masks at inference")
-    if not isinstance(model, MMGA):
-        raise UserError(f"export supports images-only models (mmga family); {name} is not one")
+        raise UserError(f"export supports images-only models (mmga and fsa families); {name} needs masks at inference")
+    if not isinstance(model, (MMGA, FSA)):
+        raise UserError(f"export supports images-only models (mmga and fsa families); {name} is not one")
 
 
 def _metadata(ckpt: dict[str, Any], cfg: Any, model: nn.Module, hw: tuple[int, int], fmt: str, flip: bool,
@@ -288,7 +288,7 @@ def export_model(
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_out(checkpoint, fmt)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
+    cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides, "export")
     model, cfg = model_from_checkpoint(ckpt, cfg, checkpoint)
     _check_images_only(model, cfg.model.name)
     model = model.float().eval()
@@ -300,7 +300,7 @@ def export_model(
     try:
         with torch.no_grad():
             graph(example)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: FSA's attention is built for the training size
         raise UserError(f"{cfg.model.name} does not run on {hw[0]}x{hw[1]} inputs ({str(exc).splitlines()[0]}); "
                         f"use the training size {cfg.data.height}x{cfg.data.width} or a multiple of 16") from None
 
@@ -366,12 +366,14 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
 @click.option("--atol", default=DEFAULT_ATOL, show_default=True, type=click.FloatRange(0, None, min_open=True),
               help="Parity tolerance: max abs difference of the features.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check (e.g. without onnxruntime).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (e.g. data.height=256).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.height/data.width (as --height/--width); other keys are refused.")
 def export_command(checkpoint: Path, fmt: str, out: Path | None, height: int | None, width: int | None, opset: int | None,
                    flip: bool, dynamo: bool, atol: float, no_check: bool, overrides: tuple[str, ...]) -> None:
     """Export the inference graph (images -> normalised feature, dynamic batch) to ONNX or TorchScript."""
+    from reid_train.config import check_overrides
     from reid_train.runs import lock_if_run_folder
 
+    check_overrides(overrides, "export")  # before torch is imported: a typo is refused at once
     check_writable(out or default_out(checkpoint, fmt))
     with lock_if_run_folder(out or default_out(checkpoint, fmt)):  # not into the folder of a running fit
         result = export_model(checkpoint, fmt, out, height, width, opset, flip=flip, dynamo=dynamo,

@@ -24,6 +24,8 @@ and protocol), a title line the query's file, rank-1 outcome and average precisi
 ``index.png`` stacks every query's row under the heading and one legend, and
 ``rankings.json`` lists the rankings (paths, pids, ``camid`` = the datasets' 0-based camera
 index, distances, correct flags, AP).
+The queries and gallery are those ``evaluate`` scores: the dataset's, or with
+``data.test_sets`` each set's, in a sub-folder named after it.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ if TYPE_CHECKING:  # torch is imported when used, so that 'reid-train --help' st
 
 __all__ = [
     "QueryRanking", "RankingLayout", "select_queries", "query_distances", "rank_gallery",
-    "render_ranking", "attention_maps", "visualize", "visualize_command", "MAP_ORDER",
+    "render_ranking", "attention_maps", "visualize", "visualize_set", "set_folders", "visualize_command", "MAP_ORDER",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ LEGEND_HEIGHT = visual.CAPTION_HEIGHT + 4
 QUERY_FRAME: visual.Color = (200, 200, 200)
 MAP_ALPHA = 0.7
 #: Attention maps shown, in this order, when the model returns them.
-MAP_ORDER = ("m1_whole", "m2_whole", "m2_upper", "m2_bottom")
+MAP_ORDER = ("m1_whole", "m2_whole", "m2_upper", "m2_bottom", "sa_whole")  # sa_whole: FSA's self-attention map
 
 
 # --------------------------------------------------------------------------- ranking
@@ -303,12 +305,14 @@ def render_ranking(
 
 
 def attention_maps(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> list[dict[str, np.ndarray]]:
-    """Per image, the spatial attention maps (:data:`MAP_ORDER`) of an MMGA-family model; [] without attention."""
+    """Per image, the spatial attention maps (:data:`MAP_ORDER`) of an MMGA-family model, or the
+    self-attention map of an FSA model with MHSA (the attention each Conv5_x position receives in
+    the last MHSA block, averaged over heads and queries); [] without attention."""
     import torch
 
-    from reid_train.models import MMGA
+    from reid_train.models import FSA, MMGA
 
-    if not isinstance(model, MMGA) or not model.spec.attention:
+    if not ((isinstance(model, MMGA) and model.spec.attention) or (isinstance(model, FSA) and model.spec.mhsa)):
         return []
     was_training = model.training
     model.eval()
@@ -328,12 +332,16 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor, device: torch.d
 def _load(checkpoint: Path, overrides: Sequence[str]):
     from reid_train.inference import load_model
 
-    loaded = load_model(checkpoint, overrides=overrides)
-    return loaded.model, loaded.config, loaded.build_dataset(), loaded.device, loaded.amp_dtype, loaded.epoch
+    return load_model(checkpoint, overrides=overrides, command="visualize")
 
 
 def _stem(path: str) -> str:
     return Path(path).stem
+
+
+def set_folders(names: Sequence[str]) -> list[str]:
+    """One sub-folder name per test set: its dataset name, numbered when a name repeats."""
+    return [name if names.count(name) == 1 else f"{i}_{name}" for i, name in enumerate(names)]
 
 
 def id_text(pid: int, camid: int) -> str:
@@ -341,11 +349,12 @@ def id_text(pid: int, camid: int) -> str:
     return f"pid {pid} c{camid + 1}"
 
 
-def heading_text(cfg: Any, epoch: int, checkpoint: Path, test_set: str) -> str:
-    """What a picture shows: model, backbone, checkpoint epoch, train set, test set and protocol."""
+def heading_text(cfg: Any, epoch: int, checkpoint: Path, test_set: str, train_set: str | None = None) -> str:
+    """What a picture shows: model, backbone, checkpoint epoch, train set (default ``cfg.data.dataset``),
+    test set and protocol."""
     t = cfg.test
     protocol = f"{t.metric}, {'flip-averaged' if t.flip else 'no flip'}, {'re-ranked' if t.rerank else 'no re-ranking'}"
-    return (f"{cfg.model.name} ({cfg.model.backbone}), epoch {epoch} of {checkpoint.name}, trained on {cfg.data.dataset}; "
+    return (f"{cfg.model.name} ({cfg.model.backbone}), epoch {epoch} of {checkpoint.name}, trained on {train_set or cfg.data.dataset}; "
             f"test: {test_set}; {protocol}")
 
 
@@ -359,9 +368,37 @@ def region_contours(item: Mapping[str, Any], names: Sequence[str]) -> dict[str, 
     return {name: arr[k].astype(np.float32) for k, name in enumerate(names) if k > 0 and name in REGION_INPUT_COLORS}
 
 
+def picture_panel(cfg: Any, n: int, topk: int, tile_height: int) -> tuple[int, int]:
+    """The (height, width) of an image panel; options whose ``index.png`` (n rows of topk + 1 tiles
+    and the attention maps) would exceed :data:`reid_masks.visual.MAX_PICTURE_PIXELS` are a UserError."""
+    panel_hw = (int(tile_height), max(8, int(round(tile_height * cfg.data.width / cfg.data.height))))
+    width, height = RankingLayout(panel_hw, topk, len(MAP_ORDER), legend=False).size  # with the most maps
+    if width * (height + MARGIN) * n > visual.MAX_PICTURE_PIXELS:
+        raise UserError(f"--n {n} --topk {topk} --tile-height {tile_height}: index.png would be up to {width}x{(height + MARGIN) * n} "
+                        f"pixels, at most {visual.MAX_PICTURE_PIXELS // 10**6} million; lower --n, --topk or --tile-height")
+    return panel_hw
+
+
 def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int = 5, seed: int = 0,
-              overrides: Sequence[str] = (), tile_height: int = 256) -> dict[str, Any]:
-    """Write one PNG per picked query, ``index.png`` and ``rankings.json`` to ``out_dir``; returns the JSON."""
+              overrides: Sequence[str] = (), tile_height: int = 256) -> list[dict[str, Any]]:
+    """Pictures of the checkpoint's test sets: the evaluation's sets (``data.test_sets``, each in
+    ``out_dir/<dataset>/``, else the dataset's query/gallery in ``out_dir``); returns each set's rankings.json."""
+    from reid_train.engine.test_sets import build_test_sets, check_test_set_caches
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    loaded = _load(checkpoint, overrides)
+    cfg = loaded.config
+    picture_panel(cfg, n, topk, tile_height)  # refused before any feature is extracted
+    sets = build_test_sets(cfg, None if cfg.data.test_sets else loaded.build_dataset())
+    check_test_set_caches(sets, loaded.model)
+    folders = set_folders([s.dataset.name for s in sets]) if cfg.data.test_sets else [""]
+    return [visualize_set(loaded, s.dataset, s.cfg, out_dir / folder, n, topk, seed, tile_height, s.cache_key)
+            for s, folder in zip(sets, folders)]
+
+
+def visualize_set(loaded: Any, dataset: Any, cfg: Any, out_dir: Path, n: int = 8, topk: int = 5, seed: int = 0,
+                  tile_height: int = 256, cache_key: str = "data.cache") -> dict[str, Any]:
+    """Write one PNG per picked query of ``dataset``, ``index.png`` and ``rankings.json`` to ``out_dir``; returns the JSON."""
     import torch
 
     from reid_masks.imageio import read_image
@@ -369,19 +406,16 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
     from reid_masks.fileio import write_json_atomic
     from reid_train.engine.evaluator import build_test_loader, extract_features
 
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    model, cfg, dataset, device, amp, epoch = _load(checkpoint, overrides)
-    panel_hw = (int(tile_height), max(8, int(round(tile_height * cfg.data.width / cfg.data.height))))
-    width, height = RankingLayout(panel_hw, topk, len(MAP_ORDER), legend=False).size  # the most maps: checked before any work
-    if width * (height + MARGIN) * n > visual.MAX_PICTURE_PIXELS:
-        raise UserError(f"--n {n} --topk {topk} --tile-height {tile_height}: index.png would be up to {width}x{(height + MARGIN) * n} "
-                        f"pixels, at most {visual.MAX_PICTURE_PIXELS // 10**6} million; lower --n, --topk or --tile-height")
+    checkpoint, model, device, amp, epoch = loaded.checkpoint, loaded.model, loaded.device, loaded.amp_dtype, loaded.epoch
+    train_set = loaded.train_config.data.dataset
+    panel_hw = picture_panel(cfg, n, topk, tile_height)
     cuda = device.type == "cuda"
     feats, loaders = {}, {}
     for split in ("query", "gallery"):
         if not dataset.split(split):
             raise UserError(f"{dataset.name} at {dataset.root}: the {split} split is empty")
-        loader = build_test_loader(dataset, split, cfg, pin_memory=cuda, region_masks=getattr(model, "region_masks", None))
+        loader = build_test_loader(dataset, split, cfg, pin_memory=cuda, region_masks=getattr(model, "region_masks", None),
+                                   cache_key=cache_key)
         loaders[split] = loader
         feats[split] = extract_features(model, loader, device, cfg.test.flip, amp, progress=f"{split} features")
     region_names = tuple(getattr(model, "inputs", ())) if getattr(model, "region_masks", None) else ()
@@ -399,7 +433,7 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
         att += attention_maps(model, torch.stack([query_set[int(q)]["image"] for q in chunk]), device)
 
     q_recs, g_recs = dataset.query, dataset.gallery
-    heading = heading_text(cfg, epoch, checkpoint, f"{dataset.name} query/gallery")
+    heading = heading_text(cfg, epoch, checkpoint, f"{dataset.name} query/gallery", train_set)
     rows, entries = [], []
     for i, r in enumerate(rankings):
         qrec = q_recs[r.query]
@@ -434,7 +468,7 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
     visual.save_png(np.concatenate([*headings, legend_strip, sheet], axis=0), out_dir / "index.png")
     result = {
         "heading": heading, "checkpoint": str(checkpoint), "epoch": epoch, "model": cfg.model.name, "backbone": cfg.model.backbone,
-        "train_dataset": cfg.data.dataset, "dataset": dataset.name,
+        "train_dataset": train_set, "dataset": dataset.name, "root": str(dataset.root), "out": str(out_dir),
         "metric": t.metric, "rerank": t.rerank, "flip": t.flip, "topk": topk, "seed": seed,
         "num_query": int(len(qp)), "num_gallery": int(len(gp)), "attention_maps": list(att[0]) if att else [],
         "queries": entries,
@@ -451,16 +485,22 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Picks the queries.")
 @click.option("--tile-height", default=256, show_default=True, type=click.IntRange(32, 2048), help="Image height in the pictures (pixels).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set data.root=/data/market1501 --set test.rerank=true (repeatable).")
+              help="Override a key visualize reads, e.g. --set test.rerank=true, --set data.dataset=dukemtmc --set data.root=..., "
+                   "--set 'data.test_sets=[...]' (repeatable; keys visualize does not read are refused).")
 def visualize_command(checkpoint: Path, out_dir: Path, n: int, topk: int, seed: int, tile_height: int, overrides: tuple[str, ...]) -> None:
-    """Ranked-retrieval pictures (top-k, green = correct, red = wrong) and attention maps of sampled queries."""
-    from reid_masks.fileio import check_writable
+    """Ranked-retrieval pictures (top-k, green = correct, red = wrong) and attention maps of sampled queries.
 
+    With data.test_sets, the pictures of each set go to OUT/<dataset>/, as evaluate scores each set.
+    """
+    from reid_masks.fileio import check_writable
+    from reid_train.config import check_overrides
+
+    check_overrides(overrides, "visualize")  # before torch is imported: a typo is refused at once
     check_writable(out_dir, "--out", folder=True)
-    result = visualize(checkpoint, out_dir, n, topk, seed, overrides, tile_height)
-    qs = result["queries"]
-    hits = sum(q["top"][0]["correct"] for q in qs if q["top"])
-    click.echo(f"wrote {len(qs)} query pictures, index.png and rankings.json to {out_dir} "
-               f"({result['dataset']}: rank-1 correct for {hits} of {len(qs)} shown; {result['metric']}, "
-               f"{'flip-averaged' if result['flip'] else 'no flip'}, {'re-ranked' if result['rerank'] else 'no re-ranking'}"
-               f"{'; attention maps ' + ', '.join(result['attention_maps']) if result['attention_maps'] else ''})")
+    for result in visualize(checkpoint, out_dir, n, topk, seed, overrides, tile_height):
+        qs = result["queries"]
+        hits = sum(q["top"][0]["correct"] for q in qs if q["top"])
+        click.echo(f"wrote {len(qs)} query pictures, index.png and rankings.json to {result['out']} "
+                   f"({result['dataset']}: rank-1 correct for {hits} of {len(qs)} shown; {result['metric']}, "
+                   f"{'flip-averaged' if result['flip'] else 'no flip'}, {'re-ranked' if result['rerank'] else 'no re-ranking'}"
+                   f"{'; attention maps ' + ', '.join(result['attention_maps']) if result['attention_maps'] else ''})")

@@ -33,7 +33,7 @@ def test_market_to_occluded_reid_and_partial_reid(synth_dataset, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["fit", "--config", "tiny_synthetic", *sets])
     assert res.exit_code == 0, res.output
-    fit_eval = json.loads((out / "evaluation.json").read_text())
+    fit_eval = json.loads((out / "evaluations.jsonl").read_text().splitlines()[-1])
     assert [r["dataset"] for r in fit_eval["test_sets"]] == ["occluded_reid", "partial_reid"]
     assert fit_eval["dataset"] == "occluded_reid" and fit_eval["rank1"] == fit_eval["test_sets"][0]["rank1"]
     for r, name, root in zip(fit_eval["test_sets"], ("occluded_reid", "partial_reid"), (occ, partial)):

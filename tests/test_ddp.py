@@ -175,7 +175,7 @@ def test_ddp_fit_keeps_ranks_identical_learns_and_only_rank0_writes(straight) ->
     assert "rank1" in records[-1] and "mAP" in records[-1]
 
     # (3) only rank 0 writes files, logs and results
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pth", "config.yaml", "evaluation.json", "log.txt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pth", "config.yaml", "evaluations.jsonl", "log.txt", "metrics.jsonl"]
     log = (out / "log.txt").read_text()
     for text in (log, res.stderr):
         assert text.count(f"epoch {EPOCHS}/{EPOCHS} done") == 1
@@ -204,7 +204,7 @@ def test_ddp_evaluation_equals_single_process(straight, tmp_path) -> None:
     single = _run(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "one.json")], nproc=1)
     assert multi.stdout.count("mAP") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["ddp.json", "one.json"]
     a, b = json.loads((tmp_path / "ddp.json").read_text()), json.loads((tmp_path / "one.json").read_text())
-    trained = json.loads((straight["out"] / "evaluation.json").read_text())  # the trainer's sharded evaluation
+    trained = json.loads((straight["out"] / "evaluations.jsonl").read_text().splitlines()[-1])  # the trainer's sharded evaluation
     assert (a["num_query"], a["num_gallery"]) == (b["num_query"], b["num_gallery"]) == (13, 66)
     for key in ("rank1", "rank5", "rank10", "mAP"):
         assert a[key] == pytest.approx(b[key], abs=1e-6) and trained[key] == pytest.approx(b[key], abs=1e-6), key

@@ -146,7 +146,7 @@ def test_export_errors(checkpoint, tmp_path, monkeypatch) -> None:
         mgran = build_model("mgran", 4, backbone="resnet18")
     else:  # pragma: no cover - before MGRAN lands
         mgran = type("Stub", (torch.nn.Module,), {"region_masks": "regions"})()
-    with pytest.raises(UserError, match="export supports images-only models \\(mmga family\\); mgran needs masks at inference"):
+    with pytest.raises(UserError, match="export supports images-only models \\(mmga and fsa families\\); mgran needs masks at inference"):
         export_mod._check_images_only(mgran, "mgran")
 
     res = CliRunner().invoke(main, ["export", "--checkpoint", str(tmp_path / "missing.pth")])
@@ -282,7 +282,7 @@ def _write_log(path: Path) -> list[dict]:
     lines = []
     for e in range(1, 9):
         rec = {"epoch": e, "total": 10.0 / e, "ce_whole": 5.0 / e, "triplet": 0.5 / e, "att": 0.2 / e,
-               "lr_backbone": 0.05, "lr_head": 0.1, "images_per_s": 100.0, "time_s": 1.0}
+               "backbone_lr": 0.05, "lr": 0.1, "images_per_s": 100.0, "time_s": 1.0}
         if e % 2 == 0:
             rec.update(rank1=0.4 + 0.07 * e, rank5=0.9, rank10=0.95, mAP=0.2 + 0.07 * e)
         lines.append(json.dumps(rec))

@@ -59,7 +59,7 @@ def test_cache_contract(market, reference):
     ds = build_dataset("market1501", market)
     with MaskCache(reference) as c:
         a = c.attrs
-        assert a["schema_version"] == 3 and a["dataset"] == "market1501"
+        assert a["schema_version"] == 4 and a["dataset"] == "market1501"
         assert a["provenance"]["backend"] == {"name": "none"} and a["provenance"]["parsing_dir"]
         assert "reid-masks generate" in a["provenance"]["command"] and a["provenance"]["version"]
         for s in ("train", "query", "gallery"):
@@ -82,6 +82,10 @@ def test_cache_contract(market, reference):
             clothes = [np.isin(read_label_png((market / "parsing" / r.path).with_suffix(".png")), (5, 7, 9, 12)).any() for r in recs]
             assert cuts[:, 1].tolist() == [CUT["parsing"] if has else CUT["estimate"] for has in clothes]
             assert len(set(c.column(s, "fingerprint"))) == n
+            # schema 4: the parsing PNG each row was made from, and digests tying the row together
+            from reid_masks.generate import fingerprint
+            assert list(c.column(s, "inputs")) == [f"parsing={fingerprint((market / 'parsing' / r.path).with_suffix('.png').read_bytes()).decode()}" for r in recs]
+            assert len(set(c.column(s, "row_digest"))) == n and c.column(s, "map_digests").shape == (n, 3)
 
 
 def test_rerun_is_up_to_date(market, reference, tmp_path):

@@ -327,8 +327,8 @@ def test_an_older_cache_is_read_but_has_no_parts(market, tmp_path, version, drop
     with pytest.raises(UserError, match=rf"v{version}.h5: cache schema version {version} has no 'parts' column .*regenerate"):
         load_split_region_masks(old, market, "query", "parts")
     with h5py.File(old, "r+") as f:
-        f.attrs["schema_version"] = 4
-    with pytest.raises(UserError, match=r"cache schema version 4, this reid-masks reads versions 1, 2, 3"):
+        f.attrs["schema_version"] = 5
+    with pytest.raises(UserError, match=r"cache schema version 5, this reid-masks reads versions 1, 2, 3, 4"):
         load_split_region_masks(old, market, "query", "regions")
 
 
@@ -386,7 +386,7 @@ def test_fit_evaluate_extract_end_to_end_on_cpu(market, market_root, small_cache
     assert "rank-1" in res.stdout and "rank-5" in res.stdout
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["num_query"] == len(market.query) and results["num_gallery"] == len(market.gallery)
-    train_eval = json.loads((out / "evaluation.json").read_text())
+    train_eval = json.loads((out / "evaluations.jsonl").read_text().splitlines()[-1])
     assert train_eval["rank1"] == pytest.approx(results["rank1"]) and train_eval["mAP"] == pytest.approx(results["mAP"])
 
     feats = tmp_path / "gallery.npz"
@@ -442,7 +442,7 @@ def test_a_key_the_model_does_not_read_is_refused(tmp_path) -> None:
         load_config(name)
     assert unread_keys(load_config("mgran_market1501"), READ_WHEN) == [
         "model.stage4_input", "model.whole_dim", "model.part_dim", "model.head_bn",
-        "loss.lambda0", "loss.lambda1", "loss.lambda2", "loss.label_smoothing", "solver.lr"]
+        "loss.lambda0", "loss.lambda1", "loss.lambda2", "model.mhsa_heads", "loss.label_smoothing", "solver.lr"]
     with pytest.raises(UserError, match=r"^--set: loss.lambda1 is not read by model.name=mgran"):
         load_config("mgran_market1501", ["loss.lambda1=3"])
     with pytest.raises(UserError, match=r"^--set: solver.lr is not read by model.name=mgran"):

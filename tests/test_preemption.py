@@ -274,8 +274,9 @@ def test_a_stopped_final_evaluation_is_redone_by_resume(market_root, tmp_path, m
     with pytest.raises(Stopped, match="^stopped by SIGTERM during the evaluation after epoch 1: .*; evaluate it with: reid-train evaluate --checkpoint "):
         Trainer(one_epoch).fit()
     monkeypatch.undo()
-    assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] == 1 and not (out / "evaluation.json").exists()
+    assert load_checkpoint(out / CHECKPOINT_NAME)["epoch"] == 1 and not (out / "evaluations.jsonl").exists()
     record = Trainer(one_epoch, resume=True).fit()
-    assert json.loads((out / "evaluation.json").read_text())["epoch"] == 1
+    (redone,) = [json.loads(x) for x in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert redone["epoch"] == 1 and redone["command"] == "fit"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1] and lines[0]["mAP"] == record["mAP"]

@@ -78,29 +78,38 @@ def test_classic_evaluation_uses_the_seeded_cuhk03_metric(cuhk03_root, np_cache,
 
 
 def _evaluation(tmp_path, name, split_id, rank1, mAP, protocol="cuhk03_classic"):
+    """A run folder with the evaluation record a fit of that classic split (or of CUHK03-NP) appends."""
+    from reid_masks.fileio import append_json_line
+    from reid_train.results import evaluation_record
+
+    classic = protocol == "cuhk03_classic"
+    cfg = load_config("mgran_cuhk03_labeled" if classic else "mgran_cuhk03np_labeled",
+                      [f"data.options.split_id={split_id}"] if classic else [])
+    result = {"rank1": rank1, "rank5": rank1 + 0.1, "rank10": rank1 + 0.15, "mAP": mAP, "num_query": 100, "num_gallery": 100,
+              "dataset": "cuhk03_labeled", "protocol": protocol, "multi_query": "none", **({"split_id": split_id} if classic else {})}
     folder = tmp_path / name
-    folder.mkdir()
-    data = {"rank1": rank1, "rank5": rank1 + 0.1, "rank10": rank1 + 0.15, "mAP": mAP, "dataset": "cuhk03_labeled",
-            "protocol": protocol, "split_id": split_id}
-    (folder / "evaluation.json").write_text(json.dumps(data))
+    record = evaluation_record({**result, "test_sets": [result]}, cfg, cfg, command="fit", epoch=cfg.solver.epochs, checkpoint=None)
+    append_json_line(folder / "evaluations.jsonl", record)
     return folder
 
 
 def test_summarize_reports_mean_and_sample_std_over_splits(tmp_path) -> None:
+    from reid_train.results import read_evaluations
+
     runs = [_evaluation(tmp_path, f"s{k}", k, r, m) for k, (r, m) in enumerate([(0.80, 0.70), (0.84, 0.74), (0.86, 0.72)])]
     res = CliRunner().invoke(main, ["summarize", *map(str, runs)])
     assert res.exit_code == 0, res.output
     # by hand: mean 0.8333.., deviations -.0333 .0067 .0267 -> sample variance (.001111+.0000444+.000711)/2
     assert "rank1   83.33 +- 3.06  (min 80.00, max 86.00)" in res.stdout
     assert "mAP     72.00 +- 2.00" in res.stdout and "3 run(s) (of the protocol's 20)" in res.stdout
-    stats = summarize_evaluations([json.loads((r / "evaluation.json").read_text()) for r in runs])
+    stats = summarize_evaluations([r for run in runs for r in read_evaluations(run)])
     assert stats["rank1"]["std"] == pytest.approx(np.std([0.80, 0.84, 0.86], ddof=1))
     twice = _evaluation(tmp_path, "again", 1, 0.9, 0.8)
     res = CliRunner().invoke(main, ["summarize", str(runs[1]), str(twice)])
     assert res.exit_code == 2 and "classic split 1 twice" in res.stderr
     other = _evaluation(tmp_path, "np", 0, 0.9, 0.8, protocol="standard")
-    with pytest.raises(UserError, match="mix protocols"):
-        summarize_evaluations([json.loads((p / "evaluation.json").read_text()) for p in (runs[0], other)])
+    with pytest.raises(UserError, match="differ in .*protocol"):
+        summarize_evaluations([r for p in (runs[0], other) for r in read_evaluations(p)])
     res = CliRunner().invoke(main, ["summarize", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "evaluation file not found" in res.stderr
 

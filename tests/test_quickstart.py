@@ -24,5 +24,5 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert f"removing the previous demo run {work / 'run'}: training starts clean" in proc.stdout
     for png in ("preview.png", "curves.png", "vis/index.png"):
         assert (work / png).stat().st_size > 1000, png
-    result = json.loads((work / "run" / "evaluation.json").read_text())
+    result = json.loads((work / "run" / "evaluations.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= result["mAP"] <= 1.0 and result["num_query"] > 0

@@ -105,7 +105,7 @@ def test_disk_full_at_the_checkpoint_then_a_torn_metrics_line(market_root, small
     assert len(said) == 1 and said[0].endswith(f"{run / 'metrics.jsonl'}: line 1 was torn (a write cut short) and is dropped; "
                                                f"epoch 1's line restored from {CHECKPOINT_NAME}"), res.stderr
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [1, 2] and lines[0] == line1  # scores from evaluation.json
+    assert [r["epoch"] for r in lines] == [1, 2] and lines[0] == line1  # scores from evaluations.jsonl
     assert load_checkpoint(run / CHECKPOINT_NAME)["epoch"] == 2
 
 

@@ -40,12 +40,15 @@ def test_fit_evaluate_extract(synth_dataset, tmp_path) -> None:
         assert 0.0 <= results[key] <= 1.0
     assert results["rank1"] <= results["rank5"] <= results["rank10"]
     # the trainer's own final evaluation gives the same numbers
-    train_eval = json.loads((out / "evaluation.json").read_text())
+    (train_eval,) = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
     assert train_eval["rank1"] == pytest.approx(results["rank1"]) and train_eval["mAP"] == pytest.approx(results["mAP"])
 
+    # a re-ranked evaluation is appended next to the fit's, which stays as it was
     res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--set", "test.rerank=true", "--set", "test.k1=5", "--set", "test.k2=2"])
     assert res.exit_code == 0, res.output
-    assert json.loads((out / "evaluation.json").read_text())["rerank"] is True
+    fit_line, reranked = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert fit_line == train_eval and fit_line["settings"]["rerank"] is False and fit_line["command"] == "fit"
+    assert reranked["settings"]["rerank"] is True and (reranked["settings"]["k1"], reranked["settings"]["k2"]) == (5, 2)
 
     feats = tmp_path / "query.npz"
     res = runner.invoke(main, ["extract", "--checkpoint", str(ckpt), "--split", "query", "--out", str(feats)])

@@ -72,6 +72,7 @@ def repeat_cache(small: Path, out: Path, copies: int, provenance: dict[str, Any]
         rep = r.take(np.tile(np.arange(len(r)), copies))
         rep.index = np.arange(len(rep), dtype=np.int64)
         rep.path = np.asarray([f"{p.rsplit('.', 1)[0]}_{k:04d}.{p.rsplit('.', 1)[1]}" for k in range(copies) for p in r.path], dtype=object)
+        rep.row_digest = np.zeros(len(rep), "S16")  # new paths: rows sealed anew by write_cache
         splits[s] = (len(rep), rep)
     write_cache(out, splits, {"dataset": attrs.get("dataset", "market1501"), "provenance": provenance or attrs.get("provenance", PROVENANCE)})
     return sum(n for n, _ in splits.values())

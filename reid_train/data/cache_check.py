@@ -4,7 +4,13 @@ Every command that reads images with a mask cache (``fit``, ``evaluate``, ``extr
 ``visualize``: the trainer and :func:`reid_train.engine.evaluator.build_test_loader`)
 calls :func:`check_cache_images` for the splits it uses, before the first iteration:
 
-1. **every image still is the one the masks were made from**: each image file is hashed
+1. **every row still is the one ``generate`` wrote** (:func:`reid_masks.cache.check_cache_rows`,
+   the check ``reid-masks inspect`` and ``merge`` run too): each row's masks, keypoints,
+   status and map digests must match its ``row_digest``, which ties them to the row's image
+   fingerprint, and the masks must be finite and in [0, 1]; rows moved or edited since are
+   refused in one line naming the cache, the split and the first rows. A cache older than
+   schema 4 has no digests: one warning line says its rows cannot be verified.
+2. **every image still is the one the masks were made from**: each image file is hashed
    now (blake2b, :func:`reid_masks.generate.fingerprint`, the cache's ``fingerprint``
    column) and compared with the fingerprint of the cache row that carries its path. An
    image changed since ``reid-masks generate`` ran, or a cache whose ``path`` column no
@@ -12,7 +18,7 @@ calls :func:`check_cache_images` for the splits it uses, before the first iterat
    paths, and the ``reid-masks generate ... --update`` command that recomputes them.
    All files are hashed, in threads (file reads and blake2b release the GIL); rates are
    in docs/benchmarks.md ("Fingerprint check"), e.g. MSMT17's 126k images take seconds.
-2. **rows that cannot be used** (status ``unreadable``: stage 1 could not decode the image,
+3. **rows that cannot be used** (status ``unreadable``: stage 1 could not decode the image,
    its masks are all zero) follow one rule for every model (README, "Unusable cache rows"):
    *train* rows are left out of training, with one warning line naming the count and the
    first paths; *query/gallery* rows are refused, because scoring a subset would silently
@@ -28,7 +34,7 @@ from typing import Iterable
 
 import numpy as np
 
-from reid_masks.cache import STATUS_NAMES, MaskCache, locate_records
+from reid_masks.cache import STATUS_NAMES, MaskCache, check_cache_rows, locate_records
 from reid_masks.datasets import ReIDDataset
 from reid_masks.errors import UserError
 from reid_masks.generate import hash_files
@@ -72,6 +78,9 @@ def check_cache_images(cache: str | Path, dataset: ReIDDataset, splits: Iterable
     start = time.perf_counter()
     with MaskCache(cache) as mc:
         located = {s: locate_records(mc, dataset, s) for s in splits}  # by path, in any group of the cache
+        note = check_cache_rows(mc, sorted({g for s in splits for g, _, _ in located[s]}))
+        if note and int(os.environ.get("RANK", "0")) == 0:
+            logger.warning("%s", note)
         names = list(mc.attrs.get("status_names", STATUS_NAMES))
         unusable_codes = [names.index(s) for s in UNUSABLE_STATUS if s in names]
         stored = {s: mc.gather(located[s], "fingerprint", len(dataset.split(s))) for s in splits}

@@ -25,6 +25,11 @@ decode the image); callers leave them out through ``indices`` (the rule of
 ``reid_train.data.cache_check``: unusable train rows are left out, query/gallery refused).
 ``no_person`` rows (the documented prior box) and ``no_keypoints`` rows are used as they are.
 
+Integrity: in a schema-4 cache the maps read are hashed and compared with the rows'
+``map_digests`` (``reid_masks.cache.map_mismatches``), so person/regions/parts rows moved
+or edited after ``generate`` are refused in one line (the row-level check in
+``reid_train.data.cache_check`` covers the other columns without reading the maps).
+
 Memory: the masks of a split are held in one (N, h, w) uint8 array (the label in the low
 bits, the pedestrian bit above it): 32 KiB per image at 256x128, ~0.4 GB for Market-1501's
 train split, ~0.65 GB for its gallery. It is read from the cache in blocks and shared copy-on-write by DataLoader
@@ -39,8 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reid_masks.cache import MaskCache, locate_records
+from reid_masks.cache import MaskCache, locate_records, map_mismatches
 from reid_masks.datasets import ReIDDataset
+from reid_masks.errors import UserError
 
 __all__ = ["CHANNELS", "REGION_KINDS", "SplitRegionMasks", "load_split_region_masks"]
 
@@ -98,11 +104,18 @@ def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset,
         codes = np.zeros((len(keep),) + hw, np.uint8)
         column = kind  # the cache column of the same name
         limit = len(CHANNELS[kind]) - 1
+        sealed = mc.has_column("map_digests")  # schema 4: the maps read are checked against their digests
         for cache_split, positions, rows in groups:
             order = np.argsort(rows, kind="stable")  # read in file order: each compressed chunk is decoded ~once
             for start in range(0, len(rows), _BLOCK):
                 take = order[start : start + _BLOCK]
-                data = mc.rows(cache_split, rows[take], columns=("person", column))
+                data = mc.rows(cache_split, rows[take], columns=("person", column) + (("map_digests",) if sealed else ()))
+                bad = map_mismatches(data) if sealed else ()
+                if len(bad):
+                    raise UserError(f"{mc.path}: {cache_split} row(s) {', '.join(str(int(r)) for r in rows[take][bad][:3])} have "
+                                    f"person/{column} maps that do not match their digests (moved to other rows or edited since "
+                                    f"reid-masks generate wrote them); regenerate the cache: remove it, then rerun the "
+                                    f"reid-masks generate command that made it (without --update)")
                 person = (data["person"] > 0).astype(np.uint8)
                 label = np.where(data[column] <= limit, data[column], 0).astype(np.uint8) * person
                 codes[positions[take]] = label | (person << _LABEL_BITS)

@@ -105,8 +105,8 @@ class PairedTransform:
                 m = m.flip(-1) if m is not None else None
             if self.pad > 0:
                 img, m = self._pad_crop(img, m, generator)
-        mean = torch.as_tensor(self.mean, dtype=img.dtype)[:, None, None]
-        std = torch.as_tensor(self.std, dtype=img.dtype)[:, None, None]
+        mean = torch.as_tensor(self.mean, dtype=img.dtype, device=img.device)[:, None, None]
+        std = torch.as_tensor(self.std, dtype=img.dtype, device=img.device)[:, None, None]
         img = (img - mean) / std
         if self.train and self.erasing_prob > 0 and _rand(generator) < self.erasing_prob:
             img = self._erase(img, generator)

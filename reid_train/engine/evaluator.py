@@ -32,13 +32,20 @@ from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.models.mgran import region_inputs
 
-__all__ = ["extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "pool_multi_query", "write_json_atomic"]
+__all__ = ["embed", "extract_features", "evaluate_features", "evaluate_model", "build_test_loader", "missing_cache_error", "pool_multi_query", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
 
+def missing_cache_error(cfg: Config, dataset: ReIDDataset, region_masks: str, cache_key: str = "data.cache") -> UserError:
+    """The one line for a mask-needing model (MGRAN) given no mask cache for ``dataset``: names the key to set."""
+    return UserError(f"model.name={cfg.model.name} needs the {region_masks} masks of every query/gallery image of "
+                     f"{dataset.name} at {dataset.root}: set {cache_key} to that dataset's HDF5 mask cache "
+                     f"('reid-masks generate --dataset {dataset.name} --root {dataset.root} --out CACHE.h5')")
+
+
 def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory: bool = False,
-                      region_masks: str | None = None) -> DataLoader:
+                      region_masks: str | None = None, cache_key: str = "data.cache") -> DataLoader:
     """Images of ``split`` in record order with the evaluation transform (no masks).
 
     With ``data.cache`` set, the split's images are first checked against the cache
@@ -47,12 +54,12 @@ def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory:
     skipped with a warning for models that need no masks at inference (MMGA family).
     ``region_masks`` (a model's ``region_masks``: MGRAN needs its masks at inference too):
     items also carry the (4, H, W) masks read from ``data.cache``; images the cache lacks
-    are a UserError naming the cache file.
+    are a UserError naming the cache file; no cache at all names ``cache_key``, the key to set
+    (``data.test_sets[i].cache`` for a test set).
     """
     _, test_tf = build_transforms((cfg.data.height, cfg.data.width), mean=cfg.data.mean, std=cfg.data.std)
     if region_masks and not cfg.data.cache:
-        raise UserError(f"model.name={cfg.model.name} needs the {region_masks} masks of every query/gallery image: "
-                        f"set data.cache to the HDF5 file of 'reid-masks generate'")
+        raise missing_cache_error(cfg, dataset, region_masks, cache_key)
     indices = None
     with damaged_cache_errors(cfg.data.cache):
         if cfg.data.cache and (region_masks or Path(cfg.data.cache).is_file()):
@@ -64,6 +71,33 @@ def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory:
     workers = cap_workers(cfg.data.num_workers)
     return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
                       worker_init_fn=detached_worker_init if workers else None)
+
+
+def embed(
+    model: nn.Module,
+    images: torch.Tensor,
+    flip: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    region_masks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The evaluation forward: (N, D) float32 L2-normalised features of a batch of preprocessed images.
+
+    ``images``: (N, 3, H, W) normalised, at the model's input size, on the model's device;
+    the model must be in eval mode (its forward then returns the normalised feature).
+    ``flip``: the image's and its horizontal flip's features are summed and normalised
+    again. ``region_masks`` (MGRAN): (N, C, H, W) masks; flipping the inputs flips images
+    and masks alike. Shared by evaluation, ``extract`` and :class:`reid_train.inference.LoadedModel`.
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if region_masks is not None:  # MGRAN: (N, C, 3, H, W)
+        images = region_inputs(images, region_masks)
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        f = model(images).float()
+        if flip:
+            f = f + model(images.flip(-1)).float()
+    return F.normalize(f, dim=1)
 
 
 @torch.no_grad()
@@ -87,15 +121,8 @@ def extract_features(
     meter = Progress(len(loader.dataset), progress) if progress and len(loader.dataset) else None
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if "region_masks" in batch:  # MGRAN: (N, 4, 3, H, W); flipping it flips images and masks alike
-            images = region_inputs(images, batch["region_masks"].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            f = model(images).float()
-            if flip:
-                f = f + model(images.flip(-1)).float()
-        feats.append(F.normalize(f, dim=1).cpu())
+        masks = batch["region_masks"].to(device, non_blocking=True) if "region_masks" in batch else None
+        feats.append(embed(model, images, flip, amp_dtype, channels_last, masks).cpu())
         pids.append(batch["pid"].numpy())
         camids.append(batch["camid"].numpy())
         if meter is not None:
@@ -195,6 +222,7 @@ def evaluate_model(
     channels_last: bool = False,
     log_result: bool = True,
     progress: bool = False,
+    cache_key: str = "data.cache",
 ) -> dict[str, Any]:
     """Extract query and gallery features with ``cfg.test`` settings and score them.
 
@@ -204,7 +232,8 @@ def evaluate_model(
     ``test.multi_query`` (mean / max) replaces every query feature by its pooled
     multi-query feature (:func:`pool_multi_query`) before ranking.
     ``log_result``: log the result line (the CLI prints it on stdout instead, once);
-    ``progress``: report images/s and ETA per split on stderr (rank 0).
+    ``progress``: report images/s and ETA per split on stderr (rank 0); ``cache_key``: the
+    config key of ``cfg.data.cache`` for messages (``data.test_sets[i].cache`` for a test set).
     """
     start = time.perf_counter()
     pin = device.type == "cuda"
@@ -217,7 +246,8 @@ def evaluate_model(
         splits += ("multi_query",)
     feats = {}
     for split in splits:
-        loader = build_test_loader(dataset, split, cfg, pin_memory=pin, region_masks=getattr(model, "region_masks", None))
+        loader = build_test_loader(dataset, split, cfg, pin_memory=pin, region_masks=getattr(model, "region_masks", None),
+                                   cache_key=cache_key)
         # under DDP each rank extracts a shard of whole batches; all ranks get all features
         label = f"{split} features" if progress and ddp.rank() == 0 else None
         feats[split] = ddp.extract_features_distributed(model, loader, device, cfg.test.flip, amp_dtype, channels_last, progress=label)

@@ -5,8 +5,8 @@ trains on Market-1501 and tests on them. ``data.test_sets`` lists the sets to sc
 each ``{dataset, root, cache, options}`` with its own root and mask cache (MGRAN needs
 the test images' masks); empty, the training dataset's own query/gallery is scored.
 Every set is evaluated with the same ``test`` settings; the first set's numbers are
-the run's headline (metrics.jsonl, ``fit``'s last line), all of them go to
-``evaluation.json`` under ``test_sets``.
+the run's headline (metrics.jsonl, ``fit``'s last line), all of them go to the
+evaluation record under ``test_sets`` (reid_train/results.py).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import torch.nn as nn
 from reid_masks.datasets import ReIDDataset, build_dataset
 from reid_masks.errors import UserError
 from reid_train.config import Config
-from reid_train.engine.evaluator import evaluate_model
+from reid_train.engine.evaluator import evaluate_model, missing_cache_error
 
-__all__ = ["TestSet", "build_test_sets", "evaluate_test_sets"]
+__all__ = ["TestSet", "build_test_sets", "check_test_set_caches", "evaluate_test_sets"]
 
 
 @dataclass
@@ -31,6 +31,12 @@ class TestSet:
 
     dataset: ReIDDataset
     cfg: Config
+    key: str = "data"  # where the set is configured, for messages: "data" or "data.test_sets[i]"
+
+    @property
+    def cache_key(self) -> str:
+        """The config key of this set's mask cache (``data.cache``, ``data.test_sets[i].cache``)."""
+        return f"{self.key}.cache"
 
 
 def build_test_sets(cfg: Config, train_dataset: ReIDDataset | None = None) -> list[TestSet]:
@@ -47,8 +53,17 @@ def build_test_sets(cfg: Config, train_dataset: ReIDDataset | None = None) -> li
         dataset = build_dataset(sub.data.dataset, sub.data.root, **sub.data.options)
         if not dataset.query or not dataset.gallery:
             raise UserError(f"data.test_sets[{i}] ({dataset.name} at {sub.data.root}): the query or gallery split is empty")
-        sets.append(TestSet(dataset, sub))
+        sets.append(TestSet(dataset, sub, f"data.test_sets[{i}]"))
     return sets
+
+
+def check_test_set_caches(test_sets: list[TestSet], model: nn.Module) -> None:
+    """Before any work: a model that needs masks at inference (MGRAN) has a cache for every set,
+    else the one line naming the set and its key (``data.test_sets[i].cache``)."""
+    regions = getattr(model, "region_masks", None)
+    for s in test_sets:
+        if regions and not s.cfg.data.cache:
+            raise missing_cache_error(s.cfg, s.dataset, regions, s.cache_key)
 
 
 def evaluate_test_sets(
@@ -63,9 +78,10 @@ def evaluate_test_sets(
 
     ``evaluate_options`` go to :func:`evaluate_model` (e.g. ``log_result``, ``progress``).
     """
+    check_test_set_caches(test_sets, model)
     per_set = [
-        {**evaluate_model(model, s.dataset, s.cfg, device, amp_dtype, channels_last, **evaluate_options),
-         "dataset": s.dataset.name, "root": s.cfg.data.root}
+        {**evaluate_model(model, s.dataset, s.cfg, device, amp_dtype, channels_last, cache_key=s.cache_key, **evaluate_options),
+         "dataset": s.dataset.name, "root": s.cfg.data.root, "cache": s.cfg.data.cache, "options": dict(s.cfg.data.options)}
         for s in test_sets
     ]
     return {**per_set[0], "test_sets": per_set}

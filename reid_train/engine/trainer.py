@@ -14,9 +14,10 @@ One :class:`Trainer` per run. Everything a run produces lives in ``train.output_
   files of writers that died (same host) are removed when ``fit`` starts;
 * ``metrics.jsonl`` one JSON object per epoch (see :meth:`Trainer.train_epoch`), plus
   ``rank1 rank5 rank10 mAP`` on the epochs that were evaluated;
-* ``evaluation.json`` the latest evaluation (``{rank1, rank5, rank10, mAP, num_query,
-  num_gallery, epoch, dataset}``, fractions in [0, 1], of the first test set; every
-  set of ``data.test_sets`` under ``test_sets``, see ``test_sets.py``);
+* ``evaluations.jsonl`` one record per evaluated epoch, appended after that epoch's
+  checkpoint is saved (scores, fractions in [0, 1], of the first test set; every set of
+  ``data.test_sets`` under ``test_sets``; the settings, checkpoint epoch and sha256 and the
+  config: ``reid_train/results.py``);
 * ``log.txt`` the progress log (written by the CLI);
 * ``tb/`` TensorBoard scalars, when ``tensorboard`` is installed and ``train.tensorboard``.
 
@@ -65,18 +66,19 @@ from torch.utils.data import DataLoader
 
 from reid_masks.datasets import ReIDDataset, build_dataset
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, is_disk_full, remove_dead_temps, write_json_atomic, write_text_atomic
+from reid_masks.fileio import append_json_line, atomic_path, is_disk_full, remove_dead_temps, write_text_atomic
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
 from reid_train.data.dataset import damaged_cache_errors
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
-from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
+from reid_train.engine.test_sets import build_test_sets, check_test_set_caches, evaluate_test_sets
 from reid_masks.workers import detached_worker_init
 from reid_train.engine.preemption import StopNow, StopSignals, Stopped
 from reid_train.losses_mgran import build_loss
-from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
+from reid_train.models import FSA_VARIANTS, MGRAN_VARIANTS, build_model, region_inputs
+from reid_train.results import EVALUATIONS_NAME, evaluation_record, fit_evaluation
 
 __all__ = [
     "Trainer", "WarmupStepLR", "build_optimizer", "build_model_from_config", "resolve_device",
@@ -182,8 +184,20 @@ class WarmupStepLR(torch.optim.lr_scheduler.LRScheduler):
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
 
+#: The config key that sets each optimizer group's learning rate: logs and metrics.jsonl use these names.
+LR_KEYS = {"backbone": "backbone_lr", "head": "lr"}
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``{config key: current lr}`` of the groups that hold parameters (MGRAN without a reduction
+    layer or identity head has no non-backbone weights, so no ``lr``)."""
+    return {LR_KEYS.get(g.get("name"), str(g.get("name", i))): g["lr"]
+            for i, g in enumerate(optimizer.param_groups) if g["params"]}
+
+
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
-    """SGD with two groups: backbone parameters at ``solver.backbone_lr``, the rest at ``solver.lr``."""
+    """SGD with two groups: backbone parameters at ``solver.backbone_lr``, the rest at ``solver.lr``
+    (empty for a model without non-backbone weights: :func:`learning_rates` leaves it out)."""
     s = cfg.solver
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     ids = {id(p) for p in backbone}
@@ -198,6 +212,13 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
 def build_model_from_config(cfg: Config, num_classes: int, pretrained: str | None = "config") -> nn.Module:
     """``build_model`` with the ``model`` section; ``pretrained`` overrides it (checkpoints: None)."""
     m = cfg.model
+    if m.name in FSA_VARIANTS:  # FSA family (reid_train/models/fsa.py): built for the run's input size
+        options: dict[str, Any] = {"mhsa_heads": m.mhsa_heads} if FSA_VARIANTS[m.name].mhsa else {}
+        return build_model(
+            m.name, num_classes, backbone=m.backbone,
+            pretrained=m.pretrained if pretrained == "config" else pretrained,
+            last_stride=m.last_stride, input_size=(cfg.data.height, cfg.data.width), **options,
+        )
     if m.name in MGRAN_VARIANTS:  # MGRAN family: its own options (reid_train/models/mgran.py)
         return build_model(
             m.name, num_classes, backbone=m.backbone,
@@ -392,6 +413,7 @@ class Trainer:
             cache = d.cache
         elif d.cache:
             logger.info("model.name=%s uses no mask loss: data.cache only serves to check the images", cfg.model.name)
+        check_test_set_caches(self.test_sets, self.model)  # MGRAN: every test set's masks, before training
         # before any computation: stale masks and unusable query/gallery rows are refused, unusable train rows left out
         with damaged_cache_errors(d.cache):  # a corrupted chunk: one line naming the cache, split and rows
             usable = check_cache_images(d.cache, self.dataset, ("train", "query", "gallery"))["train"] if d.cache else None
@@ -521,7 +543,7 @@ class Trainer:
     def _repair_metrics(self) -> None:
         """Make metrics.jsonl agree with the checkpoint it resumes from: lines of later epochs go,
         a torn line (a write cut short by a kill or a full disk) goes, and the checkpoint's epoch
-        gets its line back from the record the checkpoint keeps (scores from evaluation.json)."""
+        gets its line back from the record the checkpoint keeps (scores from the fit's evaluation record)."""
         kept: list[str] = []
         torn: list[int] = []
         epochs: set[int] = set()
@@ -539,13 +561,8 @@ class Trainer:
         restored = ""
         if self.start_epoch not in epochs and self._last_record.get("epoch") == self.start_epoch:
             record = dict(self._last_record)
-            evaluation = self.output_dir / "evaluation.json"
-            try:
-                scores = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
-            except ValueError:
-                scores = {}
-            if scores.get("epoch") == self.start_epoch:
-                record.update({k: scores[k] for k in ("rank1", "rank5", "rank10", "mAP") if k in scores})
+            scores = fit_evaluation(self.output_dir, self.start_epoch) or {}
+            record.update({k: scores[k] for k in ("rank1", "rank5", "rank10", "mAP") if k in scores})
             kept.append(json.dumps(record))
             restored = f"; epoch {self.start_epoch}'s line restored from {self.ckpt_path.name}"
         if torn:
@@ -632,7 +649,7 @@ class Trainer:
 
         ``epoch`` (1-based, completed epochs), the batch-weighted mean of every loss term of
         :class:`MMGALoss` (``total``, ``ce_whole``, [``ce_local``], ``triplet``,
-        [``att``, ``att_m1_whole``, ``att_m2_*``]), ``lr_backbone``, ``lr_head``,
+        [``att``, ``att_m1_whole``, ``att_m2_*``]), ``backbone_lr`` and ``lr`` (the groups that exist),
         ``images_per_s``, ``time_s``. The epoch a run resumed in mid-epoch continues
         from its saved iteration, loader seed and loss sums. When ``stop`` has caught a
         signal, the epoch ends after the current iteration with a checkpoint and
@@ -640,7 +657,7 @@ class Trainer:
         """
         cfg = self.cfg
         self.net.train()
-        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        lrs = learning_rates(self.optimizer)
         sums: dict[str, float] = defaultdict(float)
         seen, first, before = 0, 0, 0.0
         resumed = self._resumed_epoch if epoch == self.start_epoch else None
@@ -664,10 +681,10 @@ class Trainer:
                 rate = seen * self.world_size / max(elapsed, 1e-9)
                 remaining_iters = (iters - it - 1) + (cfg.solver.epochs - epoch - 1) * iters
                 eta = remaining_iters * (elapsed - before) / (it + 1 - first)
-                logger.info("epoch %d/%d [%d/%d] loss %.4f (%s) lr %.4g/%.4g %.1f img/s eta %s",
+                logger.info("epoch %d/%d [%d/%d] loss %.4f (%s) %s %.1f img/s eta %s",
                             epoch + 1, cfg.solver.epochs, it + 1, iters, sums["total"] / seen,
                             " ".join(f"{k} {sums[k] / seen:.4f}" for k in terms if k != "total"),
-                            lrs.get("backbone", 0.0), lrs.get("head", 0.0), rate, _format_eta(eta))
+                            " ".join(f"{k} {v:.4g}" for k, v in lrs.items()), rate, _format_eta(eta))
             if stop is not None and it + 1 < iters and self._stop_agreed(stop):
                 partial = {"sums": dict(sums), "seen": seen, "time_s": time.perf_counter() - start}
                 self._stop(stop, epoch, it + 1, {"loader_seed": seed, "partial": partial}, self._gather(partial))
@@ -681,7 +698,7 @@ class Trainer:
             sums, seen = dict(zip(keys, t[:-1].tolist())), int(t[-1].item())
         record: dict[str, Any] = {"epoch": epoch + 1}
         record.update({k: v / max(seen, 1) for k, v in sums.items()})
-        record.update({f"lr_{k}": v for k, v in lrs.items()})
+        record.update(lrs)  # backbone_lr [, lr]: named as the config keys
         record["images_per_s"] = seen / max(elapsed, 1e-9)
         record["time_s"] = elapsed
         return record
@@ -761,14 +778,9 @@ class Trainer:
         return record
 
     def _final_evaluation_done(self) -> bool:
-        """Whether evaluation.json holds the evaluation of the checkpoint's (final) epoch
+        """Whether evaluations.jsonl holds fit's evaluation of the checkpoint's (final) epoch
         (collective under DDP: rank 0 decides)."""
-        done = True
-        if self.main:
-            try:
-                done = json.loads((self.output_dir / "evaluation.json").read_text()).get("epoch") == self.start_epoch
-            except (OSError, ValueError, AttributeError):
-                done = False
+        done = fit_evaluation(self.output_dir, self.start_epoch) is not None if self.main else True
         return bool(ddp.broadcast_object(done))
 
     def _save_epoch(self, done: int, record: dict[str, Any]) -> None:
@@ -787,7 +799,8 @@ class Trainer:
         self._barrier()
 
     def _evaluate_epoch(self, done: int, record: dict[str, Any], stop: StopSignals) -> None:
-        """Evaluate the saved epoch ``done``; its scores join ``record``, its metrics line and evaluation.json.
+        """Evaluate the saved epoch ``done``; its scores join ``record`` and its metrics line, and its
+        record (with the saved checkpoint's sha256) is appended to evaluations.jsonl.
 
         A stop signal before or during it ends it at once with :class:`Stopped` (the epoch is
         saved already; the message gives the ``evaluate`` command that redoes the evaluation).
@@ -812,7 +825,8 @@ class Trainer:
             scores = {k: results[k] for k in ("rank1", "rank5", "rank10", "mAP")}
             record.update(scores)
             self._last_record = dict(record)
-            write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done})
+            append_json_line(self.output_dir / EVALUATIONS_NAME, evaluation_record(
+                results, self.cfg, self.cfg, command="fit", epoch=done, checkpoint=self.ckpt_path, amp_dtype=self.amp_dtype))
             lines = self.metrics_path.read_text().splitlines()  # the epoch's line gets its scores
             write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in lines[:-1]) + json.dumps(record) + "\n")
             self._tensorboard_scalars(scores, done)
