@@ -11,7 +11,8 @@ depend on the kind (:data:`CHANNELS`):
 ``regions`` (MGRAN, MGRAN-GF): 4 channels
     ``regions == 1`` (head), ``== 2`` (upper body), ``== 3`` (lower body): the pedestrian
     mask cut along the shoulder and hip lines by ``reid-masks generate`` (README, "How
-    masks are derived").
+    masks are derived"); the paper's four keypoints are unnamed, shoulders and hips are the
+    project's reading (docs/mgran.md, "Regions: our reading").
 
 ``parts`` (MGRAN-PL, the paper's "part-level" alignment, Table 6): 5 channels
     ``parts == 1`` (head), ``== 2`` (torso), ``== 3`` (arms), ``== 4`` (legs): the body
