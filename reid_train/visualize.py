@@ -319,7 +319,7 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
     att: list[dict[str, np.ndarray]] = []
     for start in range(0, len(queries), cfg.test.batch_size):
         chunk = queries[start:start + cfg.test.batch_size]
-        att += attention_maps(model, torch.stack([query_set[int(q)]["image"] for q in chunk]), device)
+        att += attention_maps(model, test_tf.normalize(torch.stack([query_set[int(q)]["image"] for q in chunk]).to(device)), device)
 
     panel_hw = (int(tile_height), max(8, int(round(tile_height * cfg.data.width / cfg.data.height))))
     q_recs, g_recs = dataset.query, dataset.gallery

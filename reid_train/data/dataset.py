@@ -45,8 +45,10 @@ def load_split_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split:
 class ReIDImageDataset(Dataset):
     """Items of one split: ``{"image", "pid", "camid", "index"[, "masks"]}``.
 
-    ``image``: the transformed (3, H, W) float tensor; ``masks``: (3, 24, 8) whole/upper/
-    bottom, transformed with the image -- present only when a cache is given (training of
+    ``image``: the resized / flipped / cropped (3, H, W) **uint8** image -- not normalised:
+    :meth:`PairedTransform.normalize` does that, on the device, for the whole batch
+    (``erase``, present when the transform erases, is each item's random-erasing
+    rectangle for it); ``masks``: (3, 24, 8) whole/upper/bottom, transformed with the image -- present only when a cache is given (training of
     mask-guided variants; baselines and evaluation need images only); ``index``: position
     in the split, so features can be matched back to records.
 
@@ -54,7 +56,8 @@ class ReIDImageDataset(Dataset):
     ``region_masks`` instead of ``masks``, a (4, H, W) uint8 0/1 stack (pedestrian, head,
     upper, lower; see ``regions.py``) at the image's resolution: the cache's masks are
     resized to the transform's size with nearest sampling, then moved by the same flip /
-    pad + crop as the image (so MGRAN needs them in training and evaluation alike).
+    pad + crop as the image (so MGRAN needs them in training and evaluation alike); this
+    is done on the one-channel code map before it is expanded to the channels.
 
     ``indices``: the records of the split to use (default all), e.g. the usable rows that
     :func:`reid_train.data.cache_check.check_cache_images` returns.
@@ -89,12 +92,16 @@ class ReIDImageDataset(Dataset):
         rec = self.records[index]
         image = read_image(self.dataset.abspath(rec))
         extra: dict[str, Any] = {}
-        if self.region_masks is not None:  # MGRAN: full-resolution 0/1 masks, nearest-resized, same geometry
-            full = F.interpolate(self.region_masks[index][None].float(), size=tuple(self.transform.size), mode="nearest-exact")[0]
-            image, full = self.transform(image, full)
-            extra["region_masks"] = (full > 0.5).to(torch.uint8)
+        if self.region_masks is not None:  # MGRAN: the code map nearest-resized once, moved with the image, expanded
+            code = self.region_masks.code(index)
+            if tuple(code.shape[-2:]) != tuple(self.transform.size):
+                code = F.interpolate(code[None], size=tuple(self.transform.size), mode="nearest-exact")[0]
+            image, code, erase = self.transform.geometric(image, code)
+            extra["region_masks"] = self.region_masks.expand(code)
         else:
-            image, masks = self.transform(image, self.masks[index] if self.masks is not None else None)
+            image, masks, erase = self.transform.geometric(image, self.masks[index] if self.masks is not None else None)
             if masks is not None:
                 extra["masks"] = masks
+        if erase is not None:
+            extra["erase"] = erase
         return {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index, **extra}

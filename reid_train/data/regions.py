@@ -69,9 +69,17 @@ class SplitRegionMasks:
         return tuple(self.codes.shape[1:])
 
     def __getitem__(self, index: int) -> Tensor:
-        code = torch.from_numpy(self.codes[index])
-        person = (code >> _LABEL_BITS) & 1
-        label = code & ((1 << _LABEL_BITS) - 1)
+        return self.expand(self.code(index))
+
+    def code(self, index: int) -> Tensor:
+        """The (1, h, w) uint8 code map of one record: resize, flip and crop it (nearest /
+        zero fill), then :meth:`expand` -- one channel moved instead of C."""
+        return torch.from_numpy(self.codes[index])[None]
+
+    def expand(self, code: Tensor) -> Tensor:
+        """(C, H, W) uint8 0/1 masks of a (1, H, W) code map (a zero code: no channel)."""
+        person = (code[0] >> _LABEL_BITS) & 1
+        label = code[0] & ((1 << _LABEL_BITS) - 1)
         labels = [label == k for k in range(1, len(CHANNELS[self.kind]))]
         return torch.stack([person.bool(), *labels]).to(torch.uint8)
 

@@ -79,12 +79,16 @@ def extract_features(
     The model is put in eval mode (its forward then returns the normalised feature);
     the caller restores train mode. ``flip``: average with the flipped image's feature.
     ``progress``: a label; images done, images/s and ETA are then reported on stderr.
+    uint8 images (a :class:`ReIDImageDataset` loader) are normalised on ``device`` by the
+    dataset's transform; float images are taken as already normalised.
     """
     model.eval()
     feats, pids, camids = [], [], []
     meter = Progress(len(loader.dataset), progress) if progress and len(loader.dataset) else None
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = dataset_transform(loader).normalize(images, batch.get("erase"))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if "region_masks" in batch:  # MGRAN: (N, 4, 3, H, W); flipping it flips images and masks alike
@@ -101,6 +105,16 @@ def extract_features(
     if not feats:
         raise ValueError("no images to extract features from")
     return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
+
+
+def dataset_transform(loader: Any) -> Any:
+    """The transform of the :class:`ReIDImageDataset` under ``loader`` (through any ``Subset``)."""
+    ds = getattr(loader, "dataset", None)
+    while ds is not None and not isinstance(ds, ReIDImageDataset):
+        ds = getattr(ds, "dataset", None)
+    if ds is None:
+        raise TypeError("uint8 images need the ReIDImageDataset (and its transform's mean/std) under the loader")
+    return ds.transform
 
 
 def pool_multi_query(

@@ -509,7 +509,7 @@ class Trainer:
 
     def _batches(self, loader: Iterator[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         for batch in loader:
-            images = batch["image"].to(self.device, non_blocking=True)
+            images = self.train_set.transform.normalize(batch["image"].to(self.device, non_blocking=True), batch.get("erase"))
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             pids = batch["pid"].to(self.device, non_blocking=True)
