@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from reid_masks.cache import MaskCache, locate_records
@@ -53,11 +52,12 @@ class ReIDImageDataset(Dataset):
     in the split, so features can be matched back to records.
 
     ``region_masks`` (``"regions"`` or ``"parts"``; MGRAN, needs ``cache``): items carry
-    ``region_masks`` instead of ``masks``, a (4, H, W) uint8 0/1 stack (pedestrian, head,
-    upper, lower; see ``regions.py``) at the image's resolution: the cache's masks are
-    resized to the transform's size with nearest sampling, then moved by the same flip /
-    pad + crop as the image (so MGRAN needs them in training and evaluation alike); this
-    is done on the one-channel code map before it is expanded to the channels.
+    ``region_codes`` instead of ``masks``, the (1, H, W) uint8 code map of the masks at the
+    image's resolution: the cache's map is resized to the transform's size with nearest
+    sampling, then moved by the same flip / pad + crop as the image (so MGRAN needs them in
+    training and evaluation alike). ``regions.expand_region_codes(codes, kind)`` gives the
+    (C, H, W) 0/1 stack (pedestrian, head, upper, lower; see ``regions.py``); the trainer and
+    the evaluator do that on the device, for the batch (a quarter of the bytes to collate).
 
     ``indices``: the records of the split to use (default all), e.g. the usable rows that
     :func:`reid_train.data.cache_check.check_cache_images` returns.
@@ -92,12 +92,9 @@ class ReIDImageDataset(Dataset):
         rec = self.records[index]
         image = read_image(self.dataset.abspath(rec))
         extra: dict[str, Any] = {}
-        if self.region_masks is not None:  # MGRAN: the code map nearest-resized once, moved with the image, expanded
-            code = self.region_masks.code(index)
-            if tuple(code.shape[-2:]) != tuple(self.transform.size):
-                code = F.interpolate(code[None], size=tuple(self.transform.size), mode="nearest-exact")[0]
-            image, code, erase = self.transform.geometric(image, code)
-            extra["region_masks"] = self.region_masks.expand(code)
+        if self.region_masks is not None:  # MGRAN: the code map nearest-resized, moved with the image
+            image, code, erase = self.transform.geometric(image, self.region_masks.code(index, self.transform.size))
+            extra["region_codes"] = code
         else:
             image, masks, erase = self.transform.geometric(image, self.masks[index] if self.masks is not None else None)
             if masks is not None:

@@ -27,6 +27,7 @@ from reid_masks.workers import detached_worker_init
 from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
+from reid_train.data.regions import expand_region_codes
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.models.mgran import region_inputs
@@ -80,7 +81,8 @@ def extract_features(
     the caller restores train mode. ``flip``: average with the flipped image's feature.
     ``progress``: a label; images done, images/s and ETA are then reported on stderr.
     uint8 images (a :class:`ReIDImageDataset` loader) are normalised on ``device`` by the
-    dataset's transform; float images are taken as already normalised.
+    dataset's transform, and MGRAN's region code maps expanded there; float images are
+    taken as already normalised.
     """
     model.eval()
     feats, pids, camids = [], [], []
@@ -88,11 +90,12 @@ def extract_features(
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = dataset_transform(loader).normalize(images, batch.get("erase"))
+            images = image_dataset(loader).transform.normalize(images, batch.get("erase"))
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if "region_masks" in batch:  # MGRAN: (N, 4, 3, H, W); flipping it flips images and masks alike
-            images = region_inputs(images, batch["region_masks"].to(device, non_blocking=True))
+        if "region_codes" in batch:  # MGRAN: (N, 4, 3, H, W); flipping it flips images and masks alike
+            codes = batch["region_codes"].to(device, non_blocking=True)
+            images = region_inputs(images, expand_region_codes(codes, image_dataset(loader).region_masks.kind))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             f = model(images).float()
             if flip:
@@ -107,14 +110,15 @@ def extract_features(
     return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
 
 
-def dataset_transform(loader: Any) -> Any:
-    """The transform of the :class:`ReIDImageDataset` under ``loader`` (through any ``Subset``)."""
+def image_dataset(loader: Any) -> ReIDImageDataset:
+    """The :class:`ReIDImageDataset` under ``loader`` (through any ``Subset``): its transform
+    normalises the uint8 images, its region masks' kind expands the code maps."""
     ds = getattr(loader, "dataset", None)
     while ds is not None and not isinstance(ds, ReIDImageDataset):
         ds = getattr(ds, "dataset", None)
     if ds is None:
-        raise TypeError("uint8 images need the ReIDImageDataset (and its transform's mean/std) under the loader")
-    return ds.transform
+        raise TypeError("uint8 images and region codes need the ReIDImageDataset under the loader")
+    return ds
 
 
 def pool_multi_query(
