@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         results = measure(names, args)
         if args.before:
             ours = [n for n in names if n.startswith("ours")]
-            child = [sys.executable, __file__, "--code", args.before, "--data", args.data, "--cache", args.cache,
+            child = [sys.executable, str(Path(__file__).resolve()), "--code", args.before, "--data", args.data, "--cache", args.cache,
                      "--rows", ",".join(ours), "--rounds", str(args.rounds), "--batches", str(args.batches),
                      "--batch-size", str(args.batch_size), "--height", str(args.height), "--width", str(args.width)]
             env = dict(os.environ, PYTHONPATH=args.before)
