@@ -55,6 +55,12 @@ for _p in (str(HERE), str(REPO)):
 log = logging.getLogger("gpu_check")
 
 PASS, FAIL, TIMEOUT = "pass", "fail", "timeout"
+NOT_JUDGED = "not judged"  # a throughput row that ran where its GPU target does not apply (CPU, smoke sizes)
+
+
+def succeeded(status: str) -> bool:
+    """Whether a row's check ran without error (a throughput row off the GPU is 'not judged', not 'pass')."""
+    return status in (PASS, NOT_JUDGED)
 NA_CPU = "n/a on cpu"
 SKIP_BUDGET = "skipped: time budget"
 DEFAULT_BUDGET_S = {False: 420.0, True: 900.0}  # full run (<= 8 min with start-up and slack) / --smoke
@@ -153,7 +159,7 @@ class Row:
 
 
 def target_verdict(value: float, op: str, bound: float, figure: str) -> str:
-    """'met' / 'missed' against ``op bound`` (op '>=' or '<='), or ``figure`` (e.g. 'cpu figure') when not comparable."""
+    """'met' / 'missed' against ``op bound`` (op '>=' or '<='), or ``figure`` (e.g. 'cpu, not judged') when not comparable."""
     if figure:
         return figure
     if not math.isfinite(value):
@@ -415,8 +421,8 @@ class Ctx:
     def figure(self) -> str:
         """Verdict of throughput rows that are not comparable with the GPU targets ('' when they are)."""
         if self.smoke:
-            return "smoke sizes" if self.cuda else "cpu figure"
-        return "" if self.cuda else "cpu figure"
+            return "smoke sizes, not judged" if self.cuda else "cpu, not judged"
+        return "" if self.cuda else "cpu, not judged"
 
 
 def make_mini(src: Path, dst: Path) -> None:
@@ -728,7 +734,7 @@ class Emitter:
         row = self.rows[rid]
         for k, v in values.items():
             setattr(row, k, v)
-        row.status = values.get("status", PASS)
+        row.status = values.get("status", NOT_JUDGED if self.ctx.figure else PASS)
         from reid_masks.fileio import write_json_atomic
 
         write_json_atomic(self.path, [dataclasses.asdict(r) for r in self.rows.values() if r.status != "not run"])
@@ -980,7 +986,7 @@ SPEED_FUNCS: dict[str, Callable[[Ctx, Emitter], None]] = {
 def run_speed_job(name: str, ctx: Ctx, result: Path) -> int:
     em = Emitter(result, name, ctx)
     SPEED_FUNCS[name](ctx, em)
-    return 0 if all(r.status == PASS for r in em.rows.values()) else 1
+    return 0 if all(succeeded(r.status) for r in em.rows.values()) else 1
 
 
 # --------------------------------------------------------------------------- DDP probe (under torchrun)
@@ -1077,7 +1083,7 @@ def run_jobs(ctx: Ctx, jobs: list[Job], chosen: set[str], deadline: float,
         if job.name not in chosen:
             mark("not selected")
             continue
-        failed = [n for n in job.needs if state.get(n) != PASS]
+        failed = [n for n in job.needs if not succeeded(state.get(n, ""))]
         if failed:
             mark(f"skipped: needs {', '.join(failed)}")
             continue
@@ -1121,7 +1127,7 @@ def run_jobs(ctx: Ctx, jobs: list[Job], chosen: set[str], deadline: float,
                 mark(FAIL, f"{type(exc).__name__}: {exc}"[:300], out.output[-4000:], out.seconds)
         else:  # a throughput job: its rows came from its result file
             mark(FAIL, f"exit code {out.rc} before this row: {last_line(out.output)}", out.output[-4000:], out.seconds)
-            state[job.name] = PASS if all(r.status == PASS for r in mine) else FAIL
+            state[job.name] = PASS if all(succeeded(r.status) for r in mine) else FAIL
         log.info("    -> %s (%.1f s, %.1f CPU s)", ", ".join(sorted({r.status for r in mine})), out.seconds, out.cpu_s)
 
 

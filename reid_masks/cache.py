@@ -318,6 +318,20 @@ class MaskCache:
     def num_stored(self, split: str) -> int:
         return len(self._file[split]["pid"])
 
+    def column_slice(self, split: str, name: str, start: int, stop: int) -> np.ndarray:
+        """Stored rows ``start:stop`` of one column (one sequential read; paths as str)."""
+        self._need(name)
+        data = self._file[split][name][start:stop]
+        if name == "path":
+            data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in data], dtype=object)
+        return data
+
+    def column_shape(self, split: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) of a stored column, without reading it."""
+        self._need(name)
+        ds = self._file[split][name]
+        return tuple(ds.shape), ds.dtype
+
     def all_rows(self, split: str) -> Rows:
         return Rows(**self.rows(split))
 

@@ -58,29 +58,46 @@ def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: 
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path), help="Facts to check against instead of the packaged ones (e.g. a synthetic copy's manifest.json).")
 @click.option("--check-images", is_flag=True, help="Also decode every image (finds truncated files).")
+@click.option("--counts/--no-counts", default=True, show_default=True,
+              help="Compare the images / ids per split with the manifest; --no-counts checks a subset or re-split copy "
+                   "(layout, names, readable images) and only prints what it found.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
-def validate(dataset: str, dataset_option: tuple[str, ...], root: Path, manifest_path: Path | None, check_images: bool, workers: int) -> None:
+def validate(dataset: str, dataset_option: tuple[str, ...], root: Path, manifest_path: Path | None, check_images: bool,
+             counts: bool, workers: int) -> None:
     """Check a dataset copy against its manifest; exit 1 and list every difference.
 
-    A dataset without a manifest (folder) is read with its adapter and options; every
-    listed image must be a readable file (dangling symlinks and missing files are listed).
+    Prints the images / ids / cameras read per split either way. A dataset without a manifest
+    (folder) is read with its adapter and options; every listed image must be a readable file
+    (dangling symlinks and missing files are listed).
     """
     from reid_masks.datasets import DATASET_NAMES, read_manifest_file, resolve_dataset
-    from reid_masks.validate import validate_dataset
+    from reid_masks.validate import check_dataset
 
     options = dataset_options_from_cli(dataset, dataset_option)
     manifest = read_manifest_file(manifest_path) if manifest_path else None
-    problems = validate_dataset(dataset, root, manifest, check_images=check_images, workers=workers, options=options)
+    report = check_dataset(dataset, root, manifest, check_images=check_images, workers=workers, options=options, counts=counts)
+    for line in report.summary_lines():
+        click.echo(f"  {line}")
     base = resolve_dataset(dataset, options)[0]
     source = manifest_path or f"data_manifests/{base}.json"
     has_facts = manifest is not None or base in DATASET_NAMES  # else: only what its adapter reads
-    if problems:
-        head = f"{len(problems)} difference(s) from {source}" if has_facts else f"{len(problems)} problem(s) reading it as {base}"
+    fine = f"the layout and file names are as {base} expects and every listed image is readable" + (" and decodes" if check_images else "")
+    if report.problems:
+        head = (f"{len(report.problems)} difference(s) from {source}" if has_facts and counts else
+                f"{len(report.problems)} problem(s) reading it as {base}")
         click.echo(f"{root}: {head}:", err=True)
-        for line in problems:
+        for line in report.problems:
             click.echo(f"  {line}", err=True)
+        if report.only_counts_differ:
+            click.echo(f"{root}: {fine}; only the counts differ (a subset or a re-split copy? "
+                       f"--no-counts checks everything but the counts)", err=True)
         sys.exit(1)
-    click.echo(f"{root}: matches {source}" if has_facts else f"{root}: reads as {base}; every listed image is a readable file")
+    if has_facts and counts:
+        click.echo(f"{root}: matches {source}")
+    elif has_facts:
+        click.echo(f"{root}: {fine} (counts not compared: --no-counts)")
+    else:
+        click.echo(f"{root}: reads as {base}; every listed image is readable" + (" and decodes" if check_images else ""))
 
 
 def command_line(ctx: click.Context) -> str:
@@ -106,11 +123,11 @@ def parse_size(text: str) -> tuple[int, int]:
 @dataset_flags()
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Cache file to write (.h5).")
-@click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs: <dir>/<image path>.png.")
+@click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs: <dir>/<image's relative path with .png for its extension>, e.g. DIR/bounding_box_train/0002_c1s1_000451_03.png.")
 @click.option("--parser", type=click.Choice(["schp", "precomputed", "none"]), help="Human parser: SCHP network, the --parsing-dir PNGs, or none (keypoint split). Default: precomputed with --parsing-dir, else none.")
 @click.option("--parser-weights", type=click.Path(dir_okay=False, path_type=Path), help="SCHP LIP checkpoint (default: torchvision's hub cache, exp-schp-201908261155-lip.pth).")
 @click.option("--parser-flip/--no-parser-flip", default=False, show_default=True, help="SCHP flip test: average with the mirrored image's left/right-swapped logits (2x the parser's compute; off as in SCHP's extractor).")
-@click.option("--masks-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed person-mask PNGs: <dir>/<image path>.png.")
+@click.option("--masks-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed person-mask PNGs: <dir>/<image's relative path with .png for its extension>.")
 @click.option("--seg-siblings", is_flag=True, help="Person-mask PNGs in MGCAM-style <split>_seg/ folders beside each split folder.")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torchvision", "detectron2", "none"]), help="Instance segmentation + keypoints; auto = none with a precomputed source, else torchvision.")
 @click.option("--mask-weights", type=click.Path(dir_okay=False, path_type=Path), help="Mask R-CNN weights file (default: the zoo file in torchvision's cache, or in detectron2's cache with --backend detectron2).")
@@ -179,11 +196,12 @@ def add_command(group: click.Group, command: click.Command) -> None:
 
 
 def _register() -> None:
+    from reid_masks.export import export_command
     from reid_masks.inspect import inspect_command
     from reid_masks.preview import preview_command
     from reid_masks.slurm import status_command, submit_command
 
-    for command in (inspect_command, preview_command, submit_command, status_command):
+    for command in (inspect_command, preview_command, submit_command, status_command, export_command):
         add_command(main, command)
 
 

@@ -39,11 +39,14 @@ Rules (documented in README, "How masks are derived"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reid_masks.backends.base import Instances
 from reid_masks.cache import CUT, MASK_HW, PART_NAMES, STATUS
+
+if TYPE_CHECKING:  # annotations only: the derivation itself needs no torch
+    from reid_masks.backends.base import Instances
 
 LIP_LABELS = (  # the 20 LIP parsing labels, by value
     "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat", "socks", "pants",

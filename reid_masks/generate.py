@@ -229,7 +229,7 @@ def parser_name(cfg: GenerateConfig) -> str:
     if name == "schp" and cfg.parsing_dir:
         raise UserError("--parser schp and --parsing-dir exclude each other (use --parser precomputed to read PNGs)")
     if name == "precomputed" and not cfg.parsing_dir:
-        raise UserError("--parser precomputed needs --parsing-dir DIR (LIP label PNGs at DIR/<image path>.png)")
+        raise UserError("--parser precomputed needs --parsing-dir DIR (LIP label PNGs at DIR/<image's relative path with .png for its extension>)")
     return name
 
 

@@ -4,7 +4,11 @@ Each tile shows five panels, each the image resized to the cache's person-mask s
 ``scale``: (1) the image with its COCO keypoints and skeleton, (2) the whole, (3) the upper
 and (4) the bottom 24x8 mask as translucent overlays (nearest upsampling, so the cells
 stay visible), (5) the head/upper/lower regions; below them a caption strip with the path
-stem, the pid and the status (the status word red when not ``ok``). Above the tiles: a colour
+stem, the id (``pid P``: the dataset's own id, as in the file name, for query/gallery rows;
+``label L``: the training split's relabelled 0..N-1 id) and the status (the status word red when it is a problem: ``no_person``,
+``unreadable``, and ``no_keypoints`` only in a cache with a keypoint source). Masks and
+regions are drawn as a light tint plus their contour (the 0.5 level, with a dark halo), so
+they stay visible on clothing or background of their own colour. Above the tiles: a colour
 legend (keypoint colours only when the sampled rows have keypoints) and the panel names over
 every column of tiles. Colours: :mod:`reid_masks.visual`.
 """
@@ -19,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reid_masks import visual
-from reid_masks.cache import STATUS_NAMES, MaskCache
+from reid_masks.cache import STATUS, STATUS_NAMES, MaskCache
 from reid_masks.errors import UserError
 from reid_masks.fileio import check_writable
 from reid_masks.imageio import read_image
@@ -31,6 +35,8 @@ LEGEND_HEIGHT = visual.CAPTION_HEIGHT + 4
 HEADER_HEIGHT = visual.CAPTION_HEIGHT  # the panel names above the first row of tiles
 TOP_HEIGHT = LEGEND_HEIGHT + HEADER_HEIGHT
 DEFAULT_COLS = 4
+TINT_ALPHA = 0.3  # lighter than visual.MASK_ALPHA: the outline carries the shape
+OUTLINE_WIDTH = 2
 _COLUMNS = ["path", "pid", "camid", "status", "keypoints", "image_size", "masks", "regions"]
 
 
@@ -101,9 +107,9 @@ def _status_name(code: int) -> str:
     return STATUS_NAMES[code] if 0 <= code < len(STATUS_NAMES) else f"code_{code}"
 
 
-def _caption_text(stem: str, pid: int, status: str, width: int) -> str:
+def _caption_text(stem: str, pid: int, status: str, width: int, id_word: str = "pid") -> str:
     """'stem  pid P  status', shortening the stem (not the pid or status) to fit ``width``."""
-    suffix = f"  pid {pid}  {status}"
+    suffix = f"  {id_word} {pid}  {status}"
     room = width - 4 - visual.text_width(suffix)
     return visual.fit_text(stem, int(room)) + suffix if room > visual.text_width("...") else visual.fit_text(stem + suffix, width - 4)
 
@@ -118,11 +124,20 @@ def _placeholder(hw: tuple[int, int]) -> np.ndarray:
     return img
 
 
-def render_tile(image: np.ndarray | None, row: dict[str, Any], panel_hw: tuple[int, int], label: str) -> np.ndarray:
+def problem_statuses(keypoint_source: bool) -> frozenset[str]:
+    """Statuses drawn in red: ``no_person`` and ``unreadable`` always; ``no_keypoints`` only when the
+    cache had a keypoint source (some row is ``ok``), since a parsing-only cache has no keypoints at all."""
+    return frozenset({"no_person", "unreadable"} | ({"no_keypoints"} if keypoint_source else set()))
+
+
+def render_tile(image: np.ndarray | None, row: dict[str, Any], panel_hw: tuple[int, int], label: str,
+                problems: frozenset[str] = problem_statuses(True), id_word: str = "pid") -> np.ndarray:
     """One tile: image+keypoints, whole, upper, bottom and regions panels over a caption.
 
     ``image`` is the RGB image (None when unreadable); ``row`` holds the cache columns
-    ``keypoints``, ``image_size``, ``masks``, ``regions``, ``pid`` and ``status``.
+    ``keypoints``, ``image_size``, ``masks``, ``regions``, ``pid`` and ``status``; the status
+    word is red when it is one of ``problems`` (:func:`problem_statuses`). ``id_word``: ``pid`` for
+    the dataset's own ids (query/gallery), ``label`` for the training split's relabelled 0..N-1 ids.
     """
     if image is None:
         base = _placeholder(panel_hw)
@@ -133,14 +148,20 @@ def render_tile(image: np.ndarray | None, row: dict[str, Any], panel_hw: tuple[i
     scale = (panel_hw[1] / max(src_hw[1], 1), panel_hw[0] / max(src_hw[0], 1))
     radius = max(2, int(round(panel_hw[1] / 40)))
     panels = [visual.draw_keypoints(base, row["keypoints"], scale=scale, radius=radius)]
-    for k in range(3):
-        panels.append(visual.overlay(base, row["masks"][k], visual.MASK_COLORS[k], visual.MASK_ALPHA, mode="nearest"))
-    panels.append(visual.overlay_labels(base, row["regions"], visual.REGION_COLORS, visual.REGION_ALPHA))
+    for k in range(3):  # a light tint for the soft values, the 0.5 contour so that it shows on any clothing
+        tinted = visual.overlay(base, row["masks"][k], visual.MASK_COLORS[k], TINT_ALPHA, mode="nearest")
+        panels.append(visual.outline(tinted, row["masks"][k], visual.MASK_COLORS[k], OUTLINE_WIDTH))
+    regions = visual.overlay_labels(base, row["regions"], visual.REGION_COLORS, TINT_ALPHA)
+    for code, color in enumerate(visual.REGION_COLORS):
+        if color is not None:
+            regions = visual.outline(regions, (row["regions"] == code).astype(np.float32), color, OUTLINE_WIDTH)
+    panels.append(regions)
     strip = visual.hstack(panels, gap=PANEL_GAP)
     status = _status_name(int(row["status"]))
-    text = _caption_text(label, int(row["pid"]), status, strip.shape[1])
-    if status == "ok" or not text.endswith(status):
-        return visual.caption(strip, text, visual.TEXT_COLOR if status == "ok" else visual.BAD)
+    text = _caption_text(label, int(row["pid"]), status, strip.shape[1], id_word)
+    problem = status in problems
+    if not problem or not text.endswith(status):
+        return visual.caption(strip, text, visual.BAD if problem else visual.TEXT_COLOR)
     # the status word in red, the rest light: both legible on the dark strip
     return visual.caption(strip, text[:-len(status)], visual.TEXT_COLOR, tail=(status, visual.BAD))
 
@@ -213,6 +234,8 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
                         f"if the dataset moved, pass --root DATASET_ROOT")
     person_hw = tuple(int(v) for v in rows[0][1]["regions"].shape)
     layout = sheet_layout(person_hw, len(rows), scale, cols, legend)  # type: ignore[arg-type]
+    keypoint_source = any(bool(np.any(cache.column(s, "status") == STATUS["ok"])) for s in cache.splits)
+    problems = problem_statuses(keypoint_source)
     tiles = []
     for s, row in rows:
         try:
@@ -220,7 +243,7 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
         except UserError:
             image = None  # present but undecodable (status 'unreadable'): a placeholder panel
         label = Path(row["path"]).stem if split is not None or len(splits) == 1 else f"{s}/{Path(row['path']).stem}"
-        tiles.append(render_tile(image, row, layout.panel_hw, label))
+        tiles.append(render_tile(image, row, layout.panel_hw, label, problems, "label" if s == "train" else "pid"))
     sheet = np.asarray(visual.tile_grid(tiles, layout.cols, gap=GRID_GAP))
     if legend:
         keypoints = any(float(np.max(row["keypoints"][:, 2], initial=0.0)) > 0 for _, row in rows)

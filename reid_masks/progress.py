@@ -60,3 +60,8 @@ def format_seconds(s: float) -> str:
     m, s = divmod(int(s), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 epoch', '3 epochs': a count with its noun (regular plurals only)."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -43,7 +43,12 @@ OWN_GENERATE_OPTIONS = ("--shard", "--out", "--dataset", "--dataset-option", "--
 
 @dataclass
 class Resources:
-    """sbatch resource options shared by both scripts (None: the cluster's default)."""
+    """sbatch resource options shared by both scripts (None: the cluster's default).
+
+    ``merge_partition``: the merge job's partition. Unset, it is ``partition`` when the generate
+    tasks take no GPUs, and the cluster's default partition when they do (the merge is a CPU job:
+    it must not wait for, or hold, a node of a GPU partition).
+    """
 
     partition: str | None = None
     account: str | None = None
@@ -51,10 +56,12 @@ class Resources:
     mem: str | None = None
     cpus_per_task: int | None = None
     gpus_per_task: int | None = None
+    merge_partition: str | None = None
 
     def directives(self, gpus: bool) -> list[str]:
-        """``--key=value`` options; GPUs only for the generate tasks (merge needs none)."""
-        pairs = [("partition", self.partition), ("account", self.account), ("time", self.time), ("mem", self.mem),
+        """``--key=value`` options; GPUs (and a GPU partition) only for the generate tasks (merge needs none)."""
+        partition = self.partition if gpus else self.merge_partition or (None if self.gpus_per_task else self.partition)
+        pairs = [("partition", partition), ("account", self.account), ("time", self.time), ("mem", self.mem),
                  ("cpus-per-task", self.cpus_per_task), ("gpus-per-task", self.gpus_per_task if gpus and self.gpus_per_task else None)]
         return [f"--{k}={v}" for k, v in pairs if v is not None]
 
@@ -388,7 +395,8 @@ def resubmit_missing(folder: Path, resources: Resources, max_running: int | None
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Merged cache to write (.h5); shard files go beside it.")
 @click.option("--parsing-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed LIP parsing PNGs (passed to generate).")
 @click.option("--shards", type=int, help="Number of shards = array tasks (numbered 0..N-1).")
-@click.option("--partition", help="sbatch --partition.")
+@click.option("--partition", help="sbatch --partition (of the generate tasks; of the merge too unless they take GPUs).")
+@click.option("--merge-partition", help="sbatch --partition of the merge job [default: --partition, or the cluster's default when --gpus-per-task is given].")
 @click.option("--account", help="sbatch --account.")
 @click.option("--time", "time_limit", help="sbatch --time per task, e.g. 4:00:00.")
 @click.option("--mem", help="sbatch --mem per task, e.g. 16G.")
@@ -401,7 +409,7 @@ def resubmit_missing(folder: Path, resources: Resources, max_running: int | None
 @click.option("--resubmit-failed", is_flag=True, help="Resubmit only the shards whose file is missing, and a new merge after them.")
 @click.argument("generate_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- GENERATE OPTIONS...]")
 def submit_command(dataset: str | None, dataset_option: tuple[str, ...], root: Path | None, out: Path, parsing_dir: Path | None, shards: int | None, partition: str | None,
-                   account: str | None, time_limit: str | None, mem: str | None, cpus_per_task: int | None, gpus_per_task: int | None,
+                   merge_partition: str | None, account: str | None, time_limit: str | None, mem: str | None, cpus_per_task: int | None, gpus_per_task: int | None,
                    max_running: int | None, logs: Path | None, job_dir: Path | None, dry_run: bool, resubmit_failed: bool,
                    generate_args: tuple[str, ...]) -> None:
     """Run 'generate' as a Slurm array job (one task per shard), then 'merge' after it.
@@ -409,7 +417,7 @@ def submit_command(dataset: str | None, dataset_option: tuple[str, ...], root: P
     Options after '--' go to every 'reid-masks generate' task, e.g.
     '-- --backend torchvision --batch-size 16 --workers 4'.
     """
-    resources = Resources(partition, account, time_limit, mem, cpus_per_task, gpus_per_task)
+    resources = Resources(partition, account, time_limit, mem, cpus_per_task, gpus_per_task, merge_partition)
     out = out.absolute()
     folder = job_folder(out, job_dir)
     if resubmit_failed:
@@ -470,7 +478,12 @@ def status_command(out: Path, job_dir: Path | None) -> None:
     merge = last_submission(jobs, "merge")
     if merge is not None:
         mq = [q for q in queue if q["id"] == merge["job_id"]]
-        if mq:
+        if mq and mq[0]["reason"] == "DependencyNeverSatisfied":
+            state = (f"will never run (a generate task it waits for failed); --resubmit-failed cancels it and submits a new "
+                     f"merge after the rerun shards")
+        elif mq and mq[0]["state"] == "PENDING" and mq[0]["reason"] == "Dependency":
+            state = "waiting for the generate tasks to finish"
+        elif mq:
             state = f"{mq[0]['state'].lower()} ({mq[0]['reason']})"
         else:
             state = "finished" if Path(jobs["out"]).is_file() else "ended without writing the cache"

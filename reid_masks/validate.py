@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,14 @@ from reid_masks.errors import UserError
 MAX_LISTED = 3
 
 
+class CountDifference(str):
+    """A problem line that only says a count differs from the manifest (left out by ``counts=False``)."""
+
+
 def compare_counts(split: str, expected: dict[str, Any], found: dict[str, int]) -> list[str]:
     """One line per count that differs from the manifest."""
     return [
-        f"{split}: expected {expected[key]} {key}, found {found[key]}"
+        CountDifference(f"{split}: expected {expected[key]} {key}, found {found[key]}")
         for key in ("files", "junk", "distractors", "images", "ids")
         if key in expected and key in found and expected[key] != found[key]
     ]
@@ -185,14 +190,47 @@ def unreadable_images(paths: list[Path], workers: int = 2) -> list[str]:
 CHECKERS = {"folders": check_folders, "lists": check_lists, "cuhk03": check_cuhk03, "test_folders": check_test_folders}
 
 
+@dataclass
+class Validation:
+    """What ``validate`` found: the problem lines and, per split, the images / ids / cameras read."""
+
+    problems: list[str]
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def only_counts_differ(self) -> bool:
+        return bool(self.problems) and all(isinstance(p, CountDifference) for p in self.problems)
+
+    def summary_lines(self) -> list[str]:
+        return [f"{split}: {c['images']} images, {c['ids']} ids, {c['cameras']} cameras" for split, c in self.splits.items()]
+
+
+def split_counts(seen: list[tuple[Path, Record]], junk_pid: int | None = None) -> dict[str, dict[str, int]]:
+    """Images, ids and cameras per split of the records read (the junk id left out, as the adapters do)."""
+    out: dict[str, dict[str, int]] = {}
+    for split in dict.fromkeys(r.split for _, r in seen):
+        recs = [r for _, r in seen if r.split == split and r.pid != junk_pid]
+        out[split] = {"images": len(recs), "ids": len({r.pid for r in recs}), "cameras": len({r.camid for r in recs})}
+    return out
+
+
 def validate_dataset(
     name: str, root: str | Path, manifest: dict[str, Any] | None = None, check_images: bool = False, workers: int = 2,
-    options: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None, counts: bool = True,
 ) -> list[str]:
-    """Every difference between the copy at ``root`` and ``manifest``; empty when it matches.
+    """Every difference between the copy at ``root`` and ``manifest``; empty when it matches (:func:`check_dataset`)."""
+    return check_dataset(name, root, manifest, check_images, workers, options, counts).problems
+
+
+def check_dataset(
+    name: str, root: str | Path, manifest: dict[str, Any] | None = None, check_images: bool = False, workers: int = 2,
+    options: dict[str, Any] | None = None, counts: bool = True,
+) -> Validation:
+    """Check the copy at ``root`` against ``manifest``: layout, names, readable images and (``counts``) the counts.
 
     ``manifest`` None: the packaged one; a dataset without any (``folder``) is checked by
     reading it with its adapter and ``options``. Every listed image must be a readable file.
+    ``counts=False``: a subset or a re-split copy -- everything but the manifest's counts.
     """
     from reid_masks.datasets import DATASET_NAMES, resolve_dataset
 
@@ -217,4 +255,6 @@ def validate_dataset(
     problems += unreachable_files(seen)
     if check_images:
         problems += unreadable_images([p for p, _ in seen if os.path.isfile(p)], workers)
-    return problems
+    if not counts:
+        problems = [p for p in problems if not isinstance(p, CountDifference)]
+    return Validation(problems, split_counts(seen, manifest.get("junk_pid") if manifest else None))

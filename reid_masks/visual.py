@@ -107,6 +107,37 @@ def overlay(image: ImageLike, mask: np.ndarray, color: Color, alpha: float = MAS
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def _shift_and(m: np.ndarray, steps: int) -> np.ndarray:
+    """Binary erosion of ``m`` by a (2*steps+1) cross, with the image edge counted as inside."""
+    out = m.copy()
+    for _ in range(steps):
+        e = out.copy()
+        e[1:] &= out[:-1]
+        e[:-1] &= out[1:]
+        e[:, 1:] &= out[:, :-1]
+        e[:, :-1] &= out[:, 1:]
+        out = e
+    return out
+
+
+def outline(image: ImageLike, mask: np.ndarray, color: Color, width: int = 2, threshold: float = 0.5,
+            mode: str = "nearest", halo: Color | None = (0, 0, 0)) -> np.ndarray:
+    """Draw the contour of ``mask >= threshold`` (any size, resized with ``mode``) over ``image``.
+
+    The contour is ``width`` pixels inside the region in ``color``, with a 1-pixel ``halo``
+    just outside it, so it stays visible on clothing or background of the mask's own colour
+    (a tint alone vanishes there). Returns a new array.
+    """
+    img = as_array(image)
+    inside = resize_map(mask, img.shape[:2], mode) >= threshold
+    edge = inside & ~_shift_and(inside, max(1, int(width)))
+    if halo is not None:
+        touching = ~inside & ~_shift_and(~inside, 1)  # pixels outside the region next to it
+        img[touching] = np.asarray(halo, dtype=np.uint8)
+    img[edge] = np.asarray(color, dtype=np.uint8)
+    return img
+
+
 def overlay_labels(image: ImageLike, labels: np.ndarray, colors: Sequence[Color | None] = REGION_COLORS, alpha: float = REGION_ALPHA) -> np.ndarray:
     """Blend ``colors[label]`` over each pixel (labels resized with nearest; ``None`` colours skipped)."""
     img = as_array(image)
@@ -265,6 +296,30 @@ def legend(items: Sequence[tuple[str, Color]], width: int, height: int = CAPTION
         draw.text((x, ty), name, fill=TEXT_COLOR, font=font)
         x += int(text_width(name, font)) + 10
     return np.asarray(strip)
+
+
+def colour_bar(width: int, height: int, color: Color, lo: float, hi: float, alpha: float = MASK_ALPHA,
+               base: Color = (96, 96, 96), background: Color = CAPTION_BG) -> np.ndarray:
+    """A ``height``-pixel strip: the ``lo`` label, a ramp of ``color`` blended over ``base`` from 0 to
+    ``alpha`` (how a min-max stretched map is drawn), the ``hi`` label: the scale of an overlaid map."""
+    strip = Image.new("RGB", (int(width), int(height)), background)
+    draw = ImageDraw.Draw(strip)
+    f = _font()
+    left, right = f"{lo:.2f}", f"{hi:.2f}"
+    x0 = int(text_width(left, f)) + 6
+    x1 = int(width) - int(text_width(right, f)) - 6
+    if x1 - x0 >= 16:
+        y = _text_offset(f, int(height))
+        draw.text((2, y), left, fill=TEXT_COLOR, font=f)
+        draw.text((x1 + 4, y), right, fill=TEXT_COLOR, font=f)
+    else:  # too narrow for the labels: the ramp alone
+        x0, x1 = 2, int(width) - 2
+    out = np.asarray(strip).copy()
+    if x1 > x0:
+        t = np.linspace(0.0, 1.0, x1 - x0)[:, None] * float(alpha)
+        ramp = np.asarray(base, np.float64) * (1 - t) + np.asarray(color, np.float64) * t
+        out[3:int(height) - 3, x0:x1] = np.round(ramp).astype(np.uint8)[None]
+    return out
 
 
 def save_png(image: ImageLike, path: str | Path) -> Path:

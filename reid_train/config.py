@@ -461,3 +461,13 @@ def load_config(name: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     cfg = apply_overrides(config_from_dict(_read_tree(path, origins=origins), str(path)), overrides)
     _refuse_unread(cfg, origins)
     return cfg
+
+
+def config_header(path: str | Path) -> list[str]:
+    """The leading comment block of a config file, without the '# ' (what the config is, the paper's numbers)."""
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return [ln for ln in lines if ln]

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import click
 import numpy as np
@@ -45,6 +45,10 @@ SERIES_COLORS: tuple[visual.Color, ...] = (
 )
 ACCURACY_COLORS: dict[str, visual.Color] = {"rank1": (86, 180, 233), "mAP": (240, 150, 0)}
 LINE_WIDTH = 3  # pixels; lines are drawn SUPERSAMPLE times larger and downsampled (anti-aliased)
+TOTAL_WIDTH = 7  # ``total`` is drawn first and wider, so a term equal to it (MGRAN's msml) shows inside it
+#: Dash patterns (on, off, ... in line widths) cycled over the loss terms after ``total``: two terms with
+#: equal values (``ce_whole`` = ``ce_local`` early on) still show both colours, one through the other's gaps.
+SERIES_DASHES: tuple[tuple[int, ...] | None, ...] = (None, (4, 3), (1.5, 2.5), (5, 2, 1.5, 2))
 MARKER_RADIUS = 4
 SUPERSAMPLE = 4
 PAD = 10
@@ -52,6 +56,7 @@ LEFT = 60  # room for y tick labels
 BOTTOM = 34  # room for x tick labels and the axis name
 TITLE_HEIGHT = 22
 LEGEND_ROW = 18
+LEGEND_SWATCH = 26  # length of the line sample in a legend entry
 FEW_EVALUATIONS = 2  # up to this many evaluated epochs: the panel starts at 0% and prints each value
 
 
@@ -170,22 +175,70 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, anchor:
     draw.text(xy, text, fill=fill, font=_font(), anchor=anchor)
 
 
-def _legend_rows(items: Sequence[tuple[str, visual.Color]], width: int) -> list[list[tuple[str, visual.Color, int]]]:
-    """Legend items flowed into rows of at most ``width`` pixels: (label, colour, x offset)."""
-    rows: list[list[tuple[str, visual.Color, int]]] = [[]]
+class Line(NamedTuple):
+    """One series of a panel: its points and how it is drawn."""
+
+    name: str
+    epochs: np.ndarray
+    values: np.ndarray
+    color: visual.Color
+    markers: bool
+    width: int = LINE_WIDTH
+    dash: tuple[float, ...] | None = None
+
+
+def _legend_rows(lines: Sequence[Line], width: int) -> list[list[tuple[Line, int]]]:
+    """Legend items flowed into rows of at most ``width`` pixels: (line, x offset)."""
+    rows: list[list[tuple[Line, int]]] = [[]]
     x = 0
-    for label, color in items:
-        w = 18 + int(visual.text_width(label)) + 12
+    for line in lines:
+        w = LEGEND_SWATCH + 4 + int(visual.text_width(line.name)) + 12
         if rows[-1] and x + w > width:
             rows.append([])
             x = 0
-        rows[-1].append((label, color, x))
+        rows[-1].append((line, x))
         x += w
     return rows
 
 
+def _dashed(points: Sequence[tuple[float, float]], pattern: Sequence[float]) -> list[list[tuple[float, float]]]:
+    """The 'on' pieces of a polyline cut by ``pattern`` (alternating on/off lengths in pixels)."""
+    pieces: list[list[tuple[float, float]]] = []
+    k, left, on = 0, pattern[0], True
+    current: list[tuple[float, float]] = [points[0]] if points else []
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        seg = math.hypot(x1 - x0, y1 - y0)
+        pos = 0.0
+        while seg - pos > left:
+            pos += left
+            p = (x0 + (x1 - x0) * pos / seg, y0 + (y1 - y0) * pos / seg)
+            if on:
+                pieces.append(current + [p])
+            current = [p]
+            on, k = not on, k + 1
+            left = pattern[k % len(pattern)]
+        left -= seg - pos
+        if on:
+            current.append((x1, y1))
+        else:
+            current = [(x1, y1)]
+    if on and len(current) > 1:
+        pieces.append(current)
+    return pieces
+
+
+def _polyline(draw: ImageDraw.ImageDraw, pts: Sequence[tuple[float, float]], color: visual.Color, width: float,
+              dash: Sequence[float] | None) -> None:
+    fill = color + (255,) if len(color) == 3 else color
+    if dash is None:
+        draw.line(list(pts), fill=fill, width=int(round(width)), joint="curve")
+        return
+    for piece in _dashed(pts, [d * width for d in dash]):
+        draw.line(piece, fill=fill, width=int(round(width)), joint="curve")
+
+
 def _panel(img: Image.Image, rect: tuple[int, int, int, int], title: str,
-           lines: Sequence[tuple[str, np.ndarray, np.ndarray, visual.Color, bool]],
+           lines: Sequence[Line],
            xlim: tuple[float, float], xticks: Sequence[float], xstep: float, log: bool = False,
            ylabel_scale: str = "", ybounds: tuple[float, float] | None = None, annotate: bool = False,
            yfloor: float | None = None) -> Axes:
@@ -197,17 +250,18 @@ def _panel(img: Image.Image, rect: tuple[int, int, int, int], title: str,
     """
     draw = ImageDraw.Draw(img)
     left, top, right, bottom = rect
-    legend = _legend_rows([(name, color) for name, _, _, color, _ in lines], right - left - LEFT)
+    legend = _legend_rows(lines, right - left - LEFT)
     _text(draw, (left + 4, top + 2), title)
     ly = top + TITLE_HEIGHT
     for row in legend:
-        for label, color, dx in row:
+        for line, dx in row:
             x = left + LEFT + dx
-            draw.line([(x, ly + LEGEND_ROW // 2), (x + 14, ly + LEGEND_ROW // 2)], fill=color, width=3)
-            _text(draw, (x + 18, ly + LEGEND_ROW // 2), label, anchor="lm")
+            _polyline(draw, [(x, ly + LEGEND_ROW // 2), (x + LEGEND_SWATCH, ly + LEGEND_ROW // 2)], line.color,
+                      min(line.width, 4), line.dash)
+            _text(draw, (x + LEGEND_SWATCH + 4, ly + LEGEND_ROW // 2), line.name, anchor="lm")
         ly += LEGEND_ROW
     box = (left + LEFT, ly + 4, right - PAD, bottom - BOTTOM)
-    values = np.concatenate([v for _, _, v, _, _ in lines]) if lines else np.zeros(0)
+    values = np.concatenate([line.values for line in lines]) if lines else np.zeros(0)
     if log:
         values = values[values > 0]
     if len(values) == 0:
@@ -240,26 +294,29 @@ def _panel(img: Image.Image, rect: tuple[int, int, int, int], title: str,
     draw.rectangle(box, outline=AXIS)
     _draw_lines(img, axes, lines)
     if annotate:
-        for _, e, v, color, _ in lines:
+        for _, e, v, color, *_ in lines:
             for x, y in zip(e, v):
                 px, py = axes.to_pixel(x, y)
                 _text(draw, (px - MARKER_RADIUS - 4, py), f"{y:.1f}", anchor="rm", fill=color)
     return axes
 
 
-def _draw_lines(img: Image.Image, axes: Axes, lines: Sequence[tuple[str, np.ndarray, np.ndarray, visual.Color, bool]]) -> None:
-    """Polylines and markers, anti-aliased: drawn SUPERSAMPLE x larger on a clear layer, downsampled, composited."""
+def _draw_lines(img: Image.Image, axes: Axes, lines: Sequence[Line]) -> None:
+    """Polylines and markers, anti-aliased: drawn SUPERSAMPLE x larger on a clear layer, downsampled, composited.
+
+    In the given order, so a wider line drawn first (``total``) stays visible around a term equal to it.
+    """
     x0, y0, x1, y1 = axes.box
     ss = SUPERSAMPLE
     layer = Image.new("RGBA", ((x1 - x0 + 1) * ss, (y1 - y0 + 1) * ss), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
-    r = MARKER_RADIUS * ss
-    for _, e, v, color, markers in lines:
+    for _, e, v, color, markers, width, dash in lines:
         keep = v > 0 if axes.log else np.ones(len(v), dtype=bool)
         pts = [((px - x0 + 0.5) * ss, (py - y0 + 0.5) * ss) for px, py in (axes.to_pixel(x, y) for x, y in zip(e[keep], v[keep]))]
         if len(pts) > 1:
-            draw.line(pts, fill=color + (255,), width=LINE_WIDTH * ss, joint="curve")
+            _polyline(draw, pts, color, width * ss, dash)
         if markers or len(pts) == 1:
+            r = max(MARKER_RADIUS, width // 2 + 2) * ss
             for px, py in pts:
                 draw.ellipse([px - r, py - r, px + r, py + r], fill=color + (255,))
     layer = layer.resize((x1 - x0 + 1, y1 - y0 + 1), Image.BOX)
@@ -285,17 +342,20 @@ def render_curves(records: Sequence[Mapping[str, Any]], size: tuple[int, int] = 
     xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
     xticks = [t for t in xticks if xlo <= t <= xhi]
 
-    palette = iter(SERIES_COLORS * 4)
     loss_lines = []
     for k in loss_keys(records):
         e, v = series(records, k)
-        color = TOTAL_COLOR if k == "total" else next(palette)
-        loss_lines.append((k, e, v, color, len(records) <= 40))
+        if k == "total":
+            loss_lines.append(Line(k, e, v, TOTAL_COLOR, len(records) <= 40, TOTAL_WIDTH))
+        else:
+            i = len(loss_lines) - (loss_lines[0].name == "total" if loss_lines else 0)
+            loss_lines.append(Line(k, e, v, SERIES_COLORS[i % len(SERIES_COLORS)], len(records) <= 40, LINE_WIDTH,
+                                   SERIES_DASHES[i % len(SERIES_DASHES)]))
     acc_lines = []
-    for k in ACCURACY_KEYS:
+    for i, k in enumerate(ACCURACY_KEYS):
         e, v = series(records, k, 100.0)
         if len(e):
-            acc_lines.append((ACCURACY_LABELS[k], e, v, ACCURACY_COLORS[k], True))
+            acc_lines.append(Line(ACCURACY_LABELS[k], e, v, ACCURACY_COLORS[k], True, LINE_WIDTH, SERIES_DASHES[i]))
 
     top = TITLE_HEIGHT
     axes: dict[str, Axes] = {}
@@ -307,7 +367,7 @@ def render_curves(records: Sequence[Mapping[str, Any]], size: tuple[int, int] = 
     axes["loss"] = _panel(img, rects["loss"], "loss" + (" (log scale)" if log_loss else ""), loss_lines,
                           (xlo, xhi), xticks, xstep, log=log_loss)
     if acc_lines:
-        few = max(len(e) for _, e, _, _, _ in acc_lines) <= FEW_EVALUATIONS
+        few = max(len(line.epochs) for line in acc_lines) <= FEW_EVALUATIONS
         # one or two evaluations: an axis from 0 (the dots are not pinned to the frame) and their values printed
         axes["accuracy"] = _panel(img, rects["accuracy"], "evaluation (%)", acc_lines, (xlo, xhi), xticks, xstep,
                                   ybounds=(0.0, 100.0), yfloor=0.0 if few else None, annotate=few)
@@ -331,6 +391,19 @@ def summary(records: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(parts)
 
 
+def run_title(logfile: Path) -> str:
+    """'<model> (<backbone>) on <train set>, <run folder>' from the config.yaml beside the log; the log's path without one."""
+    import yaml
+
+    cfg_path = logfile.parent / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        model, data = cfg["model"], cfg["data"]
+        return f"{model['name']} ({model['backbone']}) trained on {data['dataset']}, {logfile.parent}"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return str(logfile)
+
+
 @click.command("curves")
 @click.argument("logfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG to write [default: curves.png next to LOGFILE].")
@@ -345,6 +418,6 @@ def curves_command(logfile: Path, out: Path | None, width: int, height: int, los
     out = check_writable(out or logfile.parent / "curves.png")
     records = read_metrics(logfile)
     text = summary(records)
-    img, _ = render_curves(records, (width, height), f"{logfile}: {text}", log_loss=loss_scale == "log")
+    img, _ = render_curves(records, (width, height), f"{run_title(logfile)}: {text}", log_loss=loss_scale == "log")
     visual.save_png(img, out)
     click.echo(f"wrote {out} ({width}x{height}): {text}")

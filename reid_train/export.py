@@ -32,7 +32,7 @@ import click
 import numpy as np
 
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, check_writable, write_json_atomic
+from reid_masks.fileio import atomic_path, check_writable, remove_dead_temps, write_json_atomic
 
 if TYPE_CHECKING:  # torch is imported when used, so that 'reid-train --help' stays fast
     import torch
@@ -289,7 +289,7 @@ def export_model(
     out = Path(out) if out is not None else default_out(checkpoint, fmt)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
-    model, cfg = model_from_checkpoint(ckpt, cfg)
+    model, cfg = model_from_checkpoint(ckpt, cfg, checkpoint)
     _check_images_only(model, cfg.model.name)
     model = model.float().eval()
     hw = (int(height or cfg.data.height), int(width or cfg.data.width))
@@ -306,6 +306,9 @@ def export_model(
 
     exporter = ("torch.onnx dynamo" if dynamo else "torch.onnx torchscript (dynamo=False)") if fmt == "onnx" else "torch.jit.trace"
     metadata = _metadata(ckpt, cfg, model, hw, fmt, flip, opset if fmt == "onnx" else None, exporter, checkpoint)
+    meta_path = sidecar_path(out)
+    for name in (out.name, meta_path.name):  # temporaries of exports killed halfway (kill -9, OOM)
+        remove_dead_temps(out.parent, name)
     with atomic_path(out) as tmp:
         with torch.no_grad():
             if fmt == "onnx":
@@ -329,7 +332,6 @@ def export_model(
             _embed_onnx_metadata(tmp, metadata)
         else:
             _save_torchscript(traced, tmp, metadata)
-    meta_path = sidecar_path(out)
     write_json_atomic(meta_path, metadata)
     return ExportResult(out, meta_path, metadata, diffs, atol)
 
@@ -368,9 +370,12 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
 def export_command(checkpoint: Path, fmt: str, out: Path | None, height: int | None, width: int | None, opset: int | None,
                    flip: bool, dynamo: bool, atol: float, no_check: bool, overrides: tuple[str, ...]) -> None:
     """Export the inference graph (images -> normalised feature, dynamic batch) to ONNX or TorchScript."""
+    from reid_train.runs import lock_if_run_folder
+
     check_writable(out or default_out(checkpoint, fmt))
-    result = export_model(checkpoint, fmt, out, height, width, opset, flip=flip, dynamo=dynamo,
-                          check=not no_check, atol=atol, overrides=overrides)
+    with lock_if_run_folder(out or default_out(checkpoint, fmt)):  # not into the folder of a running fit
+        result = export_model(checkpoint, fmt, out, height, width, opset, flip=flip, dynamo=dynamo,
+                              check=not no_check, atol=atol, overrides=overrides)
     meta = result.metadata
     inp = meta["input"]
     click.echo(f"wrote {result.path} ({fmt}, {meta['exporter']}): {meta['model']}/{meta['backbone']}, "

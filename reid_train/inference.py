@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from reid_train.data import build_transforms
 from reid_train.data.transforms import PairedTransform
 
 __all__ = ["LoadedModel", "load_model", "extract_features"]
+
+if TYPE_CHECKING:
+    from reid_train.any_images import MaskSources
 
 #: An image path, an HxWx3 uint8 RGB array, a 3xHxW float tensor in [0, 1], or a PIL image.
 ImageLike = Union[str, Path, np.ndarray, torch.Tensor, Any]
@@ -84,7 +87,7 @@ def load_model(checkpoint: str | Path, device: str | None = None, overrides: Seq
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     cfg = apply_overrides(config_from_dict(ckpt["config"], f"{checkpoint} config"), overrides)
     dev = resolve_device(device or cfg.train.device)
-    model, cfg = model_from_checkpoint(ckpt, cfg)
+    model, cfg = model_from_checkpoint(ckpt, cfg, checkpoint)
     cuda = dev.type == "cuda"
     amp = amp_dtype(cfg.train.amp, dev)
     channels_last = cfg.train.channels_last and cuda
@@ -107,18 +110,21 @@ def _as_rgb(image: ImageLike) -> np.ndarray | torch.Tensor:
 
 
 def extract_features(model: LoadedModel, images: Iterable[ImageLike], batch_size: int | None = None,
-                     flip: bool | None = None) -> torch.Tensor:
+                     flip: bool | None = None, masks: "MaskSources | None" = None) -> torch.Tensor:
     """(N, D) float32 features of ``images`` (paths, HxWx3 uint8 arrays, PIL images or 3xHxW tensors in [0, 1]).
 
     Equal to ``reid-train extract`` on the same files. ``batch_size`` and ``flip`` default to
-    the run's ``test.batch_size`` and ``test.flip``. MGRAN models need each image's cached
-    region masks: use ``reid-train extract`` (or the evaluator) for them.
+    the run's ``test.batch_size`` and ``test.flip``. Models that need masks at inference
+    (MGRAN) take image paths and ``masks``, a :class:`reid_train.any_images.MaskSources`:
+    a cache holding the images, or the sources the mask stage makes them from on the spot
+    (as ``reid-train extract --images``).
     """
     from reid_train.engine.evaluator import extract_features as extract_batches
 
     if getattr(model.model, "region_masks", None):
-        raise UserError(f"model.name={model.config.model.name} needs the cached {model.model.region_masks} masks of every image: "
-                        f"use 'reid-train extract --checkpoint {model.checkpoint}' on a dataset split")
+        return _extract_with_masks(model, list(images), masks, flip)
+    if masks is not None and masks.given():
+        raise UserError(f"masks={masks}: model.name={model.config.model.name} uses no masks at inference")
     bs = int(batch_size or model.config.test.batch_size)
     flip = model.config.test.flip if flip is None else flip
     test_tf = model.transform
@@ -133,3 +139,24 @@ def extract_features(model: LoadedModel, images: Iterable[ImageLike], batch_size
             yield {"image": chunk, "pid": unknown, "camid": unknown}
 
     return extract_batches(model.model, batches(), model.device, flip, model.amp_dtype, model.channels_last)[0]
+
+
+def _extract_with_masks(model: LoadedModel, items: list[ImageLike], masks: "MaskSources | None", flip: bool | None) -> torch.Tensor:
+    """MGRAN-style models: image paths only, their masks from ``masks`` (a cache or the mask stage's sources)."""
+    import tempfile
+
+    from reid_train.any_images import MaskSources, dataset_of_paths, extract_images
+    from reid_train.config import apply_overrides
+
+    if masks is None or not masks.given():
+        raise UserError(f"model.name={model.config.model.name} needs the {model.model.region_masks} masks of every image: pass "
+                        f"masks=MaskSources(cache=...) or MaskSources(parsing_dir=... / masks_dir=... / backend=...)")
+    if not all(isinstance(im, (str, Path)) for im in items):
+        raise UserError(f"model.name={model.config.model.name}: give image paths (their masks are looked up or made per file)")
+    if not items:
+        return torch.zeros((0, model.model.feature_dim))
+    cfg = model.config if flip is None else apply_overrides(model.config, [f"test.flip={str(flip).lower()}"])
+    with tempfile.TemporaryDirectory(prefix=".reid-extract-") as tmp:
+        dataset = dataset_of_paths(items, Path(tmp))
+        feats, _, _ = extract_images(model.model, cfg, dataset, model.device, masks, model.amp_dtype, model.channels_last, progress=None)
+    return feats

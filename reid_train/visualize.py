@@ -4,7 +4,8 @@ For ``n`` queries picked deterministically (``seed``) among the *valid* queries 
 at least one gallery image of their pid from another camera, the ones evaluation scores),
 each PNG shows, left to right:
 
-* the query (light frame), captioned with its pid and camera;
+* the query (light frame), captioned with its pid and camera (the dataset's original pid and the
+  1-based camera, both as in the file names: Market's ``0611_c3s2_...`` is ``pid 611 c3``);
 * its top-k gallery images under the evaluation protocol -- same features (flip-averaged
   when ``test.flip``), same distance (``test.metric``, squared euclidean by default; the
   k-reciprocal re-ranked distance when ``test.rerank``), gallery images of the query's pid
@@ -14,11 +15,15 @@ each PNG shows, left to right:
 * for MMGA-family models with attention, the query's spatial attention maps (``m1_whole``,
   ``m2_whole``, ``m2_upper``, ``m2_bottom``; the MMGA paper's Figure 5) overlaid on it in the
   colour of the mask that guides each (whole magenta, upper orange, bottom blue), each map
-  min-max stretched (its raw range is in the caption).
+  min-max stretched, with its colour scale (raw minimum to maximum) under it;
+* for MGRAN-family models, the contours of the region masks the model was given (head /
+  upper / lower, or the body parts of ``mgran_pl``), drawn on every image.
 
-A header gives the query's file, rank-1 outcome and average precision. ``index.png`` stacks
-every query's row under one legend, and ``rankings.json`` lists the rankings (paths, pids,
-cameras, distances, correct flags, AP). Camera ids are the datasets' 0-based ``camid``.
+A heading names what the picture shows (model, backbone, checkpoint epoch, train set, test set
+and protocol), a title line the query's file, rank-1 outcome and average precision.
+``index.png`` stacks every query's row under the heading and one legend, and
+``rankings.json`` lists the rankings (paths, pids, ``camid`` = the datasets' 0-based camera
+index, distances, correct flags, AP).
 """
 from __future__ import annotations
 
@@ -149,6 +154,7 @@ class RankingLayout:
     topk: int
     maps: int = 0
     legend: bool = True
+    heading: int = 0  # lines of the heading above the title
 
     @property
     def tile_hw(self) -> tuple[int, int]:
@@ -158,7 +164,7 @@ class RankingLayout:
 
     @property
     def header_height(self) -> int:
-        return TITLE_HEIGHT + (LEGEND_HEIGHT if self.legend else 0)
+        return TITLE_HEIGHT * (1 + self.heading) + (LEGEND_HEIGHT if self.legend else 0)
 
     def tile_origin(self, kind: str, index: int = 0) -> tuple[int, int]:
         """(y, x) of the top-left corner of a tile's frame: ``kind`` query, gallery or map."""
@@ -183,11 +189,31 @@ class RankingLayout:
         return right + MARGIN, self.header_height + 2 * MARGIN + th
 
 
-def _legend_items(with_maps: bool) -> list[tuple[str, visual.Color]]:
+#: Contour colours of MGRAN's region inputs (channel 0, the pedestrian mask, is not outlined).
+REGION_INPUT_COLORS: dict[str, visual.Color] = {
+    "head": visual.HEAD_COLOR, "upper": visual.UPPER_COLOR, "lower": visual.BOTTOM_COLOR,
+    "torso": visual.UPPER_COLOR, "arms": (0, 220, 160), "legs": visual.BOTTOM_COLOR,
+}
+
+
+def _legend_items(with_maps: bool, regions: Sequence[str] = ()) -> list[tuple[str, visual.Color]]:
     items = [("query", QUERY_FRAME), ("correct match", visual.GOOD), ("wrong", visual.BAD)]
     if with_maps:
         items += [("whole att.", visual.WHOLE_COLOR), ("upper att.", visual.UPPER_COLOR), ("bottom att.", visual.BOTTOM_COLOR)]
+    items += [(f"{name} region", REGION_INPUT_COLORS[name]) for name in regions]
     return items
+
+
+def wrap_heading(text: str, width: int) -> list[str]:
+    """``text`` cut at its '; ' separators into as few lines as fit ``width`` pixels (a piece too long is shortened)."""
+    lines: list[str] = []
+    for piece in text.split("; "):
+        joined = f"{lines[-1]}; {piece}" if lines else piece
+        if lines and visual.text_width(joined) <= width - 8:
+            lines[-1] = joined
+        else:
+            lines.append(piece)
+    return lines
 
 
 def _title(text: str, width: int) -> np.ndarray:
@@ -195,10 +221,18 @@ def _title(text: str, width: int) -> np.ndarray:
     return visual.caption(strip, text, visual.TEXT_COLOR, TITLE_HEIGHT)
 
 
-def _tile(image: np.ndarray, panel_hw: tuple[int, int], frame: visual.Color, lines: Sequence[str]) -> np.ndarray:
-    tile = visual.border(visual.resize_image(image, panel_hw, "bilinear"), frame, BORDER)
-    for i in range(CAPTION_LINES):
+def _tile(image: np.ndarray, panel_hw: tuple[int, int], frame: visual.Color, lines: Sequence[str],
+          regions: Mapping[str, np.ndarray] | None = None, scale: np.ndarray | None = None) -> np.ndarray:
+    """A framed, captioned tile; ``regions`` (name -> 0/1 map, any size) drawn as contours;
+    ``scale`` (a colour bar strip) in place of the last caption line."""
+    shown = visual.resize_image(image, panel_hw, "bilinear")
+    for name, m in (regions or {}).items():
+        shown = visual.outline(shown, m, REGION_INPUT_COLORS[name], width=2, halo=None)
+    tile = visual.border(shown, frame, BORDER)
+    for i in range(CAPTION_LINES - (scale is not None)):
         tile = visual.caption(tile, lines[i] if i < len(lines) else "")
+    if scale is not None:
+        tile = np.concatenate([tile, scale], axis=0)
     return tile
 
 
@@ -220,37 +254,49 @@ def render_ranking(
     att_maps: Mapping[str, np.ndarray] | None = None,
     title: str = "",
     legend: bool = True,
+    heading: str = "",
+    query_regions: Mapping[str, np.ndarray] | None = None,
+    gallery_regions: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """One query's picture (HxWx3 uint8) laid out as :class:`RankingLayout` says.
 
     ``correct[i]`` frames gallery image ``i`` green (True) or red; ``att_maps`` (name ->
-    2-D map, any size) are overlaid on the query after a min-max stretch.
+    2-D map, any size) are overlaid on the query after a min-max stretch, each over its colour
+    scale; ``heading`` (what the picture shows) is a line above ``title``; ``query_regions`` /
+    ``gallery_regions`` (name -> 0/1 map: MGRAN's region inputs) are drawn as contours.
     """
     if len(correct) != len(gallery_images):
         raise ValueError(f"{len(gallery_images)} gallery images but {len(correct)} correct flags")
     maps = dict(att_maps or {})
-    layout = RankingLayout(tuple(panel_hw), len(gallery_images), len(maps), legend)  # type: ignore[arg-type]
+    width = RankingLayout(tuple(panel_hw), len(gallery_images), len(maps), legend).size[0]  # type: ignore[arg-type]
+    heading_lines = wrap_heading(heading, width) if heading else []
+    layout = RankingLayout(tuple(panel_hw), len(gallery_images), len(maps), legend, len(heading_lines))  # type: ignore[arg-type]
     width, height = layout.size
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[:] = np.asarray(visual.SHEET_BG, dtype=np.uint8)
-    canvas[:TITLE_HEIGHT] = _title(title, width)
+    y = 0
+    for text in heading_lines + [title]:
+        canvas[y:y + TITLE_HEIGHT] = _title(text, width)
+        y += TITLE_HEIGHT
     if legend:
-        canvas[TITLE_HEIGHT:TITLE_HEIGHT + LEGEND_HEIGHT] = visual.legend(_legend_items(bool(maps)), width, LEGEND_HEIGHT)
+        canvas[y:y + LEGEND_HEIGHT] = visual.legend(_legend_items(bool(maps), list(query_regions or ())), width, LEGEND_HEIGHT)
 
     def paste(tile: np.ndarray, yx: tuple[int, int]) -> None:
         canvas[yx[0]:yx[0] + tile.shape[0], yx[1]:yx[1] + tile.shape[1]] = tile
 
-    paste(_tile(query_image, layout.panel_hw, QUERY_FRAME, query_lines), layout.tile_origin("query"))
+    paste(_tile(query_image, layout.panel_hw, QUERY_FRAME, query_lines, query_regions), layout.tile_origin("query"))
     for i, (img, ok) in enumerate(zip(gallery_images, correct)):
         lines = gallery_lines[i] if gallery_lines is not None else (f"#{i + 1}",)
-        paste(_tile(img, layout.panel_hw, visual.GOOD if ok else visual.BAD, lines), layout.tile_origin("gallery", i))
+        regions = gallery_regions[i] if gallery_regions is not None else None
+        paste(_tile(img, layout.panel_hw, visual.GOOD if ok else visual.BAD, lines, regions), layout.tile_origin("gallery", i))
     base = visual.resize_image(query_image, layout.panel_hw, "bilinear")
     for j, (name, m) in enumerate(maps.items()):
         m = np.asarray(m, dtype=np.float32)
         lo, hi = float(m.min()), float(m.max())
         stretched = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
         shown = visual.overlay(base, stretched, _map_color(name), MAP_ALPHA, mode="bilinear")
-        tile = _tile(shown, layout.panel_hw, visual.SHEET_BG, (name.replace("_", " "), f"{lo:.2f}-{hi:.2f}"))
+        scale = visual.colour_bar(layout.tile_hw[1], visual.CAPTION_HEIGHT, _map_color(name), lo, hi, MAP_ALPHA)
+        tile = _tile(shown, layout.panel_hw, visual.SHEET_BG, (name.replace("_", " "),), scale=scale)
         paste(tile, layout.tile_origin("map", j))
     return canvas
 
@@ -282,11 +328,34 @@ def _load(checkpoint: Path, overrides: Sequence[str]):
     from reid_train.inference import load_model
 
     loaded = load_model(checkpoint, overrides=overrides)
-    return loaded.model, loaded.config, loaded.build_dataset(), loaded.device, loaded.amp_dtype
+    return loaded.model, loaded.config, loaded.build_dataset(), loaded.device, loaded.amp_dtype, loaded.epoch
 
 
 def _stem(path: str) -> str:
     return Path(path).stem
+
+
+def id_text(pid: int, camid: int) -> str:
+    """'pid P cC': the dataset's original pid and the 1-based camera, as in Market/Duke file names."""
+    return f"pid {pid} c{camid + 1}"
+
+
+def heading_text(cfg: Any, epoch: int, checkpoint: Path, test_set: str) -> str:
+    """What a picture shows: model, backbone, checkpoint epoch, train set, test set and protocol."""
+    t = cfg.test
+    protocol = f"{t.metric}, {'flip-averaged' if t.flip else 'no flip'}, {'re-ranked' if t.rerank else 'no re-ranking'}"
+    return (f"{cfg.model.name} ({cfg.model.backbone}), epoch {epoch} of {checkpoint.name}, trained on {cfg.data.dataset}; "
+            f"test: {test_set}; {protocol}")
+
+
+def region_contours(item: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """name -> 0/1 map of the region inputs an MGRAN item carries (``region_masks``; channel 0, the
+    whole pedestrian, is left out); {} for items without region masks."""
+    masks = item.get("region_masks")
+    if masks is None:
+        return {}
+    arr = np.asarray(masks)
+    return {name: arr[k].astype(np.float32) for k, name in enumerate(names) if k > 0 and name in REGION_INPUT_COLORS}
 
 
 def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int = 5, seed: int = 0,
@@ -300,14 +369,16 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
     from reid_train.engine.evaluator import build_test_loader, extract_features
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    model, cfg, dataset, device, amp = _load(checkpoint, overrides)
+    model, cfg, dataset, device, amp, epoch = _load(checkpoint, overrides)
     cuda = device.type == "cuda"
-    feats = {}
+    feats, loaders = {}, {}
     for split in ("query", "gallery"):
         if not dataset.split(split):
             raise UserError(f"{dataset.name} at {dataset.root}: the {split} split is empty")
         loader = build_test_loader(dataset, split, cfg, pin_memory=cuda, region_masks=getattr(model, "region_masks", None))
+        loaders[split] = loader
         feats[split] = extract_features(model, loader, device, cfg.test.flip, amp, progress=f"{split} features")
+    region_names = tuple(getattr(model, "inputs", ())) if getattr(model, "region_masks", None) else ()
     (qf, qp, qc), (gf, gp, gc) = feats["query"], feats["gallery"]
     queries = select_queries(qp, qc, gp, gc, n, seed)
     t = cfg.test
@@ -323,22 +394,26 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
 
     panel_hw = (int(tile_height), max(8, int(round(tile_height * cfg.data.width / cfg.data.height))))
     q_recs, g_recs = dataset.query, dataset.gallery
+    heading = heading_text(cfg, epoch, checkpoint, f"{dataset.name} query/gallery")
     rows, entries = [], []
     for i, r in enumerate(rankings):
         qrec = q_recs[r.query]
         top = [g_recs[int(g)] for g in r.gallery]
-        title = (f"query {i + 1}/{len(rankings)}: {_stem(qrec.path)}  pid {qrec.pid} cam {qrec.camid}  "
+        title = (f"query {i + 1}/{len(rankings)}: {_stem(qrec.path)}  {id_text(qrec.pid, qrec.camid)}  "
                  f"rank-1 {'correct' if r.correct[:1].any() else 'wrong'}  AP {100 * r.ap:.1f}%  "
-                 f"({r.num_matches} gallery matches; {t.metric}{', re-ranked' if t.rerank else ''})")
+                 f"({r.num_matches} gallery matches)")
         kwargs: dict[str, Any] = dict(
-            panel_hw=panel_hw, query_lines=("query", f"pid {qrec.pid} cam {qrec.camid}"),
-            gallery_lines=[(f"#{k + 1} d {d:.3f}", f"pid {g.pid} cam {g.camid}") for k, (g, d) in enumerate(zip(top, r.distances))],
+            panel_hw=panel_hw, query_lines=("query", id_text(qrec.pid, qrec.camid)),
+            gallery_lines=[(f"#{k + 1} d {d:.3f}", id_text(g.pid, g.camid)) for k, (g, d) in enumerate(zip(top, r.distances))],
             att_maps=att[i] if att else None, title=title,
         )
+        if region_names:
+            kwargs["query_regions"] = region_contours(loaders["query"].dataset[r.query], region_names)
+            kwargs["gallery_regions"] = [region_contours(loaders["gallery"].dataset[int(g)], region_names) for g in r.gallery]
         q_img = read_image(dataset.abspath(qrec))
         g_imgs = [read_image(dataset.abspath(g)) for g in top]
         name = f"query_{i + 1:03d}_{_stem(qrec.path)}.png"
-        visual.save_png(render_ranking(q_img, g_imgs, r.correct.tolist(), **kwargs), out_dir / name)
+        visual.save_png(render_ranking(q_img, g_imgs, r.correct.tolist(), heading=heading, **kwargs), out_dir / name)
         rows.append(render_ranking(q_img, g_imgs, r.correct.tolist(), legend=False, **kwargs))
         entries.append({
             "file": name, "index": r.query, "path": qrec.path, "pid": qrec.pid, "camid": qrec.camid,
@@ -348,10 +423,13 @@ def visualize(checkpoint: str | Path, out_dir: str | Path, n: int = 8, topk: int
                     for k, (g, rec, d, ok) in enumerate(zip(r.gallery, top, r.distances, r.correct))],
         })
     sheet = np.asarray(visual.tile_grid(rows, cols=1, gap=MARGIN))
-    legend_strip = visual.legend(_legend_items(bool(att)), sheet.shape[1], LEGEND_HEIGHT)
-    visual.save_png(np.concatenate([legend_strip, sheet], axis=0), out_dir / "index.png")
+    legend_strip = visual.legend(_legend_items(bool(att), [n for n in region_names[1:] if n in REGION_INPUT_COLORS]),
+                                 sheet.shape[1], LEGEND_HEIGHT)
+    headings = [_title(line, sheet.shape[1]) for line in wrap_heading(heading, sheet.shape[1])]
+    visual.save_png(np.concatenate([*headings, legend_strip, sheet], axis=0), out_dir / "index.png")
     result = {
-        "checkpoint": str(checkpoint), "model": cfg.model.name, "dataset": dataset.name,
+        "heading": heading, "checkpoint": str(checkpoint), "epoch": epoch, "model": cfg.model.name, "backbone": cfg.model.backbone,
+        "train_dataset": cfg.data.dataset, "dataset": dataset.name,
         "metric": t.metric, "rerank": t.rerank, "flip": t.flip, "topk": topk, "seed": seed,
         "num_query": int(len(qp)), "num_gallery": int(len(gp)), "attention_maps": list(att[0]) if att else [],
         "queries": entries,

@@ -188,7 +188,7 @@ def test_ddp_fit_keeps_ranks_identical_learns_and_only_rank0_writes(straight) ->
 def test_ddp_resume_continues_exactly(straight, data, tmp_path) -> None:
     _fit(data, tmp_path / "run", EPOCHS - 1, tmp_path / "first")
     res = _fit(data, tmp_path / "run", EPOCHS, tmp_path / "resumed", "--resume")
-    assert res.stderr.count(f"at epoch {EPOCHS - 1}") == 1  # "resumed from ... at epoch 2", logged once
+    assert res.stderr.count(f"continuing with epoch {EPOCHS} (") == 1  # "resumed from ...: continuing with epoch 3", once
     r0, r1 = _checksums(tmp_path / "resumed")
     assert r0["params_sha256"] == r1["params_sha256"] == straight["sums"][0]["params_sha256"]
     assert r0["buffers_sha256"] == straight["sums"][0]["buffers_sha256"]

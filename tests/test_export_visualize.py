@@ -21,7 +21,8 @@ from reid_train.curves import ACCURACY_COLORS, SERIES_COLORS, TOTAL_COLOR, read_
 from reid_train.engine.evaluator import evaluate_model
 from reid_train.engine.trainer import Trainer, load_checkpoint, model_from_checkpoint, save_checkpoint
 from reid_train.export import read_export_metadata, sidecar_path
-from reid_train.visualize import QUERY_FRAME, RankingLayout, query_distances, rank_gallery, render_ranking, select_queries
+from reid_train.visualize import (MAP_ALPHA, QUERY_FRAME, RankingLayout, id_text, query_distances, rank_gallery, render_ranking,
+                                  select_queries, wrap_heading)
 
 HW = (64, 32)
 
@@ -206,6 +207,23 @@ def test_ranking_protocol_and_border_colours(tmp_path) -> None:
         shift = tile - 128
         assert np.abs(shift).max() > 40
         assert np.all(np.sign(shift.mean(0)) == np.sign(np.asarray(color) - 128)), (j, shift.mean(0))
+        # under it, its colour scale: a ramp from the base grey towards the colour, between the min and max labels
+        bar_y = y + 3 + panel[0] + 3 + visual.CAPTION_HEIGHT + visual.CAPTION_HEIGHT // 2
+        row = img[bar_y, x:x + layout.tile_hw[1]].astype(float)
+        toward = row @ (np.asarray(color, float) - 96) / np.linalg.norm(np.asarray(color, float) - 96)
+        ramp = np.flatnonzero(np.abs(row - (96 + (np.asarray(color) - 96) * 0.0)).sum(1) < 3)  # the ramp's grey start
+        assert len(ramp), j
+        end = np.round(96 * (1 - MAP_ALPHA) + np.asarray(color) * MAP_ALPHA)
+        assert (np.abs(row - end).max(1) <= 3).any(), j  # its end: the colour at full stretch
+        start, stop = ramp[0], int(np.flatnonzero(np.abs(row - end).max(1) <= 3)[-1])
+        assert stop > start + 5 and np.all(np.diff(toward[start:stop + 1]) >= -1.0), j  # increasing towards the colour
+    # a heading too wide for the picture is wrapped at its '; ' separators, every line shown
+    text = "model x (resnet18), epoch 7 of checkpoint.pth, trained on market1501; test: dukemtmc query/gallery; euclidean"
+    lines = wrap_heading(text, layout.size[0])
+    assert len(lines) >= 2 and "; ".join(lines) == text
+    picture = render_ranking(grey(), [grey() for _ in correct], correct, panel_hw=panel, att_maps=maps, title="t", heading=text)
+    assert picture.shape[0] == layout.size[1] + len(lines) * (visual.CAPTION_HEIGHT + 4)
+    assert id_text(611, 2) == "pid 611 c3"  # original pid, 1-based camera as in 0611_c3s2_...jpg
 
 
 def test_visualize_cli_matches_evaluation(checkpoint, synth_dataset, tmp_path) -> None:
@@ -220,7 +238,9 @@ def test_visualize_cli_matches_evaluation(checkpoint, synth_dataset, tmp_path) -
     assert result["attention_maps"] == ["m1_whole", "m2_whole", "m2_upper", "m2_bottom"]
     assert len(result["queries"]) == len(ds.query)  # all 4 synthetic queries are valid, n=8 shows them all
     assert (out / "index.png").is_file()
+    assert result["heading"].startswith("mmga (resnet18), epoch 1 of checkpoint.pth, trained on market1501; test: market1501")
     layout = RankingLayout((96, 48), 5, 4)
+    layout = RankingLayout((96, 48), 5, 4, heading=len(wrap_heading(result["heading"], layout.size[0])))
     for q in result["queries"]:
         qrec = ds.query[q["index"]]
         assert (q["pid"], q["camid"], q["path"]) == (qrec.pid, qrec.camid, qrec.path)
@@ -250,7 +270,8 @@ def test_visualize_cli_matches_evaluation(checkpoint, synth_dataset, tmp_path) -
     assert r2["attention_maps"] == [] and [q["index"] for q in r2["queries"]] == [q["index"] for q in r3["queries"]]
     assert len(r2["queries"]) == 2
     img = Image.open(out2 / r2["queries"][0]["file"])
-    assert img.size == RankingLayout((64, 32), 3, 0).size
+    plain = RankingLayout((64, 32), 3, 0)
+    assert img.size == RankingLayout((64, 32), 3, 0, heading=len(wrap_heading(r2["heading"], plain.size[0]))).size
 
 
 # --------------------------------------------------------------------------- curves

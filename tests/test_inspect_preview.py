@@ -12,11 +12,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from reid_masks import visual
-from reid_masks.cache import CUT, STATUS, MaskCache, Rows, write_cache
+from reid_masks.cache import CUT, STATUS, STATUS_NAMES, MaskCache, Rows, write_cache
 from reid_masks.cli import Group
 from reid_masks.errors import UserError
 from reid_masks.inspect import format_summary, inspect_command, summarize
-from reid_masks.preview import GRID_GAP, PANEL_GAP, TOP_HEIGHT, contact_sheet, preview_command, sample_rows, sheet_layout
+from reid_masks.preview import (GRID_GAP, OUTLINE_WIDTH, PANEL_GAP, TINT_ALPHA, TOP_HEIGHT, contact_sheet, preview_command,
+                                problem_statuses, render_tile, sample_rows, sheet_layout)
 from reid_masks.visual import CAPTION_HEIGHT
 
 PERSON_HW = (48, 16)  # 2x the 24x8 grid
@@ -225,17 +226,30 @@ def test_preview_sheet_size_overlay_and_captions(made, tmp_path):
     layout = sheet_layout(PERSON_HW, 6, scale=2, cols=4)
     assert layout.tile_hw == (tile_h, tile_w) and layout.size == (sheet.shape[1], sheet.shape[0])
     rows = made["rows"]["query"]
-    alpha, color = visual.MASK_ALPHA, np.asarray(visual.WHOLE_COLOR, np.float64)
+    alpha, color = TINT_ALPHA, np.asarray(visual.WHOLE_COLOR, np.float64)
     for i in (0, 3):
         y, x = layout.panel_origin(i, "whole")
         panel = sheet[y:y + ph, x:x + pw].astype(np.int64)
         base = np.asarray(base_color("query", i), np.float64)
         tinted = np.round(base * (1 - alpha) + color * alpha)
         inside = np.kron(rows.masks[i, 0] > 0, np.ones((4, 4), bool))  # 24x8 cells -> 4x4 pixels each
-        assert np.abs(panel[inside] - tinted).max() <= 1
-        assert np.abs(panel[~inside] - base).max() <= 1
         r0, r1, c0, c1 = rect(i)
-        assert np.abs(panel[4 * r0 + 2, 4 * c0 + 2] - tinted).max() <= 1  # a known pixel inside
+        # the mask is one rectangle of cells: its contour is OUTLINE_WIDTH pixels inside the rectangle's edge,
+        # in the mask's colour; a dark 1-pixel halo just outside; the interior tinted; the rest untouched
+        ys, xs = np.mgrid[:ph, :pw]
+        top, bottom, left, right = 4 * r0, 4 * r1 - 1, 4 * c0, 4 * c1 - 1
+        depth = np.minimum.reduce([ys - top, bottom - ys, xs - left, right - xs])
+        edge = inside & (depth < OUTLINE_WIDTH) & (ys > 0) & (ys < ph - 1) & (xs > 0) & (xs < pw - 1)
+        interior = inside & (depth >= OUTLINE_WIDTH)
+        grown = np.zeros_like(inside)
+        grown[max(top - 1, 0):bottom + 2, max(left - 1, 0):right + 2] = True
+        halo = grown & ~inside & ~((ys < top) & (xs < left) | (ys < top) & (xs > right) | (ys > bottom) & (xs < left) | (ys > bottom) & (xs > right))
+        assert edge.any() and interior.any() and halo.any()
+        assert np.abs(panel[edge] - color).max() == 0
+        assert np.abs(panel[interior] - tinted).max() <= 1
+        assert np.abs(panel[halo]).max() == 0
+        assert np.abs(panel[~grown] - base).max() <= 1
+        assert np.abs(panel[4 * r0 + 5, 4 * c0 + 5] - tinted).max() <= 1  # a known pixel inside
         assert np.abs(panel[1, 1] - base).max() <= 1  # and one outside
     # captions: the no_person row (2) in red, an ok row (0) without red
     def reds(i: int) -> int:
@@ -243,7 +257,23 @@ def test_preview_sheet_size_overlay_and_captions(made, tmp_path):
         strip = sheet[y:y + CAPTION_HEIGHT, x:x + tile_w].astype(np.int64)
         return int(((strip[..., 0] > 150) & (strip[..., 1] < 80) & (strip[..., 2] < 80)).sum())
     assert reds(2) > 5 and reds(0) == 0
-    assert reds(5) > 5  # no_keypoints is not ok either
+    assert reds(5) > 5  # no_keypoints is a problem in a cache with a keypoint source (row 0 is ok)
+
+
+def test_preview_status_colour_follows_the_keypoint_source(made):
+    """no_keypoints is red only where keypoints were expected; no_person/unreadable always."""
+    assert problem_statuses(False) == {"no_person", "unreadable"}
+    assert problem_statuses(True) == {"no_person", "unreadable", "no_keypoints"}
+    with MaskCache(made["cache"]) as cache:
+        row = {k: v[5] for k, v in cache.rows("query", np.arange(6)).items()}
+    assert STATUS_NAMES[int(row["status"])] == "no_keypoints"
+
+    def red_pixels(problems: frozenset[str]) -> int:
+        tile = render_tile(None, row, (2 * PERSON_HW[0], 2 * PERSON_HW[1]), "x", problems).astype(np.int64)
+        strip = tile[-CAPTION_HEIGHT:]
+        return int(((strip[..., 0] > 150) & (strip[..., 1] < 80) & (strip[..., 2] < 80)).sum())
+
+    assert red_pixels(problem_statuses(True)) > 5 and red_pixels(problem_statuses(False)) == 0
 
 
 def test_contact_sheet_all_splits_and_regions(made):

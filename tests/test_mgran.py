@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from cache_helpers import split_rows
 from reid_masks.cache import STATUS, write_cache
@@ -28,6 +29,8 @@ from reid_train.engine.evaluator import evaluate_model
 from reid_train.losses import MMGALoss
 from reid_train.losses_mgran import MGRANLoss, build_loss, msml_loss
 from reid_train.models import ResNetBackbone, build_model, region_inputs
+from reid_train.visualize import RankingLayout, wrap_heading
+from reid_masks import visual
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_clean_logging")
@@ -398,6 +401,21 @@ def test_fit_evaluate_extract_end_to_end_on_cpu(market, market_root, small_cache
     with np.load(feats) as z:
         assert z["features"].shape == (len(market.gallery), 4 * 512)
         assert np.allclose(np.linalg.norm(z["features"], axis=1), 1.0, atol=1e-5)
+
+    # ranked lists show the region inputs the model was given: contours in the region colours on every image
+    vis = tmp_path / "vis"
+    res = runner.invoke(main, ["visualize", "--checkpoint", str(ckpt), "--n", "1", "--topk", "2", "--tile-height", "64", "--out", str(vis)])
+    assert res.exit_code == 0, res.output
+    shown = json.loads((vis / "rankings.json").read_text())
+    assert shown["heading"].startswith("mgran (resnet18), epoch 3 of checkpoint.pth") and shown["attention_maps"] == []
+    img = np.asarray(Image.open(vis / shown["queries"][0]["file"]).convert("RGB"))
+    plain = RankingLayout((64, 32), 2, 0)
+    layout = RankingLayout((64, 32), 2, 0, heading=len(wrap_heading(shown["heading"], plain.size[0])))
+    for kind, i in (("query", 0), ("gallery", 0), ("gallery", 1)):
+        y, x = layout.tile_origin(kind, i)
+        tile = img[y + 3:y + 3 + 64, x + 3:x + 3 + 32].reshape(-1, 3)
+        for color in (visual.HEAD_COLOR, visual.UPPER_COLOR, visual.BOTTOM_COLOR):
+            assert np.all(tile == np.asarray(color, np.uint8), axis=1).sum() >= 6, (kind, i, color)
 
     # the evaluation needs the masks: a cache without them is refused with the file's name
     res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--set", f"data.cache={tmp_path / 'none.h5'}"])

@@ -107,6 +107,12 @@ def test_dry_run_writes_readable_scripts(market, tmp_path):
     assert f"{exe} generate" in gen and '--shard "${SLURM_ARRAY_TASK_ID}/3"' in gen
     assert "--chunk-rows 8" in gen and "--device cuda" in gen  # GPUs asked for: generate runs on them
     assert f"{exe} merge" in merge and "--gpus-per-task" not in merge
+    assert "--partition" not in merge  # a CPU job: not the GPU partition, the cluster's default
+    assert "#SBATCH --time=2:00:00" in merge
+    again = submit(market, tmp_path / "m.h5", "--dry-run", "--partition", "gpu", "--gpus-per-task", "1", "--merge-partition", "cpu")
+    assert again.exit_code == 0, again.output
+    assert "#SBATCH --partition=cpu" in (tmp_path / "m.h5.slurm" / "merge.sbatch").read_text()
+    assert "#SBATCH --partition=gpu" in (tmp_path / "m.h5.slurm" / "generate.sbatch").read_text()
     for i in range(SHARDS):
         assert str(tmp_path / f"c.shard{i}of3.h5") in merge
     assert f"--out {out}" in merge
@@ -210,6 +216,7 @@ def test_failed_shard_blocks_merge_until_resubmitted(slurm: SlurmCluster, market
     status = run("slurm-status", "--out", out)
     assert status.exit_code == 0, status.output
     assert "shard 1/3: FAILED" in status.output and "shard 0/3: done" in status.output
+    assert f"merge job {merge_id}: will never run" in status.output and "--resubmit-failed" in status.output
 
     result = run("submit", "--out", out, "--resubmit-failed")
     assert result.exit_code == 0, result.output

@@ -21,7 +21,7 @@ from reid_masks.datasets import build_dataset
 from reid_masks.errors import UserError
 from reid_masks.fileio import check_writable
 from reid_train.cli import main as train_main
-from reid_train.config import config_to_dict, load_config, packaged_configs
+from reid_train.config import CONFIG_DIR, config_to_dict, load_config, packaged_configs
 from reid_train.engine.trainer import Trainer, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread_and_clean_logging")
@@ -69,10 +69,18 @@ def test_configs_lists_and_shows_the_shipped_configs(tmp_path) -> None:
     runner = CliRunner()
     res = runner.invoke(train_main, ["configs"])
     assert res.exit_code == 0
-    names = [line.split()[0] for line in res.stdout.splitlines()[:-1]]
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[:2] == ["config", "model/backbone"]  # a header row, then one row per config
+    names = [line.split()[0] for line in lines[1:-1]]
     assert names == packaged_configs()
-    mmga = next(line for line in res.stdout.splitlines() if line.startswith("mmga_market1501 "))
-    assert mmga.split() == ["mmga_market1501", "mmga/resnet50", "market1501", "384x128", "P=24", "K=4", "900", "epochs"]
+    mmga = next(line for line in lines if line.startswith("mmga_market1501 "))
+    header = "MMGA on Market-1501 (Cai, Wang, Cheng, CVPRW 2019): the paper's recipe."
+    assert mmga.split()[:8] == ["mmga_market1501", "mmga/resnet50", "market1501", "384x128", "P=24", "K=4", "900", "epochs"]
+    assert mmga.endswith(header) and (CONFIG_DIR / "mmga_market1501.yaml").read_text().startswith(f"# {header}")
+    col = lines[0].index("model/backbone")  # the columns aligned under the header
+    assert all(line[col - 2:col] == "  " and line[col] != " " for line in lines[:-1])
+    res = runner.invoke(train_main, ["configs", "mmga_market1501"])
+    assert res.exit_code == 0 and res.stdout.startswith(f"# {header}\n")
     res = runner.invoke(train_main, ["configs", "tiny_synthetic"])
     assert res.exit_code == 0
     shown = tmp_path / "shown.yaml"

@@ -37,13 +37,36 @@ def test_validate_against_real_counts_reports_expected_vs_found(synth_dataset):
     assert "gallery: expected 3819 junk, found" in out
 
 
+def test_validate_layout_only_on_a_subset(synth_dataset, tmp_path):
+    """--no-counts: a subset of Market-1501 passes on layout, names and images, and says what it read."""
+    from reid_masks.datasets import build_dataset
+
+    root = copy(synth_dataset("market1501"), tmp_path / "m")
+    ds = build_dataset("market1501", root)
+    code, out = run("validate", "--dataset", "market1501", "--root", str(root))  # against the real counts
+    assert code == 1 and out.strip().endswith("--no-counts checks everything but the counts)")
+    assert "only the counts differ" in out
+    code, out = run("validate", "--dataset", "market1501", "--root", str(root), "--no-counts", "--check-images")
+    assert code == 0, out
+    assert out.strip().splitlines()[-1] == (f"{root}: the layout and file names are as market1501 expects and every listed "
+                                            f"image is readable and decodes (counts not compared: --no-counts)")
+    for split in ("train", "query", "gallery"):
+        recs = ds.split(split)
+        line = f"{split}: {len(recs)} images, {len({r.pid for r in recs})} ids, {len({r.camid for r in recs})} cameras"
+        assert f"  {line}\n" in out, line
+    # everything but the counts is still checked: a bad name fails, and no longer says only the counts differ
+    (root / "query" / "IMG_001.jpg").write_bytes(b"x")
+    code, out = run("validate", "--dataset", "market1501", "--root", str(root), "--no-counts")
+    assert code == 1 and "query: 1 file name(s)" in out and "expected" not in out and "only the counts" not in out
+
+
 def test_validate_missing_split_folder(synth_dataset, tmp_path):
     root = copy(synth_dataset("market1501"), tmp_path / "m")
     shutil.rmtree(root / "bounding_box_test")
     code, out = run("validate", "--dataset", "market1501", "--root", str(root), "--manifest", str(root / "manifest.json"))
     assert code == 1
     assert f"gallery: missing split folder {root / 'bounding_box_test'}" in out
-    assert "train:" not in out  # the intact splits are not reported
+    assert "train: expected" not in out  # the intact splits have no difference
 
 
 def test_validate_wrong_count_and_bad_names(synth_dataset, tmp_path):

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from reid_masks.datasets.cuhk03 import load_cuhk03
 from reid_masks.datasets.folders import load_folder, load_manifest_folders
+from reid_masks.datasets.images import load_images
 from reid_masks.datasets.manifest import DATASET_NAMES, load_manifest, read_manifest_file
 from reid_masks.datasets.msmt17 import load_msmt17
 from reid_masks.datasets.options import check_options, describe, loader_options
@@ -32,7 +33,7 @@ LAYOUT_LOADERS: dict[str, Callable[..., ReIDDataset]] = {
     "cuhk03": load_cuhk03,
     "test_folders": load_test_folders,  # Occluded-REID, Partial-REID, Partial-iLIDS: query/gallery only
 }
-OWN_LOADERS: dict[str, Callable[..., ReIDDataset]] = {"folder": load_folder}
+OWN_LOADERS: dict[str, Callable[..., ReIDDataset]] = {"folder": load_folder, "images": load_images}
 # Names that fix some options of another dataset.
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cuhk03_labeled": ("cuhk03", {"variant": "labeled"}),

@@ -27,6 +27,7 @@ from reid_masks.workers import detached_worker_init
 from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
+from reid_train.data.dataset import damaged_cache_errors
 from reid_train.data.regions import expand_region_codes
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
@@ -54,12 +55,13 @@ def build_test_loader(dataset: ReIDDataset, split: str, cfg: Config, pin_memory:
         raise UserError(f"model.name={cfg.model.name} needs the {region_masks} masks of every query/gallery image: "
                         f"set data.cache to the HDF5 file of 'reid-masks generate'")
     indices = None
-    if cfg.data.cache and (region_masks or Path(cfg.data.cache).is_file()):
-        indices = check_cache_images(cfg.data.cache, dataset, [split])[split]
-    elif cfg.data.cache:
-        logger.warning("data.cache=%s does not exist: the %s images are not checked against it", cfg.data.cache, split)
-    ds = ReIDImageDataset(dataset, split, test_tf, cache=cfg.data.cache if region_masks else None, region_masks=region_masks,
-                          indices=indices)
+    with damaged_cache_errors(cfg.data.cache):
+        if cfg.data.cache and (region_masks or Path(cfg.data.cache).is_file()):
+            indices = check_cache_images(cfg.data.cache, dataset, [split])[split]
+        elif cfg.data.cache:
+            logger.warning("data.cache=%s does not exist: the %s images are not checked against it", cfg.data.cache, split)
+        ds = ReIDImageDataset(dataset, split, test_tf, cache=cfg.data.cache if region_masks else None, region_masks=region_masks,
+                              indices=indices)
     workers = cap_workers(cfg.data.num_workers)
     return DataLoader(ds, batch_size=cfg.test.batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
                       worker_init_fn=detached_worker_init if workers else None)

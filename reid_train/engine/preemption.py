@@ -10,6 +10,10 @@ raises :class:`Stopped`. The CLI logs its one-line message and exits with
 143 (SIGTERM), 138 (SIGUSR1), 130 (SIGINT), so a site's ``RequeueExit=138,143`` (slurm.conf)
 or a job script (pipelines/slurm/fit.sbatch.example) can requeue the job.
 
+While the evaluation after an epoch runs (its checkpoint already written), the run is
+:meth:`StopSignals.interruptible`: a stop signal ends the evaluation at once
+(:class:`StopNow`), since nothing of it needs keeping.
+
 A second Ctrl-C stops at once (``KeyboardInterrupt``, the last checkpoint stays as it was);
 repeated SIGTERM/SIGUSR1 (Slurm signals every process of the job, ``torchrun`` forwards them
 again) are ignored. DataLoader workers ignore the three signals and die with their parent
@@ -23,12 +27,13 @@ import shlex
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, Iterator
 
 from reid_masks.workers import STOP_SIGNALS
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "Stopped", "exit_status", "continue_command"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "Stopped", "StopNow", "exit_status", "continue_command"]
 
 
 def exit_status(signum: int) -> int:
@@ -45,6 +50,11 @@ class Stopped(Exception):
         self.exit_status = exit_status(signum)
 
 
+class StopNow(BaseException):
+    """Raised by a stop signal inside :meth:`StopSignals.interruptible` (a BaseException, so that
+    no ``except Exception`` of the interrupted code swallows it)."""
+
+
 class StopSignals:
     """Context manager: SIGTERM / SIGUSR1 / SIGINT set :attr:`signum` instead of ending the process.
 
@@ -55,6 +65,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._raise = False
 
     @property
     def requested(self) -> bool:
@@ -67,8 +78,22 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:  # no logging here: the run logs one line when it has stopped
             self.signum = signum
+            if self._raise:
+                raise StopNow(signum)
         elif signum == signal.SIGINT:  # the user insists
             raise KeyboardInterrupt
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Within the block the first stop signal raises :class:`StopNow` at once (also one
+        caught before the block); for work that can be dropped and redone, e.g. an evaluation."""
+        self._raise = True
+        try:
+            if self.signum is not None:
+                raise StopNow(self.signum)
+            yield
+        finally:
+            self._raise = False
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():

@@ -4,7 +4,8 @@ One :class:`Trainer` per run. Everything a run produces lives in ``train.output_
 
 * ``config.yaml``   the resolved config (every key the model reads, after ``_base_`` and
   ``--set``; it loads back with ``--config``);
-* ``checkpoint.pth`` written after every epoch through a temporary file and
+* ``checkpoint.pth`` written after every epoch (before its evaluation, so that a stopped,
+  failed or killed evaluation costs only itself) through a temporary file and
   ``os.replace``, so a crash never leaves a truncated checkpoint: model, optimizer,
   scheduler, GradScaler, sampler state, RNG states (python, numpy, torch, cuda), the
   number of completed epochs, the config and the number of classes; a run stopped by a
@@ -32,7 +33,9 @@ iteration: the sampler yields the epoch's batches from there (``num_workers=0``)
 loader replays the skipped batches in its workers, seeded from the epoch's saved loader
 seed (``num_workers>0``: the workers' RNG streams are those of the uninterrupted run), so
 the final weights equal an uninterrupted run's. Under DDP the ranks agree after every
-iteration (one all-reduce of a flag) so they stop at the same one.
+iteration (one all-reduce of a flag) so they stop at the same one. A signal during the
+evaluation after an epoch ends it at once (:meth:`StopSignals.interruptible`: the epoch is
+saved already); under DDP every rank must get it, as Slurm and torchrun send it to all.
 
 Multi-GPU: launched by ``torchrun``, the trainer joins the process group (NCCL on CUDA,
 gloo on CPU), wraps the model in DDP (optionally with SyncBatchNorm, ``train.sync_bn``)
@@ -62,16 +65,17 @@ from torch.utils.data import DataLoader
 
 from reid_masks.datasets import ReIDDataset, build_dataset
 from reid_masks.errors import UserError
-from reid_masks.fileio import atomic_path, remove_dead_temps, write_json_atomic, write_text_atomic
+from reid_masks.fileio import atomic_path, is_disk_full, remove_dead_temps, write_json_atomic, write_text_atomic
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
 from reid_train.data.regions import expand_region_codes
 from reid_train.data.cache_check import check_cache_images
+from reid_train.data.dataset import damaged_cache_errors
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
 from reid_masks.workers import detached_worker_init
-from reid_train.engine.preemption import StopSignals, Stopped
+from reid_train.engine.preemption import StopNow, StopSignals, Stopped
 from reid_train.losses_mgran import build_loss
 from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
 
@@ -209,16 +213,49 @@ def build_model_from_config(cfg: Config, num_classes: int, pretrained: str | Non
     )
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: about its size on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+
+    A full disk (or quota) is a one-line UserError naming the folder, the space needed and
+    the space free; the temporary file is removed and a previous ``path`` stays as it was.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as exc:  # torch reports ENOSPC as "unexpected pos" with the OSError as context
+        if not is_disk_full(exc):
+            raise
+        st = os.statvfs(path.parent)
+        kept = f"{path} keeps the previous state" if path.exists() else f"no {path.name} written yet"
+        raise UserError(f"{path.parent}: no space left on the device to write {path.name} (needs about "
+                        f"{_mib(_tensor_bytes(state) * 1.02 + 2**20)}, {_mib(st.f_bavail * st.f_frsize)} free); {kept}; "
+                        f"free some space there") from None
+
+
+CHECKPOINT_KEYS = ("epoch", "num_classes", "model", "config")  # what every use of a checkpoint needs
+TRAINING_KEYS = ("optimizer", "scheduler", "sampler", "rng")  # what fit --resume needs besides
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A reid-train checkpoint (weights_only); a missing or foreign file is a UserError."""
+    """A reid-train checkpoint (weights_only); a missing, foreign or incomplete file is a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
@@ -230,14 +267,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path}: not a reid-train checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path}: checkpoint version {ckpt.get('version')}, this reid-train reads version {CHECKPOINT_VERSION}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: incomplete checkpoint (no {', '.join(missing)}); use a checkpoint.pth written by 'reid-train fit'")
+    if not isinstance(ckpt["model"], dict) or not ckpt["model"]:
+        raise UserError(f"{path}: the checkpoint holds no model weights; use a checkpoint.pth written by 'reid-train fit'")
+    if not isinstance(ckpt["config"], dict):
+        raise UserError(f"{path}: the checkpoint's config is not a mapping; use a checkpoint.pth written by 'reid-train fit'")
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], cfg: Config | None = None) -> tuple[nn.Module, Config]:
+def load_weights(model: nn.Module, state: dict[str, Any], source: str | Path, cfg: Config) -> None:
+    """``model.load_state_dict(state)``; weights of another architecture are a one-line UserError
+    naming ``source``, the model the config builds and the first differences."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        first = ([f"{shapes[0]} is {tuple(state[shapes[0]].shape)} in the file, {tuple(own[shapes[0]].shape)} in the model"] if shapes else []) + \
+                ([f"'{missing[0]}' missing"] if missing else []) + ([f"'{unexpected[0]}' not in the model"] if unexpected else [])
+        raise UserError(f"{source}: its weights do not fit model.name={cfg.model.name} model.backbone={cfg.model.backbone} "
+                        f"({len(shapes)} shape(s) differ, {len(missing)} missing, {len(unexpected)} unexpected; {'; '.join(first)}): "
+                        f"the checkpoint is of another model; drop any --set model.* that changes the architecture")
+    model.load_state_dict(state)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], cfg: Config | None = None, source: str | Path = "checkpoint") -> tuple[nn.Module, Config]:
     """The trained model of a checkpoint (random init replaced by the saved weights; no ImageNet file needed)."""
-    cfg = cfg or config_from_dict(ckpt["config"], "checkpoint config")
+    cfg = cfg or config_from_dict(ckpt["config"], f"{source} config")
     model = build_model_from_config(cfg, int(ckpt["num_classes"]), pretrained=None)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], source, cfg)
     return model, cfg
 
 
@@ -334,10 +394,10 @@ class Trainer:
         elif d.cache:
             logger.info("model.name=%s uses no mask loss: data.cache only serves to check the images", cfg.model.name)
         # before any computation: stale masks and unusable query/gallery rows are refused, unusable train rows left out
-        usable = check_cache_images(d.cache, self.dataset, ("train", "query", "gallery"))["train"] if d.cache else None
-
-        train_tf, _ = build_transforms((d.height, d.width), d.flip_prob, d.pad, d.erasing_prob, d.mean, d.std)
-        self.train_set = ReIDImageDataset(self.dataset, "train", train_tf, cache=cache, region_masks=self.region_masks, indices=usable)
+        with damaged_cache_errors(d.cache):  # a corrupted chunk: one line naming the cache, split and rows
+            usable = check_cache_images(d.cache, self.dataset, ("train", "query", "gallery"))["train"] if d.cache else None
+            train_tf, _ = build_transforms((d.height, d.width), d.flip_prob, d.pad, d.erasing_prob, d.mean, d.std)
+            self.train_set = ReIDImageDataset(self.dataset, "train", train_tf, cache=cache, region_masks=self.region_masks, indices=usable)
         if self.world_size > 1:
             self.sampler: IdentitySampler = DistributedIdentitySampler(
                 self.train_set.pids, d.num_ids, d.num_instances, cfg.train.seed, self.world_size, self.rank)
@@ -370,6 +430,8 @@ class Trainer:
         self.start_epoch = 0
         self.start_iter = 0  # iterations of start_epoch already done (a run stopped mid-epoch)
         self._resumed_epoch: dict[str, Any] | None = None  # that epoch's loader seed and loss sums
+        self.saved: tuple[int, int] | None = None  # (epoch, iteration) of the checkpoint on disk, None before the first
+        self._last_record: dict[str, Any] = {}  # metrics record of the last completed epoch (kept in every checkpoint)
         if self.main:
             remove_dead_temps(self.output_dir, CHECKPOINT_NAME)  # 37-99 MB each, left by killed writes
         if resume:
@@ -408,6 +470,10 @@ class Trainer:
     def _resume(self) -> None:
         # CPU: RNG states must stay CPU tensors; load_state_dict moves weights and optimizer state to the device
         ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
+        missing = [k for k in TRAINING_KEYS if k not in ckpt]
+        if missing:
+            raise UserError(f"{self.ckpt_path}: no {', '.join(missing)} state to continue training from (a weights-only "
+                            f"checkpoint: it can be evaluated and exported, not resumed)")
         if int(ckpt["num_classes"]) != self.num_classes:
             raise UserError(f"{self.ckpt_path}: trained on {ckpt['num_classes']} identities, the dataset has {self.num_classes}")
         old = config_to_dict(config_from_dict(ckpt["config"], str(self.ckpt_path)))
@@ -415,8 +481,12 @@ class Trainer:
         changed = [f"{sec}.{k}: {old[sec][k]!r} -> {new[sec][k]!r}" for sec in new for k in new[sec] if old[sec].get(k) != new[sec][k]]
         if changed and self.main:
             logger.warning("resuming with a changed config: %s", "; ".join(changed))
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_weights(self.model, ckpt["model"], self.ckpt_path, self.cfg)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{self.ckpt_path}: its optimizer state does not fit this model ({str(exc).splitlines()[0]}); "
+                            f"the checkpoint was written by another model or solver") from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
         # the schedule's constants come from the (possibly changed) config, not the checkpoint
         s = self.cfg.solver
@@ -437,15 +507,54 @@ class Trainer:
                 seed_everything(self.cfg.train.seed + self.rank + 7919 * int(ckpt["epoch"]))
         self.start_epoch = int(ckpt["epoch"])
         self.start_iter = int(ckpt.get("iteration", 0))
+        self.saved = (self.start_epoch, self.start_iter)
+        self._last_record = dict(ckpt.get("metrics") or {})
         if self.start_iter:
             parts = ckpt.get("partial_per_rank")
             own = parts[self.rank] if parts is not None and len(parts) == self.world_size else ckpt["partial"]
             self._resumed_epoch = {"loader_seed": int(ckpt["loader_seed"]), **own}
-        if self.main and self.metrics_path.exists():  # drop lines of epochs after the checkpoint
-            keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= self.start_epoch]
-            write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in keep))
-        logger.info("resumed from %s at epoch %d%s", self.ckpt_path, self.start_epoch,
-                    f" + {self.start_iter} iteration(s)" if self.start_iter else "")
+        if self.main and self.metrics_path.exists():
+            self._repair_metrics()
+        logger.info("resumed from %s: continuing with epoch %d%s (epochs are 1-based, as in metrics.jsonl)",
+                    self.ckpt_path, self.start_epoch + 1,
+                    f" at iteration {self.start_iter + 1} ({self.start_iter} done)" if self.start_iter else "")
+
+    def _repair_metrics(self) -> None:
+        """Make metrics.jsonl agree with the checkpoint it resumes from: lines of later epochs go,
+        a torn line (a write cut short by a kill or a full disk) goes, and the checkpoint's epoch
+        gets its line back from the record the checkpoint keeps (scores from evaluation.json)."""
+        kept: list[str] = []
+        torn: list[int] = []
+        epochs: set[int] = set()
+        for no, ln in enumerate(self.metrics_path.read_text(errors="replace").splitlines(), 1):
+            if not ln.strip():
+                continue
+            try:
+                epoch = json.loads(ln).get("epoch", 0)
+            except (ValueError, AttributeError):
+                torn.append(no)
+                continue
+            if epoch <= self.start_epoch:
+                kept.append(ln)
+                epochs.add(epoch)
+        restored = ""
+        if self.start_epoch not in epochs and self._last_record.get("epoch") == self.start_epoch:
+            record = dict(self._last_record)
+            evaluation = self.output_dir / "evaluation.json"
+            try:
+                scores = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+            except ValueError:
+                scores = {}
+            if scores.get("epoch") == self.start_epoch:
+                record.update({k: scores[k] for k in ("rank1", "rank5", "rank10", "mAP") if k in scores})
+            kept.append(json.dumps(record))
+            restored = f"; epoch {self.start_epoch}'s line restored from {self.ckpt_path.name}"
+        if torn:
+            logger.warning("%s: line %s was torn (a write cut short) and is dropped%s", self.metrics_path,
+                           ", ".join(map(str, torn)), restored)
+        elif restored and self.main:
+            logger.warning("%s: no line for epoch %d%s", self.metrics_path, self.start_epoch, restored)
+        write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in kept))
 
     def _rank_rng_states(self) -> list[dict[str, Any]] | None:
         """Under DDP, every rank's RNG states (collective: all ranks call it); else None."""
@@ -604,12 +713,13 @@ class Trainer:
         if iteration:
             rank_rng = self._rank_rng_states()
             if self.main:
-                state = self.checkpoint_state(epoch, {}, rank_rng)
+                state = self.checkpoint_state(epoch, self._last_record, rank_rng)
                 state["iteration"] = iteration
                 state.update(extra or {})
                 if partial_per_rank is not None:
                     state["partial_per_rank"] = partial_per_rank
                 save_checkpoint(self.ckpt_path, state)
+                self.saved = (epoch, iteration)
             self._barrier()
         name = stop.name or "a stop signal on another rank"
         where = f"iteration {iteration}/{len(self.sampler)} of epoch {epoch + 1}" if iteration else f"epoch {epoch}"
@@ -635,49 +745,88 @@ class Trainer:
         record: dict[str, Any] = {}
         if self.start_epoch >= epochs:
             logger.info("checkpoint is at epoch %d >= solver.epochs=%d: nothing to train", self.start_epoch, epochs)
+            if (self.start_epoch == epochs and not self.start_iter and self._last_record.get("epoch") == epochs
+                    and not self._final_evaluation_done()):
+                record = dict(self._last_record)  # the final evaluation was stopped or failed: redo it
+                self._evaluate_epoch(epochs, record, stop)
         for epoch in range(self.start_epoch, epochs):
             record = self.train_epoch(epoch, stop)
             self.scheduler.step()
             done = epoch + 1
+            self._save_epoch(done, record)  # before the evaluation: a stop or kill during it loses no training
             period = cfg.train.eval_period
             if done == epochs or (period and done % period == 0):
-                try:
-                    results = self.evaluate()  # collective under DDP: each rank extracts a shard
-                except Exception as exc:  # the epoch is trained: keep it before reporting the failure
-                    self._keep_unevaluated_epoch(done, record, exc)
-                    raise
-                if self.main:
-                    record.update({"rank1": results["rank1"], "rank5": results["rank5"], "rank10": results["rank10"], "mAP": results["mAP"]})
-                    write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done})
-                self._barrier()
-            rank_rng = self._rank_rng_states()
-            if self.main:
-                with open(self.metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                if self.tb is not None:
-                    for k, v in record.items():
-                        if k != "epoch" and isinstance(v, (int, float)):
-                            self.tb.add_scalar(k, v, done)
-                    self.tb.flush()
-                save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record, rank_rng))
-                logger.info("epoch %d/%d done: %s", done, epochs, ", ".join(
-                    f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
-            self._barrier()
-            if done < epochs and self._stop_agreed(stop):  # caught during the evaluation or the save
+                self._evaluate_epoch(done, record, stop)
+            if done < epochs and self._stop_agreed(stop):  # caught during the save
                 self._stop(stop, done, 0)
         ddp.dump_param_checksums(self.model, max(self.start_epoch, epochs))  # debug, only with $REID_TRAIN_PARAM_CHECKSUM_DIR
         return record
 
-    def _keep_unevaluated_epoch(self, done: int, record: dict[str, Any], exc: BaseException) -> None:
-        """Save epoch ``done`` (checkpoint + metrics line, no scores) after its evaluation failed."""
-        if not self.main:
+    def _final_evaluation_done(self) -> bool:
+        """Whether evaluation.json holds the evaluation of the checkpoint's (final) epoch
+        (collective under DDP: rank 0 decides)."""
+        done = True
+        if self.main:
+            try:
+                done = json.loads((self.output_dir / "evaluation.json").read_text()).get("epoch") == self.start_epoch
+            except (OSError, ValueError, AttributeError):
+                done = False
+        return bool(ddp.broadcast_object(done))
+
+    def _save_epoch(self, done: int, record: dict[str, Any]) -> None:
+        """Epoch ``done``'s metrics line, then its checkpoint (RNG states of this moment: the
+        evaluation puts them back, so saving before it resumes exactly as after it)."""
+        rank_rng = self._rank_rng_states()
+        if self.main:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            self._last_record = dict(record)
+            save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record, rank_rng))
+            self.saved = (done, 0)
+            self._tensorboard_scalars(record, done)
+            logger.info("epoch %d/%d done: %s", done, self.cfg.solver.epochs, ", ".join(
+                f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
+        self._barrier()
+
+    def _evaluate_epoch(self, done: int, record: dict[str, Any], stop: StopSignals) -> None:
+        """Evaluate the saved epoch ``done``; its scores join ``record``, its metrics line and evaluation.json.
+
+        A stop signal before or during it ends it at once with :class:`Stopped` (the epoch is
+        saved already; the message gives the ``evaluate`` command that redoes the evaluation).
+        """
+        redo = f"reid-train evaluate --checkpoint {self.ckpt_path}"
+        try:
+            if self._stop_agreed(stop):  # caught in the epoch's last iteration or during the save
+                raise StopNow(stop.signum)
+            with stop.interruptible():
+                results = self.evaluate()  # collective under DDP: each rank extracts a shard
+        except StopNow:
+            raise Stopped(f"stopped by {stop.name or 'a stop signal on another rank'} during the evaluation after epoch {done}: "
+                          f"{self.ckpt_path} keeps the run up to there; evaluate it with: {redo}",
+                          stop.signum or signal.SIGTERM) from None
+        except Exception as exc:  # the epoch is saved: say so with the failure
+            if self.main:
+                logger.error("evaluation after epoch %d failed (%s); the epoch's checkpoint is kept: %s. Fix the cause, then "
+                             "'%s' or 'reid-train fit --resume %s'", done,
+                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.ckpt_path, redo, self.output_dir)
+            raise
+        if self.main:
+            scores = {k: results[k] for k in ("rank1", "rank5", "rank10", "mAP")}
+            record.update(scores)
+            self._last_record = dict(record)
+            write_json_atomic(self.output_dir / "evaluation.json", {**results, "epoch": done})
+            lines = self.metrics_path.read_text().splitlines()  # the epoch's line gets its scores
+            write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in lines[:-1]) + json.dumps(record) + "\n")
+            self._tensorboard_scalars(scores, done)
+        self._barrier()
+
+    def _tensorboard_scalars(self, values: dict[str, Any], step: int) -> None:
+        if self.tb is None:
             return
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        save_checkpoint(self.ckpt_path, self.checkpoint_state(done, record))
-        logger.error("evaluation after epoch %d failed (%s); the epoch's checkpoint is kept: %s. Fix the cause, then "
-                     "'reid-train evaluate --checkpoint %s' or 'reid-train fit --resume %s'",
-                     done, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.ckpt_path, self.ckpt_path, self.output_dir)
+        for k, v in values.items():
+            if k != "epoch" and isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+        self.tb.flush()
 
     def _barrier(self) -> None:
         if self.world_size > 1:
