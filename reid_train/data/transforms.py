@@ -43,16 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PairedTransform", "build_transforms", "normalize_images", "to_tensor_image"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PairedTransform", "build_transforms", "normalize_images"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def to_tensor_image(image: np.ndarray | Tensor) -> Tensor:
-    """An HxWx3 uint8 array (as ``read_image`` returns) as a 3xHxW float tensor in [0, 1]."""
-    chw = _as_chw(image)
-    return chw.float().div_(255.0) if chw.dtype == torch.uint8 else chw.float()
 
 
 def _as_chw(image: np.ndarray | Tensor) -> Tensor:
