@@ -191,7 +191,7 @@ def test_missing_detectron2(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(e.value) == "detectron2 is not installed: install it from source: pip install 'git+https://github.com/facebookresearch/detectron2.git'"
 
 
-def test_missing_weights_messages(d2: SimpleNamespace, tmp_path: Path) -> None:
+def test_missing_weights_messages(d2: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from reid_masks.backends.detectron2_backend import Detectron2Backend
 
     with pytest.raises(UserError) as e:
@@ -215,11 +215,7 @@ def test_missing_weights_messages(d2: SimpleNamespace, tmp_path: Path) -> None:
     assert prov["models"]["mask"]["sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest()
     assert prov["models"]["mask"]["source"] == "zoo"
 
-
-def test_provenance_names_the_file_given_not_the_zoo(d2: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--mask-weights FILE (typed relative) is recorded as the absolute file loaded with its hash, and no zoo URL."""
-    import hashlib
-
+    # --mask-weights FILE (typed relative) is recorded as the absolute file loaded with its hash, and no zoo URL
     monkeypatch.chdir(d2.mask.parent)
     prov = make_backend(d2, mask_weights=d2.mask.name, keypoint_weights=Path("kp.pth")).provenance()
     for key, path in (("mask", d2.mask), ("keypoint", d2.keypoint)):
