@@ -3,7 +3,8 @@
 Two independent measurements, printed as tables:
 
 1. **Model step** (images/s): forward (under autocast when ``--amp`` is on, CUDA only) +
-   :class:`reid_train.losses.MMGALoss` + backward + SGD step, exactly the sequence of
+   the model's loss (``build_loss``: :class:`reid_train.losses.MMGALoss`, or ``FSALoss`` for
+   fsa*) + backward + SGD step, exactly the sequence of
    ``Trainer.train_epoch`` (same optimizer groups from ``build_optimizer``, same GradScaler,
    the same ``isfinite`` check on the loss that synchronises once per step), on synthetic
    tensors: random images, P x K identity labels (K=4) and soft 24x8 whole/upper/bottom
@@ -59,8 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reid_train.config import Config  # noqa: E402
 from reid_train.data import IdentitySampler, ReIDImageDataset, build_transforms  # noqa: E402
 from reid_train.engine.trainer import build_optimizer, train_step  # noqa: E402
-from reid_train.losses import MMGALoss  # noqa: E402
-from reid_train.models import build_model, model_names  # noqa: E402
+from reid_train.losses_mgran import build_loss  # noqa: E402
+from reid_train.models import FSA_VARIANTS, build_model, model_names  # noqa: E402
 from machine import describe_machine as machine
 
 K = 4  # images per identity in a P x K batch (MMGA: P=24, K=4)
@@ -99,16 +100,18 @@ def synthetic_batch(batch: int, num_classes: int, height: int, width: int, seed:
 class StepBench:
     """One model + loss + optimizer, stepping like ``Trainer.train_epoch``."""
 
-    def __init__(self, name: str, args: argparse.Namespace, device: torch.device) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, device: torch.device, **options: Any) -> None:
         self.name = name
         self.device = device
-        self.model = build_model(name, args.num_classes, backbone=args.backbone, pretrained=None).to(device)
+        if name in FSA_VARIANTS:  # FSA's attention is sized for the input
+            options.setdefault("input_size", (args.height, args.width))
+        self.model = build_model(name, args.num_classes, backbone=args.backbone, pretrained=None, **options).to(device)
         self.channels_last = args.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.model.train()
-        self.criterion = MMGALoss(name)
         cfg = Config()  # the paper's solver: SGD momentum 0.9, wd 5e-4, lr 0.05 / 0.1
+        self.criterion = build_loss(name, cfg.loss)  # MMGALoss (its defaults), or FSALoss for fsa*
         self.optimizer = build_optimizer(self.model, cfg)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -277,7 +280,7 @@ def bench_loader(args: argparse.Namespace, device: torch.device) -> list[dict[st
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backbone", choices=["resnet50", "resnet18", "resnet34"], default="resnet50")
+    p.add_argument("--backbone", choices=["resnet50", "resnet18", "resnet34", "resnet50_ibn_a"], default="resnet50")
     p.add_argument("--height", type=int, default=384)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=None,

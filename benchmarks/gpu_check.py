@@ -71,6 +71,9 @@ TARGET_BATCHED_VS_LOOP = 5.0  # x
 TARGET_GENERATE_IPS = 120.0  # img/s end to end: Market-1501 (32,668 images) in about 5 minutes
 TARGET_MMGA_IPS = 1500.0  # img/s, 384x128, P x K = 24 x 4, bf16 + channels_last
 TARGET_OVERHEAD_PCT = 10.0  # MMGA over the baseline
+# FSA (256x128, P x K = 16 x 4, bf16 + channels_last): the paper's 120-epoch recipe on Market-1501
+# (12,936 training images x 120 = 1.55 M images) in about 17 minutes
+TARGET_FSA_IPS = 1500.0
 
 
 # --------------------------------------------------------------------------- sizes
@@ -450,7 +453,13 @@ def sets(pairs: dict[str, Any]) -> list[str]:
     return [x for k, v in pairs.items() for x in ("--set", f"{k}={v}")]
 
 
-RECIPES = {"baseline": "baseline_market1501", "mmga": "mmga_market1501", "mgran": "mgran_market1501"}
+RECIPES = {"baseline": "baseline_market1501", "mmga": "mmga_market1501", "mgran": "mgran_market1501",
+           "fsa_mask": "fsa_mask_market1501"}
+
+
+def fsa_size(s: Sizes) -> tuple[int, int]:
+    """FSA's input: the paper's 256x128 (its attention is sized for it), or the smoke size."""
+    return (s.height, s.width) if s.height < 256 else (256, 128)
 
 
 def fit_sets(ctx: Ctx, model: str, amp: str, out: Path, epochs: int) -> list[str]:
@@ -464,6 +473,9 @@ def fit_sets(ctx: Ctx, model: str, amp: str, out: Path, epochs: int) -> list[str
     }
     if model != "baseline":  # the baseline reads no masks
         pairs["data.cache"] = ctx.cache
+    if model.startswith("fsa"):  # a Bottleneck backbone (its config's resnet50_ibn_a) at 256x128 or the smoke size
+        del pairs["model.backbone"]
+        pairs["data.height"], pairs["data.width"] = fsa_size(s)
     if model != "mgran":  # MGRAN has no head parameters (no solver.lr group): the config loader refuses the key
         pairs["solver.lr"] = 0.005
     return ["--config", RECIPES[model], *sets(pairs)]
@@ -589,7 +601,7 @@ def smoke_jobs() -> list[Job]:
         what = f"fit {model}, amp {amp}, channels_last" + (", GradScaler" if amp == "fp16" else "")
         return Job(name, [(name, what)], command, verify, needs=("generate/parsing",), min_s=12, late=amp == "fp16")
 
-    jobs += [fit_job(m, a) for a in ("bf16", "fp16") for m in ("baseline", "mmga", "mgran")]
+    jobs += [fit_job(m, a) for a in ("bf16", "fp16") for m in ("baseline", "mmga", "mgran", "fsa_mask")]
 
     def resume(ctx: Ctx) -> Command:
         argv = ["fit", "--resume", *fit_sets(ctx, "mmga", "bf16", ctx.run_dir("mmga_bf16"), ctx.sizes.epochs + 1)]
@@ -703,6 +715,7 @@ SPEED_ROWS = {
         ("speed/train-mmga", "training step, MMGA, 384x128, P x K = 24 x 4, bf16 + channels_last"),
         ("speed/mmga-overhead", "MMGA's attention overhead over the baseline"),
         ("speed/train-mgran", "training step, MGRAN (4 CNN inputs per crop), same batch"),
+        ("speed/train-fsa", "training step, FSA (ResNet50-IBN-a + MHSA + ECA + fusion), 256x128, P x K = 16 x 4, bf16 + channels_last"),
     ],
     "eval": [
         ("speed/eval-msmt", "evaluation, MSMT17 size 11,659 x 82,161: distance + CMC/mAP"),
@@ -950,6 +963,22 @@ def speed_train(ctx: Ctx, em: Emitter) -> None:
                detail=f"{where}, last stride {g['last_stride']}, {g['cnn_images']} CNN inputs/step{ratio}{gpu}")
     except Exception as exc:  # noqa: BLE001
         em.fail("speed/train-mgran", exc)
+    _free_gpu()
+    t2 = time.perf_counter()
+    try:
+        h, w = fsa_size(s)
+        fargs = bench_train.parse_args(["--device", ctx.device, "--batch-size", str(min(s.train_batch, 64)),
+                                        "--backbone", "resnet50_ibn_a", "--amp", amp, "--height", str(h), "--width", str(w),
+                                        "--channels-last" if ctx.cuda else "--no-channels-last", "--models", "fsa",
+                                        "--warmup", str(s.train_warmup), "--iters", str(s.train_iters), "--repeats",
+                                        str(s.train_repeats), "--skip-loader"])
+        (f,) = bench_train.bench_models(fargs, torch.device(ctx.device))
+        em.target("speed/train-fsa", f["best_ips"], "img/s", ">=", TARGET_FSA_IPS,
+                  f"resnet50_ibn_a {h}x{w}, batch {fargs.batch_size}, " + ("bf16 + channels_last" if ctx.cuda else
+                  "float32 (amp/channels_last are CUDA-only)") + f"; median {f['median_ips']:.1f} img/s{peak(f)}",
+                  time.perf_counter() - t2)
+    except Exception as exc:  # noqa: BLE001
+        em.fail("speed/train-fsa", exc)
 
 
 def speed_eval(ctx: Ctx, em: Emitter) -> None:

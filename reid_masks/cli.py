@@ -40,17 +40,18 @@ def main() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--occlusion-rate", type=click.FloatRange(0, 1), help="Share of images with an occluder (pole, bag, obstacle, car, person); default: the layout's rule.")
-def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: bool, occlusion_rate: float | None) -> None:
+@click.option("--truth-keypoints", is_flag=True, help="Also write OUT/keypoints_coco.json: the targets' true keypoints as a COCO keypoints file (for generate --keypoints).")
+def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: bool, occlusion_rate: float | None, truth_keypoints: bool) -> None:
     """Write a small synthetic dataset in a real layout, with LIP parsing PNGs under OUT/parsing/."""
-    from reid_masks.synth.layouts import synthesize
+    from reid_masks.synth.layouts import TRUTH_KEYPOINTS, synthesize
 
-    manifest = synthesize(layout, out, ids=ids, seed=seed, workers=workers, overwrite=overwrite, occlusion_rate=occlusion_rate)
+    manifest = synthesize(layout, out, ids=ids, seed=seed, workers=workers, overwrite=overwrite, occlusion_rate=occlusion_rate, truth_keypoints=truth_keypoints)
     if "splits" in manifest and manifest["layout"] != "cuhk03":
         parts = [f"{s} {v['images']} imgs/{v['ids']} ids" for s, v in manifest["splits"].items()]
     else:
         parts = [f"{var} {s} {v['images']}" for var, spec in manifest["variants"].items() for s, v in spec["splits"].items()]
     click.echo(f"wrote synthetic {layout} at {out}: {', '.join(parts)}")
-    click.echo(f"manifest: {out / 'manifest.json'}; parsing PNGs: {out / 'parsing'}")
+    click.echo(f"manifest: {out / 'manifest.json'}; parsing PNGs: {out / 'parsing'}" + (f"; true keypoints: {out / TRUTH_KEYPOINTS}" if truth_keypoints else ""))
 
 
 @main.command()
@@ -129,6 +130,8 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--parser-flip/--no-parser-flip", default=False, show_default=True, help="SCHP flip test: average with the mirrored image's left/right-swapped logits (2x the parser's compute; off as in SCHP's extractor).")
 @click.option("--masks-dir", type=click.Path(file_okay=False, path_type=Path), help="Precomputed person-mask PNGs: <dir>/<image's relative path with .png for its extension>.")
 @click.option("--seg-siblings", is_flag=True, help="Person-mask PNGs in MGCAM-style <split>_seg/ folders beside each split folder.")
+@click.option("--keypoints", "keypoints", type=click.Path(path_type=Path), help="Keypoints to import instead of running a keypoint model: a COCO keypoints file, a COCO results list, or a folder of OpenPifPaf <image path>.predictions.json files (README: Importing keypoints). Needs a mask source.")
+@click.option("--keypoints-images", type=click.Path(dir_okay=False, path_type=Path), help="A COCO file whose images (id, file_name) map the image ids of a --keypoints results list.")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torchvision", "detectron2", "none"]), help="Instance segmentation + keypoints; auto = none with a precomputed source, else torchvision.")
 @click.option("--mask-weights", type=click.Path(dir_okay=False, path_type=Path), help="Mask R-CNN weights file (default: the zoo file in torchvision's cache, or in detectron2's cache with --backend detectron2).")
 @click.option("--keypoint-weights", type=click.Path(dir_okay=False, path_type=Path), help="Keypoint R-CNN weights file (default: the zoo file in torchvision's cache, or in detectron2's cache with --backend detectron2).")
@@ -144,7 +147,8 @@ def parse_size(text: str) -> tuple[int, int]:
 @click.option("--person-size", default="256x128", show_default=True, help="HxW of the stored pedestrian mask and regions.")
 @click.option("--chunk-rows", default=256, show_default=True, type=click.IntRange(1, 100000), help="Rows per saved chunk: the unit of resume and of sharding.")
 @click.option("--strict", is_flag=True, help="Exit 1 (after writing the cache) when any image was unreadable.")
-def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, parser_flip: bool, masks_dir: Path | None, seg_siblings: bool, backend: str,
+def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Path, parsing_dir: Path | None, parser: str | None, parser_weights: Path | None, parser_flip: bool, masks_dir: Path | None, seg_siblings: bool,
+             keypoints: Path | None, keypoints_images: Path | None, backend: str,
              mask_weights: Path | None, keypoint_weights: Path | None, random_weights: bool, min_size: int | None, score_threshold: float | None,
              device: str, batch_size: int, workers: int, shard: str, update: bool, variant: str | None, person_size: str, chunk_rows: int, strict: bool) -> None:
     """Run the mask stage over train, query and gallery and write the HDF5 cache."""
@@ -162,7 +166,7 @@ def generate(dataset: str, dataset_option: tuple[str, ...], root: Path, out: Pat
         parser_options["random_weights"] = True
     cfg = GenerateConfig(
         dataset=dataset, root=root, out=out, dataset_options=dataset_options_from_cli(dataset, dataset_option, variant),
-        parsing_dir=parsing_dir, masks_dir=masks_dir, seg_siblings=seg_siblings, backend=backend,
+        parsing_dir=parsing_dir, masks_dir=masks_dir, seg_siblings=seg_siblings, keypoints=keypoints, keypoints_images=keypoints_images, backend=backend,
         backend_options=backend_options, parser=parser, parser_options=parser_options, batch_size=batch_size, workers=workers, shard=parse_shard(shard),
         update=update, person_size=parse_size(person_size), chunk_rows=chunk_rows, command=command_line(click.get_current_context()),
     )

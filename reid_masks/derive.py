@@ -30,7 +30,8 @@ Rules (documented in README, "How masks are derived"):
   is head / torso / legs as the regions head / upper / lower. Without keypoints either
   there are no arm pixels.
 * Status: ``ok`` when the target has at least one keypoint with score >=
-  ``KEYPOINT_MIN_SCORE``, else ``no_keypoints`` (rows made without a keypoint model, and
+  ``KEYPOINT_MIN_SCORE``, else ``no_keypoints`` (rows made without keypoints, images
+  without an imported entry (``generate --keypoints``), and
   detector rows whose target matched no confident keypoint instance).
 * No person found: status ``no_person`` and a fixed prior (a centred box 50% wide, 90%
   high, split at its middle) so training can run; filter these rows by status if wanted.

@@ -34,6 +34,7 @@ from reid_masks.datasets import CACHE_SPLITS, Record, ReIDDataset, build_dataset
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, check_writable, is_disk_full, remove_dead_temps, write_json_atomic
+from reid_masks.keypoints_import import KeypointTable, load_keypoints
 from reid_masks.progress import Progress
 from reid_masks.workers import detached_worker_init
 
@@ -50,6 +51,8 @@ class GenerateConfig:
     parsing_dir: Path | None = None
     masks_dir: Path | None = None
     seg_siblings: bool = False
+    keypoints: Path | None = None  # imported keypoints (reid_masks.keypoints_import) instead of a keypoint model
+    keypoints_images: Path | None = None  # the COCO images that map a results list's image ids
     backend: str = "auto"  # auto | torchvision | detectron2 | none
     backend_options: dict[str, Any] = field(default_factory=dict)
     parser: str | None = None  # schp | precomputed | none; None: precomputed with --parsing-dir, else none
@@ -97,14 +100,15 @@ class Item:
     mask_png: np.ndarray | None
     error: str | None = None  # a user error to raise in the main process
     derived: Derived | None = None
-    instances: Any = None  # the backend's Instances, set in the main process
+    instances: Any = None  # the backend's Instances (set in the main process), or the imported keypoints' (set on load)
 
 
 class ImageSource:
-    """Reads an image and its precomputed parsing / mask PNG; picklable for workers."""
+    """Reads an image, its precomputed parsing / mask PNG and imported keypoints; picklable for workers."""
 
-    def __init__(self, root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool):
+    def __init__(self, root: Path, parsing_dir: Path | None, masks_dir: Path | None, seg_siblings: bool, keypoints: KeypointTable | None = None):
         self.root, self.parsing_dir, self.masks_dir, self.seg_siblings = root, parsing_dir, masks_dir, seg_siblings
+        self.keypoints = keypoints
 
     def mask_png_path(self, rel: str) -> Path | None:
         if self.masks_dir is not None:
@@ -138,6 +142,8 @@ class ImageSource:
             mpath = self.mask_png_path(rec.path)
             if mpath is not None:
                 item.mask_png = self._label(read_label_png, mpath, h, w, "person mask") > 0
+            if self.keypoints is not None:
+                item.instances = self.keypoints.instances(rec.path, h, w)
         except UserError as exc:
             item.error = str(exc)
         return item
@@ -164,8 +170,8 @@ class ItemDataset:
     def __getitem__(self, i: int) -> Item:
         item = self.source.load(*self.rows[i])
         if self.derive_here and item.image is not None and item.error is None:
-            item.derived = derive(observation(item, None))
-            item.image = None  # nothing downstream needs the pixels
+            item.derived = derive(observation(item, item.instances))
+            item.image = item.instances = None  # nothing downstream needs the pixels or the people
         return item
 
 
@@ -242,6 +248,13 @@ def make_parser(cfg: GenerateConfig) -> Any:
 def make_backend(cfg: GenerateConfig) -> Any:
     name = cfg.backend
     has_source = bool(cfg.parsing_dir or cfg.masks_dir or cfg.seg_siblings or parser_name(cfg) == "schp")
+    if cfg.keypoints is not None:
+        if name not in ("auto", "none"):
+            raise UserError(f"--keypoints replaces the keypoint model: use it without --backend {name} (the person mask then comes from --parsing-dir, --parser schp, --masks-dir or --seg-siblings)")
+        if not has_source:
+            raise UserError("--keypoints gives keypoints only: add a mask source (--parsing-dir, --parser schp, --masks-dir or --seg-siblings)")
+    if cfg.keypoints_images is not None and cfg.keypoints is None:
+        raise UserError("--keypoints-images maps the image ids of a --keypoints results list; give --keypoints too")
     if name == "auto":
         name = "none" if has_source else "torchvision"
     if name == "none":
@@ -270,8 +283,8 @@ def dataset_signature(rows: list[tuple[str, int, Record]]) -> str:
     return h.hexdigest()[:16]
 
 
-def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]:
-    return {
+def provenance(cfg: GenerateConfig, backend: Any, parser: Any, keypoints: KeypointTable | None = None) -> dict[str, Any]:
+    prov = {
         "package": "reid-masks",
         "version": __version__,
         "backend": backend.provenance() if backend is not None else {"name": "none"},
@@ -284,6 +297,9 @@ def provenance(cfg: GenerateConfig, backend: Any, parser: Any) -> dict[str, Any]
         "person_size": list(cfg.person_size),
         "derivation": "reid_masks.derive v2 (README: How masks are derived)",
     }
+    if keypoints is not None:  # only then: caches made without it keep their provenance (and --update)
+        prov["keypoints"] = keypoints.provenance()
+    return prov
 
 
 def hash_files(paths: list[Path], workers: int, progress: Progress | None = None) -> list[bytes]:
@@ -421,8 +437,11 @@ def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: P
     rows = work_rows(ds)
     check_images_exist(ds, rows)
     backend = make_backend(cfg)
+    keypoints = None
+    if cfg.keypoints is not None:  # read and checked whole, before any work (every shard the same)
+        keypoints = load_keypoints(cfg.keypoints, cfg.keypoints_images, ds.root, (r.path for _, _, r in rows), ds.name, max(1, cfg.workers))
     parser = make_parser(cfg)
-    prov = provenance(cfg, backend, parser)
+    prov = provenance(cfg, backend, parser, keypoints)
     counts = {s: len(ds.split(s)) for s in cache_splits(ds)}
 
     old: MaskCache | None = None
@@ -448,14 +467,14 @@ def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: P
         sys.stderr.write(f"{out}: updating {len(todo)} changed or added row(s), {len(removed)} removed, {len(rows) - len(todo)} kept\n")
 
     try:
-        return _run(cfg, ds, out, partial, rows, todo, old, backend, parser, prov, counts)
+        return _run(cfg, ds, out, partial, rows, todo, old, backend, parser, prov, counts, keypoints)
     finally:
         if old is not None:
             old.close()
 
 
 def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: list, todo: set[int], old: MaskCache | None,
-         backend: Any, parser: Any, prov: dict, counts: dict[str, int]) -> GenerateResult:
+         backend: Any, parser: Any, prov: dict, counts: dict[str, int], keypoints: KeypointTable | None = None) -> GenerateResult:
     store = ChunkStore(partial)
     meta = {"signature": dataset_signature(rows), "provenance": strip_volatile(prov), "chunk_rows": cfg.chunk_rows, "shard": list(cfg.shard), "update": cfg.update}
     prepare_partial(partial, meta)
@@ -490,7 +509,7 @@ def _run(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: Path, rows: l
     reuse = ReusedRows(old, rows) if old is not None else None
     progress = Progress(sum(len(v) for v in compute.values()))
     try:
-        run_chunks(cfg, ds, rows, compute, keep, reuse, store, backend, parser, progress)
+        run_chunks(cfg, ds, rows, compute, keep, reuse, store, backend, parser, progress, keypoints)
     except Exception as exc:
         if is_disk_full(exc):
             done = sum(store.exists(g) for g in mine)
@@ -581,7 +600,7 @@ def prepare_partial(partial: Path, meta: dict) -> None:
 
 
 def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, compute: dict[int, list[int]], keep: dict[int, list[int]],
-               reuse: ReusedRows | None, store: ChunkStore, backend: Any, parser: Any, progress: Progress) -> None:
+               reuse: ReusedRows | None, store: ChunkStore, backend: Any, parser: Any, progress: Progress, keypoints: KeypointTable | None = None) -> None:
     """Decode in workers, infer in batches, derive off the model's path, save finished chunks.
 
     ``compute[g]`` are the rows of chunk ``g`` to process, ``keep[g]`` those ``--update``
@@ -597,7 +616,7 @@ def run_chunks(cfg: GenerateConfig, ds: ReIDDataset, rows: list, compute: dict[i
         return
     chunk_of = {k: g for g, ks in compute.items() for k in ks}
     rows_index = {(s, i): k for k, (s, i, _) in enumerate(rows)}
-    source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings)
+    source = ImageSource(ds.root, cfg.parsing_dir, cfg.masks_dir, cfg.seg_siblings, keypoints)
     loader = DataLoader(
         ItemDataset(source, [rows[k] for k in order], derive_here=backend is None and parser is None),
         batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate, worker_init_fn=detached_worker_init if cfg.workers > 0 else None,

@@ -77,7 +77,7 @@ def _percent_line(results: dict) -> str:
 @click.group(cls=Group, context_settings=HELP_SETTINGS)
 @click.version_option(package_name="reid-masks")
 def main() -> None:
-    """Train, evaluate and export MMGA / MGRAN models."""
+    """Train, evaluate and export MMGA / MGRAN / FSA models."""
 
 
 @main.command()

@@ -26,7 +26,7 @@ import yaml
 
 from reid_masks.datasets import check_dataset_options
 from reid_masks.errors import UserError
-from reid_train.models import ARCH_CHANNELS, MGRAN_VARIANTS, model_names
+from reid_train.models import ARCH_CHANNELS, FSA_VARIANTS, MGRAN_VARIANTS, model_names
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "LossConfig", "SolverConfig", "TrainConfig", "TestConfig",
@@ -84,6 +84,7 @@ class ModelConfig:
     head_bn: bool = True
     reduction_dim: int = field(default=0, metadata=_range(0))  # mgran*: shared Linear+BN per branch (0: none, F = branches x 2048)
     id_head: bool = False  # mgran*: identity softmax on F (our addition; MSML is the only loss the paper names)
+    mhsa_heads: int = field(default=4, metadata=_range(1))  # fsa_sam/fsa/fsa_mask: heads of the MHSA replacing Conv4_x/Conv5_x's 3x3 convs
 
 
 @dataclass
@@ -91,6 +92,7 @@ class LossConfig:
     """MMGALoss: CE_w + CE_l + lambda1 * triplet + lambda2 * (L1w + L2w + lambda0 * (L2u + L2b)).
 
     mgran*: MGRANLoss = MSML(F; margin) [+ CE on F with model.id_head] (reid_train/losses_mgran.py).
+    fsa*: FSALoss = CE + lambda1 * triplet [+ lambda2 * L_att for fsa_mask] (reid_train/losses_fsa.py).
     """
 
     margin: float = field(default=0.3, metadata=_range(0.0))
@@ -165,8 +167,12 @@ def _is_mgran(cfg: Config) -> bool:
     return cfg.model.name in MGRAN_VARIANTS
 
 
+def _is_fsa(cfg: Config) -> bool:
+    return cfg.model.name in FSA_VARIANTS
+
+
 def _is_mmga(cfg: Config) -> bool:
-    return not _is_mgran(cfg)
+    return not _is_mgran(cfg) and not _is_fsa(cfg)
 
 
 READ_WHEN: dict[str, typing.Callable[[Config], bool]] = {
@@ -176,16 +182,18 @@ READ_WHEN: dict[str, typing.Callable[[Config], bool]] = {
     "model.part_dim": _is_mmga,
     "model.head_bn": _is_mmga,
     "loss.lambda0": _is_mmga,
-    "loss.lambda1": _is_mmga,
-    "loss.lambda2": _is_mmga,
+    "loss.lambda1": lambda cfg: _is_mmga(cfg) or _is_fsa(cfg),  # the triplet weight
+    "loss.lambda2": lambda cfg: _is_mmga(cfg) or bool(_is_fsa(cfg) and FSA_VARIANTS[cfg.model.name].masks),
+    # FSA family (reid_train/models/fsa.py, FSALoss in reid_train/losses_fsa.py)
+    "model.mhsa_heads": lambda cfg: _is_fsa(cfg) and FSA_VARIANTS[cfg.model.name].mhsa,
     # MGRAN family (reid_train/models/mgran.py, MGRANLoss in reid_train/losses_mgran.py)
     "model.reduction_dim": _is_mgran,
     "model.id_head": _is_mgran,
     "loss.msml_normalize": _is_mgran,
-    # the identity softmax: always in MMGA, only with model.id_head in MGRAN
-    "loss.label_smoothing": lambda cfg: _is_mmga(cfg) or cfg.model.id_head,
+    # the identity softmax: always in MMGA and FSA, only with model.id_head in MGRAN
+    "loss.label_smoothing": lambda cfg: not _is_mgran(cfg) or cfg.model.id_head,
     # the optimizer's non-backbone group: empty for an MGRAN without reduction layer or id head
-    "solver.lr": lambda cfg: _is_mmga(cfg) or cfg.model.id_head or cfg.model.reduction_dim > 0,
+    "solver.lr": lambda cfg: not _is_mgran(cfg) or cfg.model.id_head or cfg.model.reduction_dim > 0,
 }
 """Keys that only some models read: ``key -> predicate(final config)``; every other key is
 read by every model."""

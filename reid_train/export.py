@@ -92,13 +92,13 @@ def sidecar_path(out: str | Path) -> Path:
 
 
 def _check_images_only(model: nn.Module, name: str) -> None:
-    """UserError unless ``model`` is an images-only model (MMGA family)."""
-    from reid_train.models import MMGA
+    """UserError unless ``model`` is an images-only model (MMGA and FSA families)."""
+    from reid_train.models import FSA, MMGA
 
     if getattr(model, "region_masks", None):  # MGRAN: its inputs are image x mask products
-        raise UserError(f"export supports images-only models (mmga family); {name} needs masks at inference")
-    if not isinstance(model, MMGA):
-        raise UserError(f"export supports images-only models (mmga family); {name} is not one")
+        raise UserError(f"export supports images-only models (mmga and fsa families); {name} needs masks at inference")
+    if not isinstance(model, (MMGA, FSA)):
+        raise UserError(f"export supports images-only models (mmga and fsa families); {name} is not one")
 
 
 def _metadata(ckpt: dict[str, Any], cfg: Any, model: nn.Module, hw: tuple[int, int], fmt: str, flip: bool,
@@ -300,7 +300,7 @@ def export_model(
     try:
         with torch.no_grad():
             graph(example)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: FSA's attention is built for the training size
         raise UserError(f"{cfg.model.name} does not run on {hw[0]}x{hw[1]} inputs ({str(exc).splitlines()[0]}); "
                         f"use the training size {cfg.data.height}x{cfg.data.width} or a multiple of 16") from None
 

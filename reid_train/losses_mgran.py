@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from reid_train.losses import CrossEntropyLabelSmooth, MMGALoss, pairwise_euclidean
+from reid_train.losses_fsa import FSALoss
+from reid_train.models.fsa import FSA_VARIANTS
 from reid_train.models.mgran import MGRAN_VARIANTS
 
 __all__ = ["msml_loss", "MSMLLoss", "MGRANLoss", "build_loss", "LOSS_BUILDERS"]
@@ -121,14 +123,19 @@ def _mgran_loss(model_name: str, cfg: Any) -> nn.Module:
     return MGRANLoss(cfg.margin, getattr(cfg, "msml_normalize", True), cfg.label_smoothing)
 
 
+def _fsa_loss(model_name: str, cfg: Any) -> nn.Module:
+    return FSALoss(model_name, cfg.lambda1, cfg.lambda2, cfg.margin, cfg.label_smoothing)
+
+
 # model name -> loss builder(model_name, loss config); names not listed get MMGALoss.
 LOSS_BUILDERS: dict[str, Callable[[str, Any], nn.Module]] = {name: _mgran_loss for name in MGRAN_VARIANTS}
+LOSS_BUILDERS.update({name: _fsa_loss for name in FSA_VARIANTS})
 
 
 def build_loss(model_name: str, cfg: Any) -> nn.Module:
     """The training criterion of ``model_name`` from the ``loss`` config section.
 
-    MGRAN variants: :class:`MGRANLoss` (MSML [+ CE]); every other model (MMGA and its
-    ablations): :class:`MMGALoss`.
+    MGRAN variants: :class:`MGRANLoss` (MSML [+ CE]); FSA variants: ``FSALoss``
+    (reid_train/losses_fsa.py); every other model (MMGA and its ablations): :class:`MMGALoss`.
     """
     return LOSS_BUILDERS.get(model_name, _mmga_loss)(model_name, cfg)

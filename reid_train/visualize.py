@@ -58,7 +58,7 @@ LEGEND_HEIGHT = visual.CAPTION_HEIGHT + 4
 QUERY_FRAME: visual.Color = (200, 200, 200)
 MAP_ALPHA = 0.7
 #: Attention maps shown, in this order, when the model returns them.
-MAP_ORDER = ("m1_whole", "m2_whole", "m2_upper", "m2_bottom")
+MAP_ORDER = ("m1_whole", "m2_whole", "m2_upper", "m2_bottom", "sa_whole")  # sa_whole: FSA's self-attention map
 
 
 # --------------------------------------------------------------------------- ranking
@@ -302,12 +302,14 @@ def render_ranking(
 
 
 def attention_maps(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> list[dict[str, np.ndarray]]:
-    """Per image, the spatial attention maps (:data:`MAP_ORDER`) of an MMGA-family model; [] without attention."""
+    """Per image, the spatial attention maps (:data:`MAP_ORDER`) of an MMGA-family model, or the
+    self-attention map of an FSA model with MHSA (the attention each Conv5_x position receives in
+    the last MHSA block, averaged over heads and queries); [] without attention."""
     import torch
 
-    from reid_train.models import MMGA
+    from reid_train.models import FSA, MMGA
 
-    if not isinstance(model, MMGA) or not model.spec.attention:
+    if not ((isinstance(model, MMGA) and model.spec.attention) or (isinstance(model, FSA) and model.spec.mhsa)):
         return []
     was_training = model.training
     model.eval()

@@ -146,7 +146,7 @@ def test_paper_recipes_load_with_the_paper_hyper_parameters() -> None:
         assert n in names
     for n in names:
         cfg = load_config(n)
-        if n.startswith("mgran"):  # MGRAN recipes: tests/test_mgran.py
+        if n.startswith(("mgran", "fsa", "tiny_synthetic_fsa")):  # MGRAN / FSA recipes: tests/test_mgran.py, tests/test_fsa.py
             continue
         if n.startswith("tiny_synthetic"):
             assert cfg.model.backbone == "resnet18" and cfg.model.pretrained == "none"

@@ -146,7 +146,7 @@ def test_export_errors(checkpoint, tmp_path, monkeypatch) -> None:
         mgran = build_model("mgran", 4, backbone="resnet18")
     else:  # pragma: no cover - before MGRAN lands
         mgran = type("Stub", (torch.nn.Module,), {"region_masks": "regions"})()
-    with pytest.raises(UserError, match="export supports images-only models \\(mmga family\\); mgran needs masks at inference"):
+    with pytest.raises(UserError, match="export supports images-only models \\(mmga and fsa families\\); mgran needs masks at inference"):
         export_mod._check_images_only(mgran, "mgran")
 
     res = CliRunner().invoke(main, ["export", "--checkpoint", str(tmp_path / "missing.pth")])

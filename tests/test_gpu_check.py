@@ -23,10 +23,12 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 # The rows the issue asks for, in table order.
 ROWS = [
     "generate/torchvision", "generate/schp", "generate/parsing",
-    "fit/baseline/bf16", "fit/mmga/bf16", "fit/mgran/bf16", "fit/baseline/fp16", "fit/mmga/fp16", "fit/mgran/fp16",
+    "fit/baseline/bf16", "fit/mmga/bf16", "fit/mgran/bf16", "fit/fsa_mask/bf16",
+    "fit/baseline/fp16", "fit/mmga/fp16", "fit/mgran/fp16", "fit/fsa_mask/fp16",
     "fit/resume", "evaluate", "extract", "export/onnx", "export/torchscript", "ddp/torchrun-fit", "ddp/probe",
     "speed/generate-batched-vs-loop", "speed/generate-e2e", "speed/schp-b1", "speed/schp-best",
-    "speed/train-baseline", "speed/train-mmga", "speed/mmga-overhead", "speed/train-mgran", "speed/eval-msmt",
+    "speed/train-baseline", "speed/train-mmga", "speed/mmga-overhead", "speed/train-mgran", "speed/train-fsa",
+    "speed/eval-msmt",
 ]
 
 
@@ -67,7 +69,7 @@ def test_cpu_smoke_prints_every_row_and_writes_the_json(tmp_path):
     for ln in table[1:]:
         assert ln.split("|")[2].strip() == rows[ln.split("|")[1].strip()]["status"]
     speed = sum(rid.startswith("speed/") for rid in ROWS)
-    assert f"summary: 3 n/a on cpu, {speed} not judged, {len(ROWS) - 3 - speed} pass" in proc.stdout
+    assert f"summary: 4 n/a on cpu, {speed} not judged, {len(ROWS) - 4 - speed} pass" in proc.stdout
 
 
 def test_verdicts_overhead_and_bounding_stage(gc):

@@ -448,7 +448,7 @@ def test_a_key_the_model_does_not_read_is_refused(tmp_path) -> None:
         load_config(name)
     assert unread_keys(load_config("mgran_market1501"), READ_WHEN) == [
         "model.stage4_input", "model.whole_dim", "model.part_dim", "model.head_bn",
-        "loss.lambda0", "loss.lambda1", "loss.lambda2", "loss.label_smoothing", "solver.lr"]
+        "loss.lambda0", "loss.lambda1", "loss.lambda2", "model.mhsa_heads", "loss.label_smoothing", "solver.lr"]
     with pytest.raises(UserError, match=r"^--set: loss.lambda1 is not read by model.name=mgran"):
         load_config("mgran_market1501", ["loss.lambda1=3"])
     with pytest.raises(UserError, match=r"^--set: solver.lr is not read by model.name=mgran"):

@@ -24,6 +24,7 @@ from reid_masks.synth.render import OCCLUDER_KINDS, Identity, camera_background,
 
 LAYOUTS = ("market1501", "dukemtmc", "cuhk03", "msmt17", "occluded_duke", "occluded_reid", "partial_reid", "partial_ilids")
 PARSING_DIR = "parsing"
+TRUTH_KEYPOINTS = "keypoints_coco.json"
 SECOND_PERSON_RATE = 0.2
 
 
@@ -45,32 +46,66 @@ class Job:
     keep: float = 1.0
 
 
-def render_job(job: Job, seed: int, index: int, identities: list[Identity]) -> tuple[np.ndarray, np.ndarray]:
+def render_job(job: Job, seed: int, index: int, identities: list[Identity]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The image, its LIP parsing and the target's true COCO keypoints (None for a junk crop)."""
     rng = np.random.default_rng([seed, index])
     if job.identity is None:
-        return camera_background(job.camid, job.height, job.width, rng), np.zeros((job.height, job.width), np.uint8)
+        return camera_background(job.camid, job.height, job.width, rng), np.zeros((job.height, job.width), np.uint8), None
     other = identities[int(rng.integers(len(identities)))] if rng.random() < SECOND_PERSON_RATE else None
     if other == job.identity:
         other = None
     occlusion = {} if job.occlusion_rate is None else {"occlusion_rate": job.occlusion_rate, "occluders": OCCLUDER_KINDS}
-    image, parsing, _ = render_person(job.identity, job.camid, rng, job.height, job.width, second_person=other, **occlusion)
+    image, parsing, info = render_person(job.identity, job.camid, rng, job.height, job.width, second_person=other, **occlusion)
+    keypoints = info["keypoints"].copy()
     if job.keep < 1.0:
         rows = max(1, int(round(job.height * job.keep)))
         image, parsing = image[:rows], parsing[:rows]
-    return image, parsing
+        keypoints[keypoints[:, 1] >= rows, 2] = 0.0  # cut off with the image: not labelled
+    return image, parsing, keypoints
 
 
-def write_jobs(out: Path, jobs: list[Job], seed: int, identities: list[Identity], workers: int) -> None:
-    """Render and save every image and its parsing PNG (CUHK03 images are kept in memory by the caller)."""
+def write_jobs(out: Path, jobs: list[Job], seed: int, identities: list[Identity], workers: int) -> list[np.ndarray | None]:
+    """Render and save every image and its parsing PNG (CUHK03 images are kept in memory by the caller).
+
+    Returns each job's true keypoints (None for a junk crop), in job order.
+    """
     from joblib import Parallel, delayed
 
-    def work(lo: int, hi: int) -> None:
+    def work(lo: int, hi: int) -> list[np.ndarray | None]:
+        kps = []
         for i in range(lo, hi):
-            image, parsing = render_job(jobs[i], seed, i, identities)
+            image, parsing, keypoints = render_job(jobs[i], seed, i, identities)
             save_pair(out, jobs[i].path, image, parsing)
+            kps.append(keypoints)
+        return kps
 
     step = max(1, -(-len(jobs) // (workers * 4)))
-    Parallel(n_jobs=workers)(delayed(work)(lo, min(lo + step, len(jobs))) for lo in range(0, len(jobs), step))
+    parts = Parallel(n_jobs=workers)(delayed(work)(lo, min(lo + step, len(jobs))) for lo in range(0, len(jobs), step))
+    return [k for part in parts for k in part]
+
+
+def write_truth_keypoints(path: Path, jobs: list[Job], keypoints: list[np.ndarray | None]) -> None:
+    """The rendered targets' true keypoints as a COCO keypoints file (``generate --keypoints``).
+
+    ``file_name`` is relative to the dataset root; visibility flags as COCO (0 not
+    labelled, 1 hidden by an occluder, 2 visible); junk crops get an image entry and no
+    annotation; ``bbox`` is the visible keypoints' extent.
+    """
+    images, annotations = [], []
+    for i, (job, kp) in enumerate(zip(jobs, keypoints)):
+        h = max(1, int(round(job.height * job.keep))) if job.keep < 1.0 else job.height
+        images.append({"id": i + 1, "file_name": job.path, "width": job.width, "height": h})
+        if kp is None:
+            continue
+        seen = kp[kp[:, 2] > 0]
+        x0, y0 = seen[:, :2].min(axis=0) if len(seen) else (0.0, 0.0)
+        x1, y1 = seen[:, :2].max(axis=0) if len(seen) else (0.0, 0.0)
+        annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                            "keypoints": [round(float(v), 2) for v in kp.reshape(-1)], "num_keypoints": int(len(seen)),
+                            "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)]})
+    doc = {"info": {"description": "reid-masks synth: true keypoints of the rendered targets"}, "images": images,
+           "annotations": annotations, "categories": [{"id": 1, "name": "person", "supercategory": "person"}]}
+    path.write_text(json.dumps(doc) + "\n")
 
 
 def save_pair(out: Path, rel: str, image: np.ndarray, parsing: np.ndarray) -> None:
@@ -203,7 +238,7 @@ def write_cuhk03(out: Path, ids: int, seed: int, rng: np.random.Generator, ident
                             local_pid = col + 1
                             fname = f"{p + 1}_{local_pid:03d}_{1 if cell < 5 else 2}_{cell + 1:02d}.png"
                             job = Job(f"images_{variant}/{fname}", ident(person), cell // 5, int(rng.integers(112, 161)), int(rng.integers(48, 65)))
-                            image, parsing = render_job(job, seed, index, identities)
+                            image, parsing, _ = render_job(job, seed, index, identities)
                             index += 1
                             save_parsing_only(out, job.path, parsing)
                             ds = refs.create_dataset(f"img{index}", data=image.transpose(2, 1, 0))
@@ -326,11 +361,13 @@ def write_split_mat(out: Path, variant: str, names: list[str], labels: list[int]
 
 
 def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, workers: int = 2, overwrite: bool = False,
-               occlusion_rate: float | None = None) -> dict[str, Any]:
+               occlusion_rate: float | None = None, truth_keypoints: bool = False) -> dict[str, Any]:
     """Write a synthetic copy of ``layout`` at ``out``; returns its manifest.
 
     ``occlusion_rate``: share of images with an occluder of any kind (None: the renderer's
     default); the occluded layouts' own rules (e.g. every Occluded-Duke query) still apply.
+    ``truth_keypoints``: also write ``<out>/TRUTH_KEYPOINTS``, the targets' true keypoints
+    as a COCO keypoints file (:func:`write_truth_keypoints`).
     """
     if layout not in LAYOUTS:
         raise UserError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
@@ -340,6 +377,8 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
         raise UserError(f"--occlusion-rate {occlusion_rate}: expected a fraction in [0, 1]")
     if occlusion_rate is not None and layout == "cuhk03":
         raise UserError("--occlusion-rate: not available for the cuhk03 layout (its images are stored in a .mat file)")
+    if truth_keypoints and layout == "cuhk03":
+        raise UserError("--truth-keypoints: not available for the cuhk03 layout (its images are stored in a .mat file)")
     from reid_masks.synth.occluded_layouts import TEST_LAYOUTS, occlude_jobs, test_jobs, test_pid
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -355,11 +394,16 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
             cache[key] = sample_identity(np.random.default_rng([seed, 7, key + 10**7]))
         return cache[key]
 
+    def render(jobs: list[Job]) -> None:
+        kps = write_jobs(out, jobs, seed, list(cache.values()), workers)
+        if truth_keypoints:
+            write_truth_keypoints(out / TRUTH_KEYPOINTS, jobs, kps)
+
     manifest = copy.deepcopy(load_manifest(layout))
     manifest.update(synthetic=True, seed=seed, ids_per_split=ids)
     if layout in TEST_LAYOUTS:
         jobs, _ = test_jobs(layout, ids, rng, ident, occlusion_rate)
-        write_jobs(out, jobs, seed, list(cache.values()), workers)
+        render(jobs)
         for split in ("query", "gallery"):
             spec = manifest["splits"][split]
             paths = [j.path for j in jobs if j.path.startswith(spec["dirs"][0] + "/")]
@@ -367,7 +411,7 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
     elif layout in ("market1501", "dukemtmc", "occluded_duke"):
         jobs, counts = folder_jobs("dukemtmc" if layout == "occluded_duke" else layout, ids, rng, ident)
         jobs = occlude_jobs(layout, jobs, occlusion_rate)
-        write_jobs(out, jobs, seed, list(cache.values()), workers)
+        render(jobs)
         if "multi_query" in counts:
             manifest["multi_query"]["images"] = sum(counts.pop("multi_query").values())
         for split, per_pid in counts.items():
@@ -380,7 +424,7 @@ def synthesize(layout: str, out: str | Path, ids: int = 8, seed: int = 0, worker
     elif layout == "msmt17":
         jobs, lists = msmt_jobs(ids, rng, ident)
         jobs = occlude_jobs(layout, jobs, occlusion_rate)
-        write_jobs(out, jobs, seed, list(cache.values()), workers)
+        render(jobs)
         for name, lines in lists.items():
             (out / name).write_text("".join(line + "\n" for line in lines))
         for split, spec in manifest["splits"].items():

@@ -77,7 +77,7 @@ from reid_train.engine.test_sets import build_test_sets, evaluate_test_sets
 from reid_masks.workers import detached_worker_init
 from reid_train.engine.preemption import StopNow, StopSignals, Stopped
 from reid_train.losses_mgran import build_loss
-from reid_train.models import MGRAN_VARIANTS, build_model, region_inputs
+from reid_train.models import FSA_VARIANTS, MGRAN_VARIANTS, build_model, region_inputs
 
 __all__ = [
     "Trainer", "WarmupStepLR", "build_optimizer", "build_model_from_config", "resolve_device",
@@ -199,6 +199,13 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
 def build_model_from_config(cfg: Config, num_classes: int, pretrained: str | None = "config") -> nn.Module:
     """``build_model`` with the ``model`` section; ``pretrained`` overrides it (checkpoints: None)."""
     m = cfg.model
+    if m.name in FSA_VARIANTS:  # FSA family (reid_train/models/fsa.py): built for the run's input size
+        options: dict[str, Any] = {"mhsa_heads": m.mhsa_heads} if FSA_VARIANTS[m.name].mhsa else {}
+        return build_model(
+            m.name, num_classes, backbone=m.backbone,
+            pretrained=m.pretrained if pretrained == "config" else pretrained,
+            last_stride=m.last_stride, input_size=(cfg.data.height, cfg.data.width), **options,
+        )
     if m.name in MGRAN_VARIANTS:  # MGRAN family: its own options (reid_train/models/mgran.py)
         return build_model(
             m.name, num_classes, backbone=m.backbone,

@@ -1,7 +1,9 @@
 """Model zoo of reid-train: ``build_model(name, num_classes, ...)`` builds any model by name.
 
 MMGA and its ablations (``baseline``, ``baseline_att``, ``wmga``, ``dmga``, ``mmga``) are
-one class, :class:`MMGA`, configured by variant. Other architectures register a builder in
+one class, :class:`MMGA`, configured by variant; so are MGRAN's (:class:`MGRAN`) and the
+Fusion Self-Attention network's (:class:`FSA`: ``fsa_baseline``, ``fsa_sam``, ``fsa``,
+``fsa_mask``). Other architectures register a builder in
 ``_BUILDERS`` with the same signature.
 """
 
@@ -18,6 +20,7 @@ from .attention import MaskGuidedAttention
 from .backbone import ARCH_CHANNELS, ResNetBackbone, imagenet_weights_file
 from .mmga import ATT_MAP_MASK, MMGA, VARIANTS, VariantSpec, middle_split
 from .mgran import MGRAN, MGRAN_VARIANTS, region_inputs
+from .fsa import FSA, FSA_VARIANTS
 
 __all__ = [
     "build_model",
@@ -34,6 +37,8 @@ __all__ = [
     "MGRAN",
     "MGRAN_VARIANTS",
     "region_inputs",
+    "FSA",
+    "FSA_VARIANTS",
 ]
 
 
@@ -69,6 +74,23 @@ for _name in MGRAN_VARIANTS:
     _BUILDERS[_name] = _mgran_builder(_name)
     _OPTIONS[_name] = {
         p for p in inspect.signature(MGRAN.__init__).parameters
+        if p not in ("self", "num_classes", "variant", "backbone", "pretrained")
+    }
+
+
+def _fsa_builder(variant: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, backbone: str = "resnet50", pretrained: str | None = None, **options: Any) -> nn.Module:
+        return FSA(num_classes, variant=variant, backbone=backbone, pretrained=pretrained, **options)
+
+    build.__doc__ = f"Fusion Self-Attention network, variant {variant!r} (reid_train/models/fsa.py)."
+    return build
+
+
+# FSA (An, Lim, He, Kang): fsa_baseline, fsa_sam, fsa (Table 2 rows) and fsa_mask (ours).
+for _name in FSA_VARIANTS:
+    _BUILDERS[_name] = _fsa_builder(_name)
+    _OPTIONS[_name] = {
+        p for p in inspect.signature(FSA.__init__).parameters
         if p not in ("self", "num_classes", "variant", "backbone", "pretrained")
     }
 

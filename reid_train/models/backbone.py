@@ -12,6 +12,15 @@ downloaded) or a path to a state-dict file. A missing or mismatching file raises
 
 State-dict keys are torchvision's (``conv1.weight``, ``layer1.0.conv1.weight``, ...) minus
 ``fc.*``, so torchvision checkpoints load as-is.
+
+``resnet50_ibn_a`` is ResNet50-IBN-a (Pan et al., "Two at once", ECCV 2018), transcribed from
+the official IBN-Net code (``ibnnet/resnet_ibn.py``, ``ibnnet/modules.py``): the torchvision
+ResNet-50 (same stem, stride in the 3x3 conv2 of a Bottleneck) with bn1 of every Bottleneck
+of layer1-3 replaced by :class:`IBN` (InstanceNorm2d(affine) on the first ``int(planes*0.5)``
+channels, BatchNorm2d on the rest), none in layer4. Its keys are the official release's
+(``layer1.0.bn1.IN.weight``, ``layer1.0.bn1.BN.running_mean``, ...), so
+``resnet50_ibn_a-d9d0bb7b.pth`` of the IBN-Net v1.0 release loads strictly as-is; its
+"imagenet" file is read from the torch hub cache under that name, as torch.hub would store it.
 """
 
 from __future__ import annotations
@@ -26,19 +35,57 @@ from torch import Tensor
 
 from reid_masks.errors import UserError
 
-__all__ = ["ResNetBackbone", "ARCH_CHANNELS", "imagenet_weights_file", "load_backbone_state_dict"]
+__all__ = ["ResNetBackbone", "ARCH_CHANNELS", "IBN", "IBN_A_URL", "imagenet_weights_file", "load_backbone_state_dict",
+           "resnet50_ibn_a"]
 
 # Output channels of (stage2 = layer2, stage3 = layer3, stage4 = layer4).
 ARCH_CHANNELS: dict[str, tuple[int, int, int]] = {
     "resnet18": (128, 256, 512),
     "resnet34": (128, 256, 512),
     "resnet50": (512, 1024, 2048),
+    "resnet50_ibn_a": (512, 1024, 2048),
 }
 
-_BUILDERS = {
+#: The official ImageNet weights of ResNet50-IBN-a (IBN-Net v1.0 release, ``model_urls`` of ibnnet/resnet_ibn.py).
+IBN_A_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth"
+
+
+class IBN(nn.Module):
+    """Instance-Batch Normalization (IBN-Net's ``IBN``): IN on the first ``int(planes*ratio)``
+    channels, BN on the rest, concatenated back in that order. Attribute names ``IN``/``BN``
+    are the official ones, so the release's keys load unchanged."""
+
+    def __init__(self, planes: int, ratio: float = 0.5) -> None:
+        super().__init__()
+        self.half = int(planes * ratio)
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.half)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat((self.IN(x[:, : self.half].contiguous()), self.BN(x[:, self.half:].contiguous())), 1)
+
+
+def resnet50_ibn_a(weights: None = None) -> torchvision.models.ResNet:
+    """ResNet50-IBN-a as a torchvision ResNet (random init): IBN in bn1 of layer1-3's Bottlenecks.
+
+    The official ``ResNet_IBN`` differs from torchvision's ResNet-50 only there (stem, strides,
+    downsample and block order are the same), so the torchvision module with those norms
+    swapped has the official structure and key names.
+    """
+    if weights is not None:
+        raise ValueError("resnet50_ibn_a is built with random weights; load a state dict afterwards")
+    net = torchvision.models.resnet50(weights=None)
+    for layer in (net.layer1, net.layer2, net.layer3):
+        for block in layer:
+            block.bn1 = IBN(block.bn1.num_features)
+    return net
+
+
+_BUILDERS = {  # arch -> (builder, torchvision weights enum; None: the IBN-Net release, IBN_A_URL)
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights),
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
+    "resnet50_ibn_a": (resnet50_ibn_a, None),
 }
 
 
@@ -48,14 +95,16 @@ def _check_arch(arch: str) -> None:
 
 
 def imagenet_weights_file(arch: str = "resnet50") -> tuple[str, str]:
-    """Return ``(local_path, url)`` of torchvision's IMAGENET1K_V1 file for ``arch``.
+    """Return ``(local_path, url)`` of torchvision's IMAGENET1K_V1 file for ``arch``
+    (``resnet50_ibn_a``: the IBN-Net v1.0 release file ``resnet50_ibn_a-d9d0bb7b.pth``).
 
-    The local path is where torchvision's own downloader would put it
+    The local path is where torchvision's (torch.hub's) own downloader would put it
     (``torch.hub.get_dir()/checkpoints/<file>``), so an online run of torchvision fills the
     same cache this project reads.
     """
     _check_arch(arch)
-    url = _BUILDERS[arch][1].IMAGENET1K_V1.url
+    weights = _BUILDERS[arch][1]
+    url = weights.IMAGENET1K_V1.url if weights is not None else IBN_A_URL
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     return path, url
 
@@ -93,6 +142,9 @@ def load_backbone_state_dict(module: nn.Module, path: str, arch: str) -> None:
         raise UserError(f"cannot read backbone weights {path}: {type(exc).__name__}: {exc}") from None
     state = _clean_state_dict(raw, path)
     expected = module.state_dict()
+    for key in expected:  # files saved before PyTorch 0.4.1 have no BN step counters; BN starts them at 0
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(expected[key])
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
@@ -141,9 +193,10 @@ class ResNetBackbone(nn.Module):
         if pretrained.lower() == "imagenet":
             path, url = imagenet_weights_file(self.arch)
             if not os.path.isfile(path):
+                source = " (IBN-Net v1.0 release)" if self.arch == "resnet50_ibn_a" else ""
                 raise UserError(
                     f"ImageNet weights for {self.arch} not found: {path} (no download is attempted); "
-                    f"fetch {url} and put it at that path (or set TORCH_HOME), "
+                    f"fetch {url}{source} and put it at that path (or set TORCH_HOME), "
                     f"or give a weights file (--set model.pretrained=PATH), or train from random init (--set model.pretrained=none)"
                 )
             load_backbone_state_dict(self, path, self.arch)
