@@ -98,7 +98,7 @@ class ModelConfig:
     part_dim: int = field(default=512, metadata=_range(1, MAX_DIM))
     head_bn: bool = True
     reduction_dim: int = field(default=0, metadata=_range(0, MAX_DIM))  # mgran*: shared Linear+BN per branch (0: none, F = branches x 2048)
-    id_head: bool = False  # mgran*: identity softmax on F (our addition; the paper trains with MSML only)
+    id_head: bool = False  # mgran*: identity softmax on F (our addition; MSML is the only loss the paper names)
     mhsa_heads: int = field(default=4, metadata=_range(1, 64))  # fsa_sam/fsa/fsa_mask: heads of the MHSA replacing Conv4_x/Conv5_x's 3x3 convs
 
 

@@ -3,7 +3,7 @@
 The exported graph is what ``model.eval()(images)`` computes in PyTorch: images in, the
 L2-normalised re-ID feature out. Input ``images`` is ``(N, 3, H, W)`` float32 (``N``
 dynamic; ``H x W`` fixed at the config's ``data.height x data.width`` unless given), RGB,
-scaled to [0, 1], resized to ``H x W`` (bilinear, antialiased, no crop) and normalised
+resized to ``H x W`` as uint8 (bilinear, antialiased, no crop), scaled to [0, 1] and normalised
 with the config's ``data.mean`` / ``data.std``; output ``features`` is ``(N, D)`` float32 with
 unit L2 norm. ``flip=True`` bakes the evaluation's flip averaging into the graph
 (``normalize(f(x) + f(flip(x)))``, what ``reid-train evaluate``/``extract`` use); off by
@@ -128,8 +128,8 @@ def _metadata(ckpt: dict[str, Any], cfg: Any, model: nn.Module, hw: tuple[int, i
             "width": hw[1],
             "mean": [float(v) for v in d.mean],
             "std": [float(v) for v in d.std],
-            "preprocessing": (f"decode as RGB, resize to {hw[0]}x{hw[1]} (bilinear, antialiased, no crop), "
-                              "scale to [0, 1], subtract mean and divide by std per channel"),
+            "preprocessing": (f"decode as RGB (uint8), resize to {hw[0]}x{hw[1]} (bilinear, antialiased, on the uint8 "
+                              "image, rounded to uint8; no crop), scale to [0, 1], subtract mean and divide by std per channel"),
         },
         "output": {
             "name": OUTPUT_NAME,

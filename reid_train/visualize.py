@@ -358,13 +358,15 @@ def heading_text(cfg: Any, epoch: int, checkpoint: Path, test_set: str, train_se
             f"test: {test_set}; {protocol}")
 
 
-def region_contours(item: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """name -> 0/1 map of the region inputs an MGRAN item carries (``region_masks``; channel 0, the
-    whole pedestrian, is left out); {} for items without region masks."""
-    masks = item.get("region_masks")
-    if masks is None:
+def region_contours(item: Mapping[str, Any], names: Sequence[str], kind: str = "regions") -> dict[str, np.ndarray]:
+    """name -> 0/1 map of the region inputs an MGRAN item carries (its ``region_codes`` of
+    ``kind``, expanded; channel 0, the whole pedestrian, is left out); {} for items without them."""
+    from reid_train.data.regions import expand_region_codes
+
+    codes = item.get("region_codes")
+    if codes is None:
         return {}
-    arr = np.asarray(masks)
+    arr = np.asarray(expand_region_codes(codes, kind))
     return {name: arr[k].astype(np.float32) for k, name in enumerate(names) if k > 0 and name in REGION_INPUT_COLORS}
 
 
@@ -430,7 +432,7 @@ def visualize_set(loaded: Any, dataset: Any, cfg: Any, out_dir: Path, n: int = 8
     att: list[dict[str, np.ndarray]] = []
     for start in range(0, len(queries), cfg.test.batch_size):
         chunk = queries[start:start + cfg.test.batch_size]
-        att += attention_maps(model, torch.stack([query_set[int(q)]["image"] for q in chunk]), device)
+        att += attention_maps(model, test_tf.normalize(torch.stack([query_set[int(q)]["image"] for q in chunk]).to(device)), device)
 
     q_recs, g_recs = dataset.query, dataset.gallery
     heading = heading_text(cfg, epoch, checkpoint, f"{dataset.name} query/gallery", train_set)
@@ -447,8 +449,9 @@ def visualize_set(loaded: Any, dataset: Any, cfg: Any, out_dir: Path, n: int = 8
             att_maps=att[i] if att else None, title=title,
         )
         if region_names:
-            kwargs["query_regions"] = region_contours(loaders["query"].dataset[r.query], region_names)
-            kwargs["gallery_regions"] = [region_contours(loaders["gallery"].dataset[int(g)], region_names) for g in r.gallery]
+            qs, gs = loaders["query"].dataset, loaders["gallery"].dataset
+            kwargs["query_regions"] = region_contours(qs[r.query], region_names, qs.region_masks.kind)
+            kwargs["gallery_regions"] = [region_contours(gs[int(g)], region_names, gs.region_masks.kind) for g in r.gallery]
         q_img = read_image(dataset.abspath(qrec))
         g_imgs = [read_image(dataset.abspath(g)) for g in top]
         name = f"query_{i + 1:03d}_{_stem(qrec.path)}.png"

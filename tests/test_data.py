@@ -99,6 +99,69 @@ def test_transforms_are_deterministic_for_a_generator_seed_and_eval_has_no_rando
     assert torch.equal(c[0], d[0]) and c[1] is None
 
 
+def float_pipeline(tf: PairedTransform, image: np.ndarray, masks: torch.Tensor, generator: torch.Generator):
+    """The pipeline before images were loaded as uint8, written out: scale to [0, 1], resize the
+    float image, flip / pad + crop it with the masks upsampled to the image size, normalise,
+    erase, pool the masks back to their grid."""
+    h, w = tf.size
+    img = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
+    img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+    m = F.interpolate(masks[None], size=(h, w), mode="nearest-exact")[0]
+    if float(torch.rand((), generator=generator)) < tf.flip_prob:
+        img, m = img.flip(-1), m.flip(-1)
+    if tf.pad:
+        p = tf.pad
+        top, left = (int(torch.randint(0, 2 * p + 1, (), generator=generator)) for _ in range(2))
+        img = F.pad(img, (p, p, p, p))[:, top:top + h, left:left + w]
+        m = F.pad(m, (p, p, p, p))[:, top:top + h, left:left + w]
+    img = (img - torch.tensor(tf.mean)[:, None, None]) / torch.tensor(tf.std)[:, None, None]
+    if float(torch.rand((), generator=generator)) < tf.erasing_prob:
+        top, left, eh, ew = tf._erase_box(h, w, generator).tolist()  # the same draws
+        img[:, top:top + eh, left:left + ew] = 0.0
+    return img, F.interpolate(m[None], size=tuple(masks.shape[-2:]), mode="area")[0].clamp(0, 1)
+
+
+@pytest.mark.parametrize("pad", [0, 10, 16])
+def test_uint8_pipeline_within_one_grey_level_of_the_float_pipeline_masks_unchanged(pad: int) -> None:
+    """Resizing the uint8 image rounds to whole grey levels (< 1 level from the float resize);
+    the masks moved on their 24x8 grid equal the round trip through 384x128; same draws, same erasing."""
+    rng = np.random.default_rng(pad)
+    tf = PairedTransform(size=(384, 128), train=True, flip_prob=0.5, pad=pad, erasing_prob=0.5)
+    worst, mean_err = 0.0, []
+    for seed in range(8):
+        smooth = F.interpolate(torch.from_numpy(rng.random((1, 3, 8, 4))), size=(128, 64), mode="bicubic", align_corners=False)[0]
+        image = np.clip(smooth.permute(1, 2, 0).numpy() * 255 + rng.normal(0, 12, (128, 64, 3)), 0, 255).astype(np.uint8)
+        masks = torch.from_numpy(rng.random((3, 24, 8)).astype(np.float32))
+        got_img, got_masks = tf(image, masks, generator=torch.Generator().manual_seed(seed))
+        ref_img, ref_masks = float_pipeline(tf, image, masks, torch.Generator().manual_seed(seed))
+        assert torch.allclose(got_masks, ref_masks, atol=1e-5, rtol=0)  # the round trip's own sums are off by ~4e-6
+        assert torch.equal((got_img == 0).all(0), (ref_img == 0).all(0))  # the same erased rectangle
+        grey = (got_img - ref_img) * torch.tensor(tf.std)[:, None, None] * 255  # in grey levels
+        worst = max(worst, float(grey.abs().max()))
+        mean_err.append(float(grey.abs().mean()))
+    assert worst < 1.0 and np.mean(mean_err) < 0.35
+    still = PairedTransform(size=(384, 128), train=False)(image, masks)[1]
+    assert torch.equal(still, masks)  # nothing moved: the masks come back exactly (the round trip did not)
+
+
+def test_batches_carry_uint8_and_normalise_on_the_device_as_the_transform(market) -> None:
+    """A collated batch (uint8 images + erasing rectangles) normalised by the one normalisation
+    equals the per-image transform bit for bit; the evaluation transform erases nothing."""
+    train, test = build_transforms((96, 32), flip_prob=0.5, pad=4, erasing_prob=0.7)
+    ds = ReIDImageDataset(market, "train", train)
+    batches = iter(torch.utils.data.DataLoader(ds, batch_size=6, shuffle=False))  # draws its base seed here
+    torch.manual_seed(0)
+    batch = next(batches)
+    assert batch["image"].dtype == torch.uint8 and batch["erase"].shape == (6, 4) and bool((batch["erase"][:, 2] > 0).any())
+    torch.manual_seed(0)
+    from reid_masks.imageio import read_image
+
+    each = torch.stack([train(read_image(market.abspath(r)))[0] for r in ds.records[:6]])
+    assert torch.equal(train.normalize(batch["image"], batch["erase"]), each)
+    item = ReIDImageDataset(market, "query", test)[0]
+    assert "erase" not in item and torch.equal(test.normalize(item["image"][None])[0], test(read_image(market.abspath(market.query[0])))[0])
+
+
 # --------------------------------------------------------------------------- samplers
 
 

@@ -212,6 +212,56 @@ def test_unparseable_names(synth_dataset, tmp_path):
         build_dataset("market1501", root)
 
 
+def torchreid_new_split(mat: dict) -> dict[str, list[tuple[str, int, int]]]:
+    """torchreid's CUHK03 new-protocol reading (cuhk03.py ``_extract_new_split``), restated: the
+    1-based index arrays minus one index ``labels`` and ``filelist`` directly (so they must be
+    integers), train ids relabelled in order of first sight, camera from the name's third field."""
+    pids = mat["labels"].flatten()
+    names = mat["filelist"].flatten()
+    out = {}
+    train_rows = mat["train_idx"].flatten() - 1
+    relabel = {pid: n for n, pid in enumerate(set(pids[train_rows]))}
+    for key in ("train", "query", "gallery"):
+        rows = mat[f"{key}_idx"].flatten() - 1
+        out[key] = [(names[i][0], int(relabel[pids[i]] if key == "train" else pids[i]), int(names[i][0].split("_")[2]) - 1)
+                    for i in rows]
+    return out
+
+
+def test_cuhk03_split_files_read_by_torchreids_logic_and_ours(synth_dataset, tmp_path):
+    """The synthetic split files hold integer arrays of MATLAB class double, as the authors' files do
+    (there: camId uint8, labels and the index arrays uint16), so torchreid's reading works; ours reads
+    them and a float64 re-save alike, and refuses fractional indices."""
+    import numpy as np
+    import scipy.io
+
+    from reid_masks.datasets.cuhk03 import read_split_mat
+
+    root = synth_dataset("cuhk03")
+    path = root / "cuhk03_new_protocol_config_labeled.mat"
+    assert {cls for name, _, cls in scipy.io.whosmat(path) if name != "filelist"} == {"double"}
+    mat = scipy.io.loadmat(path)
+    assert all(mat[k].dtype.kind == "u" for k in ("labels", "camId", "train_idx", "query_idx", "gallery_idx"))
+    theirs = torchreid_new_split(mat)
+    ds = build_dataset("cuhk03", root, variant="labeled")
+    for key in ("query", "gallery"):
+        assert theirs[key] == [(Path(r.path).name, r.pid, r.camid) for r in ds.split(key)]
+    assert sorted((n, c) for n, _, c in theirs["train"]) == sorted((Path(r.path).name, r.camid) for r in ds.train)
+    assert len({p for _, p, _ in theirs["train"]}) == len({r.pid for r in ds.train})
+
+    floats = {k: (v.astype(np.float64) if k != "filelist" else v) for k, v in mat.items() if not k.startswith("__")}
+    legacy = tmp_path / "float64.mat"
+    scipy.io.savemat(legacy, floats)
+    with pytest.raises(IndexError):  # what torchreid does with float64 index arrays
+        torchreid_new_split(scipy.io.loadmat(legacy))
+    ours, again = read_split_mat(path), read_split_mat(legacy)
+    assert all(np.array_equal(ours[k], again[k]) for k in ours)
+    floats["query_idx"] = floats["query_idx"] + 0.5
+    scipy.io.savemat(legacy, floats)
+    with pytest.raises(UserError, match=r"float64.mat: query_idx must hold whole numbers"):
+        read_split_mat(legacy)
+
+
 def test_wrong_layout_for_dataset(synth_dataset):
     with pytest.raises(UserError, match="list_train.txt not found"):
         build_dataset("msmt17", synth_dataset("market1501"))

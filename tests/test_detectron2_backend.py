@@ -191,7 +191,7 @@ def test_missing_detectron2(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(e.value) == "detectron2 is not installed: install it from source: pip install 'git+https://github.com/facebookresearch/detectron2.git'"
 
 
-def test_missing_weights_messages(d2: SimpleNamespace, tmp_path: Path) -> None:
+def test_missing_weights_messages(d2: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from reid_masks.backends.detectron2_backend import Detectron2Backend
 
     with pytest.raises(UserError) as e:
@@ -213,6 +213,17 @@ def test_missing_weights_messages(d2: SimpleNamespace, tmp_path: Path) -> None:
     import hashlib
 
     assert prov["models"]["mask"]["sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert prov["models"]["mask"]["source"] == "zoo"
+
+    # --mask-weights FILE (typed relative) is recorded as the absolute file loaded with its hash, and no zoo URL
+    monkeypatch.chdir(d2.mask.parent)
+    prov = make_backend(d2, mask_weights=d2.mask.name, keypoint_weights=Path("kp.pth")).provenance()
+    for key, path in (("mask", d2.mask), ("keypoint", d2.keypoint)):
+        rec = prov["models"][key]
+        assert rec["path"] == rec["weights"] == str(path.resolve()) and Path(rec["path"]).is_absolute()
+        assert rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert rec["url"] is None and rec["source"] == "file"
+    assert "dl.fbaipublicfiles.com" not in json.dumps(prov)
 
 
 def test_wrong_checkpoint_and_options(d2: SimpleNamespace) -> None:

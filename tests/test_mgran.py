@@ -24,7 +24,7 @@ from reid_masks.imageio import read_label_png
 from reid_train.cli import main
 from reid_train.config import READ_WHEN, config_to_dict, load_config, packaged_configs, unread_keys
 from reid_train.data import PairedTransform, ReIDImageDataset
-from reid_train.data.regions import load_split_region_masks
+from reid_train.data.regions import expand_region_codes, load_split_region_masks
 from reid_train.engine.evaluator import evaluate_model
 from reid_train.losses import MMGALoss
 from reid_train.losses_mgran import MGRANLoss, build_loss, msml_loss
@@ -64,6 +64,11 @@ def native_cache(market_root, tmp_path_factory) -> Path:
 def small_cache(market_root, tmp_path_factory) -> Path:
     """person_size 64x32: half the training resolution, so the dataset must upsample (nearest)."""
     return _generate(market_root, tmp_path_factory.mktemp("mgran") / "small.h5", (64, 32))
+
+
+def masks_of(item: dict, kind: str = "regions") -> torch.Tensor:
+    """The (C, H, W) 0/1 masks of an item's region code map, as the trainer expands them."""
+    return expand_region_codes(item["region_codes"], kind)
 
 
 def _no_aug(size=(128, 64), flip_prob=0.0, pad=0) -> PairedTransform:
@@ -134,10 +139,10 @@ def test_loss_dispatch_and_id_head() -> None:
 def test_region_inputs_equal_the_image_inside_each_mask_and_zero_outside(market, native_cache) -> None:
     ds = ReIDImageDataset(market, "train", _no_aug(), cache=native_cache, region_masks="regions")
     flipped = ReIDImageDataset(market, "train", _no_aug(flip_prob=1.0), cache=native_cache, region_masks="regions")
-    assert "masks" not in ds[0]
+    assert "masks" not in ds[0] and ds[0]["region_codes"].shape == (1, 128, 64)
     for i in range(0, len(ds), 5):
         item = ds[i]
-        img, m = item["image"], item["region_masks"]
+        img, m = item["image"], masks_of(item)
         assert m.dtype == torch.uint8 and m.shape == (4, 128, 64)
         # synthetic ground truth: the parsing PNG the image was rendered with
         parsing = torch.from_numpy(read_label_png((market.root / "parsing" / market.train[i].path).with_suffix(".png")).astype(np.int64))
@@ -154,8 +159,8 @@ def test_region_inputs_equal_the_image_inside_each_mask_and_zero_outside(market,
             assert torch.equal(x[k][:, inside], img[:, inside])
         # under a horizontal flip the region input is the flip of the unflipped one
         f_item = flipped[i]
-        assert torch.equal(f_item["region_masks"], m.flip(-1))
-        assert torch.allclose(region_inputs(f_item["image"][None], f_item["region_masks"][None])[0], x.flip(-1), atol=1e-6)
+        assert torch.equal(masks_of(f_item), m.flip(-1))
+        assert torch.allclose(region_inputs(f_item["image"][None], masks_of(f_item)[None])[0], x.flip(-1), atol=1e-6)
 
 
 def test_cache_masks_are_nearest_resized_to_the_training_size_and_follow_pad_crop(market, small_cache) -> None:
@@ -164,7 +169,8 @@ def test_cache_masks_are_nearest_resized_to_the_training_size_and_follow_pad_cro
     ds = ReIDImageDataset(market, "query", _no_aug(), cache=small_cache, region_masks="regions")
     for i in range(len(ds)):
         expected = src[i].repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # exact 2x nearest
-        assert torch.equal(ds[i]["region_masks"], expected)
+        assert torch.equal(masks_of(ds[i]), expected)
+        assert torch.equal(ds[i]["region_codes"], F.interpolate(torch.from_numpy(src.codes[i])[None, None], size=(128, 64), mode="nearest-exact")[0])
     # pad + crop (random): the masks move with the image; an all-ones image shows where the image went
     padded = ReIDImageDataset(market, "query", _no_aug(pad=10, flip_prob=0.5), cache=small_cache, region_masks="regions")
     padded.transform.mean, padded.transform.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -173,8 +179,8 @@ def test_cache_masks_are_nearest_resized_to_the_training_size_and_follow_pad_cro
         item = padded[0]
         torch.manual_seed(seed)
         ref_img, ref_masks = padded.transform(torch.ones(3, 128, 64), src[0][None].float().repeat_interleave(2, -2).repeat_interleave(2, -1)[0])
-        assert torch.equal(item["region_masks"], (ref_masks > 0.5).to(torch.uint8))
-        assert bool((item["region_masks"].bool() <= (ref_img[0] > 0)).all())  # masks only where the image is
+        assert torch.equal(masks_of(item), (ref_masks > 0.5).to(torch.uint8))
+        assert bool((masks_of(item).bool() <= (ref_img[0] > 0)).all())  # masks only where the image is
 
 
 def test_masks_are_joined_by_path_whatever_the_cache_row_order(market, tmp_path) -> None:
@@ -268,8 +274,8 @@ def test_mgran_pl_part_inputs_are_the_parsed_body_parts_inside_the_person(market
     seen = set()
     for i in range(len(market.query)):
         parsing = read_label_png((market.root / "parsing" / market.query[i].path).with_suffix(".png"))
-        m = ds[i]["region_masks"].numpy().astype(bool)  # (5, 128, 64): the cache's own size, no resampling
-        assert m.shape == (5,) + parsing.shape and torch.equal(src[i], ds[i]["region_masks"])
+        m = masks_of(ds[i], "parts").numpy().astype(bool)  # (5, 128, 64): the cache's own size, no resampling
+        assert m.shape == (5,) + parsing.shape and torch.equal(src[i], masks_of(ds[i], "parts"))
         person, parts = m[0], m[1:]
         assert np.array_equal(person, parsing > 0)  # no detector: the pedestrian mask is the parsing foreground
         assert (parts.sum(axis=0) <= 1).all()  # disjoint

@@ -74,6 +74,24 @@ def test_occluded_reid_per_identity_folders_and_jpg_copies(synth_dataset, tmp_pa
     assert len(build_dataset("occluded_reid", root).gallery) == len(ds.gallery)
 
 
+def test_occluded_reid_tif_and_jpg_of_one_image_read_once(synth_dataset, tmp_path, caplog):
+    """A copy holding the release's .tif files and converted .jpg ones lists each image once, the .tif."""
+    from PIL import Image
+
+    root = tmp_path / "occ"
+    shutil.copytree(synth_dataset("occluded_reid"), root)
+    want = build_dataset("occluded_reid", root)
+    queries = files_on_disk(root / "occluded_body_images")
+    for f in queries:
+        Image.open(f).convert("RGB").save(f[:-4] + ".jpg")
+    with caplog.at_level("WARNING", logger="reid_masks.datasets.testsets"):
+        got = build_dataset("occluded_reid", root)
+    assert got.query == want.query and all(r.path.endswith(".tif") for r in got.query)
+    assert got.gallery == want.gallery
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"{len(queries)} image(s) exist under several extensions" in line and "preferring .tif over .jpg" in line
+
+
 def test_partial_reid_queries_are_partial_crops(synth_dataset):
     from PIL import Image
 

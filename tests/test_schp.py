@@ -60,12 +60,14 @@ def test_state_dict_matches_schp_definition(net: torch.nn.Module, tmp_path: Path
     assert [(k, s) for k, s in json.loads((tmp_path / "keys.json").read_text())] == written == ours
 
 
-def test_published_layout_loads_strictly(net: torch.nn.Module, checkpoint: Path) -> None:
-    parser = SCHPParser(weights=str(checkpoint), input_size=(65, 65), flip=False)
+def test_published_layout_loads_strictly(net: torch.nn.Module, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(checkpoint.parent)
+    parser = SCHPParser(weights=checkpoint.name, input_size=(65, 65), flip=False)  # typed relative: recorded absolute
     for (k, v), (k2, v2) in zip(net.state_dict().items(), parser.model.state_dict().items()):
         assert k == k2 and torch.equal(v, v2.cpu())
     prov = parser.provenance()
-    assert prov["weights"]["path"] == str(checkpoint) and len(prov["weights"]["sha256"]) == 64
+    assert prov["weights"]["path"] == str(checkpoint.resolve()) and len(prov["weights"]["sha256"]) == 64
+    assert prov["weights"]["source"] == "file" and prov["weights"]["file"] is None  # not claimed to be the LIP release
     assert prov["random_weights"] is False
 
 
@@ -116,6 +118,19 @@ def test_no_weights_is_an_error_not_random(monkeypatch: pytest.MonkeyPatch, tmp_
     assert "exp-schp-201908261155-lip.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg and "--parser-weights" in msg
     with pytest.raises(UserError, match="choose one"):
         SCHPParser(weights="x.pth", random_weights=True)
+
+
+def test_provenance_names_the_release_only_for_the_cache_file(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The default (hub cache) file is named as the LIP release; a copy given by path is not (see the layout test)."""
+    import shutil
+
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, hub / "checkpoints" / "exp-schp-201908261155-lip.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    zoo = SCHPParser(input_size=(65, 65), flip=False).provenance()["weights"]
+    assert zoo["source"] == "zoo" and zoo["file"] == "exp-schp-201908261155-lip.pth" and zoo["url"] is None
+    assert zoo["path"] == str((hub / "checkpoints" / "exp-schp-201908261155-lip.pth").resolve())
 
 
 def meta_net() -> torch.nn.Module:

@@ -94,7 +94,7 @@ def test_provenance(random_backend: TorchvisionBackend) -> None:
     assert p["random_weights"] is True
     assert p["models"] == {"mask": "maskrcnn_resnet50_fpn_v2", "keypoint": "keypointrcnn_resnet50_fpn"}
     assert p["weights"]["mask"]["sha256"] is None and p["weights"]["mask"]["path"] is None
-    assert p["weights"]["mask"]["url"] == MASK_WEIGHTS.url
+    assert p["weights"]["mask"]["url"] is None and p["weights"]["mask"]["weights"] is None  # nothing was loaded
     assert p["score_threshold"] == 0.0 and p["min_size"] == 128 and p["max_size"] == 256
     assert p["device"] == "cpu" and p["amp"] is False
     assert p["torchvision_version"]
@@ -168,11 +168,16 @@ def test_bad_options() -> None:
         TorchvisionBackend(random_weights=True, min_size=300, max_size=200)
 
 
-def test_weights_round_trip_through_path(tmp_path: Path, random_backend: TorchvisionBackend) -> None:
-    mpath, kpath = tmp_path / "mask.pth", tmp_path / "kp.pth"
+def test_weights_round_trip_through_path(tmp_path: Path, empty_hub_dir: Path, random_backend: TorchvisionBackend,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved weights load back to the same outputs; the provenance names the file loaded: the cache file
+    with torchvision's URL, a file given (typed relative) by absolute path and hash only."""
+    mpath, kpath = expected_weights_path(MASK_WEIGHTS), tmp_path / "kp.pth"
+    mpath.parent.mkdir(parents=True)
     torch.save(random_backend.mask_model.state_dict(), mpath)
     torch.save(random_backend.keypoint_model.state_dict(), kpath)
-    loaded = TorchvisionBackend(mask_weights=mpath, keypoint_weights=kpath, match_iou=1e-6, **FAST)
+    monkeypatch.chdir(tmp_path)
+    loaded = TorchvisionBackend(keypoint_weights="kp.pth", match_iou=1e-6, **FAST)
     images = _images()[:1]
     (got,) = loaded.predict(images)
     (want,) = random_backend.predict(images)
@@ -183,11 +188,13 @@ def test_weights_round_trip_through_path(tmp_path: Path, random_backend: Torchvi
     np.testing.assert_allclose(got.keypoints, want.keypoints, atol=1e-3)
     p = loaded.provenance()
     assert p["random_weights"] is False
-    assert p["weights"]["mask"]["path"] == str(mpath)
     import hashlib
 
+    assert p["weights"]["mask"]["url"] == MASK_WEIGHTS.url and p["weights"]["mask"]["source"] == "zoo"
+    assert p["weights"]["mask"]["path"] == str(mpath.resolve()) and p["weights"]["mask"]["weights"] == "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"
     assert p["weights"]["mask"]["sha256"] == hashlib.sha256(mpath.read_bytes()).hexdigest()
-    assert p["weights"]["keypoint"]["sha256"] == hashlib.sha256(kpath.read_bytes()).hexdigest()
+    assert p["weights"]["keypoint"] == {"model": "keypointrcnn_resnet50_fpn", "weights": None, "url": None, "source": "file",
+                                        "path": str(kpath.resolve()), "sha256": hashlib.sha256(kpath.read_bytes()).hexdigest()}
     assert loaded.provenance() == p
 
 

@@ -91,7 +91,7 @@ import torch
 
 from reid_masks.backends.base import DEFAULT_DETECTIONS_PER_IMG, PERSON_RULE, Instances, attach_keypoints, forward_by_size, padded_size, parse_device
 from reid_masks.errors import UserError
-from reid_masks.weights import file_sha256
+from reid_masks.weights import weights_record
 
 log = logging.getLogger(__name__)
 
@@ -349,16 +349,16 @@ class Detectron2Backend:
         if self._provenance is None:
             models = {}
             for key, m in (("mask", self.mask), ("keypoint", self.keypoint)):
+                cached = detectron2_cache_dir() / urlparse(m.url).path.lstrip("/") if m.url else None
                 local = m.weights if m.weights and os.path.isfile(m.weights) else None
                 if local is None and m.url and m.weights == m.url:  # downloaded by detectron2 into its cache
-                    cached = detectron2_cache_dir() / urlparse(m.url).path.lstrip("/")
-                    local = str(cached) if cached.is_file() else None
+                    local = str(cached) if cached is not None and cached.is_file() else None
+                record = weights_record(local, cached, m.url)
                 models[key] = {
                     "config": m.config,
                     "config_file": m.config_file,
-                    "weights": m.weights,
-                    "url": m.url,
-                    "sha256": file_sha256(local) if local else None,
+                    "weights": record["path"],  # the file loaded (absolute); the zoo URL only when it is the zoo file
+                    **record,
                     "score_threshold": float(m.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST),
                     "min_size_test": int(m.cfg.INPUT.MIN_SIZE_TEST),
                     "max_size_test": int(m.cfg.INPUT.MAX_SIZE_TEST),

@@ -124,7 +124,7 @@ from reid_masks.backends.base import (
     parse_device,
 )
 from reid_masks.errors import UserError
-from reid_masks.weights import file_sha256
+from reid_masks.weights import weights_record
 
 log = logging.getLogger(__name__)
 
@@ -424,12 +424,12 @@ class TorchvisionBackend:
             ):
                 if not on:
                     continue
+                record = weights_record(path, expected_weights_path(enum), enum.url)
                 weights[key] = {
                     "model": model_name,
-                    "weights": f"{type(enum).__name__}.{enum.name}",
-                    "url": enum.url,
-                    "path": str(path) if path is not None else None,
-                    "sha256": file_sha256(path) if path is not None else None,
+                    # torchvision's name for the checkpoint only when its cached file is what was loaded
+                    "weights": f"{type(enum).__name__}.{enum.name}" if record["source"] == "zoo" else None,
+                    **record,
                 }
             self._provenance = {
                 "backend": self.name,

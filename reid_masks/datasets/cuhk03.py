@@ -51,6 +51,12 @@ def read_split_mat(path: Path) -> dict[str, np.ndarray]:
     if missing:
         raise UserError(f"{path}: not a CUHK03 new-protocol split file (missing {', '.join(missing)}; expected {', '.join(need)})")
     names = [str(np.asarray(x).ravel()[0]) for x in mat["filelist"].ravel()]
+    # the authors' files hold integers (class double stored as uint8/uint16); a float64 copy
+    # (re-saved, or an older synthetic file) is read too, but only with whole numbers
+    for key in ("train_idx", "query_idx", "gallery_idx", "labels"):
+        values = np.asarray(mat[key]).ravel()
+        if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.array_equal(values, np.round(values))):
+            raise UserError(f"{path}: {key} must hold whole numbers, got {values.dtype} values such as {values[:3].tolist()}")
     out = {k: mat[k].ravel().astype(np.int64) - 1 for k in ("train_idx", "query_idx", "gallery_idx")}
     out["labels"] = mat["labels"].ravel().astype(np.int64)
     out["filelist"] = np.asarray(names)

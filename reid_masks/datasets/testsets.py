@@ -10,6 +10,8 @@ sit one level down in one folder per identity.
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from reid_masks.datasets.records import Record, ReIDDataset, check_file_names
 from reid_masks.errors import UserError
 
 TEST_SPLITS = ("query", "gallery")
+log = logging.getLogger(__name__)
 
 
 def find_test_base(root: str | Path, manifest: dict[str, Any]) -> Path:
@@ -49,10 +52,24 @@ def scan_split(base: Path, manifest: dict[str, Any], split: str) -> tuple[list[R
     files = folder.glob("*/*") if manifest.get("per_id_folders") else folder.iterdir()
     records, bad = [], []
     camid = int(manifest["camera_of_split"][split])
-    for f in sorted(files):
+    # one image per stem: a copy holding the release's .tif files and converted .jpg ones would
+    # otherwise list each image twice; the extension listed first in the manifest wins
+    chosen: dict[Path, Path] = {}
+    found = 0
+    for f in files:
         if not f.is_file() or f.suffix.lower() not in extensions:
             continue
         check_file_names([f])
+        found += 1
+        key = f.with_suffix("")
+        if key not in chosen or extensions.index(f.suffix.lower()) < extensions.index(chosen[key].suffix.lower()):
+            chosen[key] = f
+    if found > len(chosen):
+        kept = Counter(f.suffix.lower() for f in chosen.values())
+        log.warning("%s: %d image(s) exist under several extensions; reading one per name, preferring %s (read: %s)",
+                    folder, found - len(chosen), " over ".join(extensions),
+                    ", ".join(f"{n} {ext}" for ext, n in sorted(kept.items())))
+    for f in sorted(chosen.values()):
         m = regex.match(f.name)
         if m is None:
             bad.append(f.relative_to(base).as_posix())

@@ -94,7 +94,7 @@ from torch import Tensor, nn
 from reid_masks.backends.base import parse_device
 from reid_masks.derive import LIP_LABELS
 from reid_masks.errors import UserError
-from reid_masks.weights import file_sha256
+from reid_masks.weights import weights_record
 
 log = logging.getLogger(__name__)
 
@@ -634,14 +634,12 @@ class SCHPParser:
     def provenance(self) -> dict[str, Any]:
         """JSON-able record of what produced the parsing (the weights' hash is computed once)."""
         if self._provenance is None:
+            record = weights_record(self.weights_path, default_weights_path(), None)  # SCHP's release has no stable URL
             self._provenance = {
                 "parser": self.name,
                 "model": "SCHP AugmentCE2P ResNet-101 (LIP, 20 labels)",
-                "weights": {
-                    "file": SCHP_LIP_FILENAME,
-                    "path": str(self.weights_path) if self.weights_path else None,
-                    "sha256": file_sha256(self.weights_path) if self.weights_path else None,
-                },
+                # the release file's name only when the default (torch hub cache) file was loaded
+                "weights": {"file": SCHP_LIP_FILENAME if record["source"] == "zoo" else None, **record},
                 "random_weights": self.random_weights,
                 "input_size": list(self.input_size),
                 "flip": self.flip,

@@ -290,6 +290,38 @@ def save_parsing_only(out: Path, rel: str, parsing: np.ndarray) -> None:
     Image.fromarray(parsing, mode="L").save(path)
 
 
+_MI_MATRIX, _MX_DOUBLE = 14, 6
+
+
+def mark_matlab_double(path: Path, names: set[str]) -> None:
+    """Relabel the integer arrays ``names`` of an uncompressed MAT-5 file as MATLAB class double.
+
+    MATLAB's ``save`` writes integer-valued doubles with a smaller storage type and class double;
+    scipy writes the class of the dtype, so the class byte of each array is rewritten in place.
+    """
+    data = bytearray(path.read_bytes())
+    pos, done = 128, set()
+    while pos + 8 <= len(data):
+        kind, size = np.frombuffer(bytes(data[pos:pos + 8]), "<u4")
+        if kind == _MI_MATRIX:
+            body = pos + 8
+            dims_size = int(np.frombuffer(bytes(data[body + 20:body + 24]), "<u4")[0])  # after the 16-byte flags element
+            name_at = body + 24 + (dims_size + 7) // 8 * 8
+            word = int(np.frombuffer(bytes(data[name_at:name_at + 4]), "<u4")[0])
+            if word >> 16:  # small data element: length in the upper half, 4 bytes of data follow
+                name = bytes(data[name_at + 4:name_at + 4 + (word >> 16)]).decode()
+            else:
+                n = int(np.frombuffer(bytes(data[name_at + 4:name_at + 8]), "<u4")[0])
+                name = bytes(data[name_at + 8:name_at + 8 + n]).decode()
+            if name in names:
+                data[body + 8] = _MX_DOUBLE  # the class byte of the array-flags word
+                done.add(name)
+        pos += 8 + (int(size) + 7) // 8 * 8
+    if done != names:
+        raise RuntimeError(f"{path}: arrays {sorted(names - done)} not found to mark as double")
+    path.write_bytes(bytes(data))
+
+
 def write_split_mat(out: Path, variant: str, names: list[str], labels: list[int], ids: int, rng: np.random.Generator, sio: Any) -> dict:
     """New protocol: the first ``ids`` people train; each test person gives one query per view."""
     labels_arr = np.asarray(labels)
@@ -303,17 +335,22 @@ def write_split_mat(out: Path, variant: str, names: list[str], labels: list[int]
             gallery_idx += [m for m in members if m != q]
     cam = [int(n.split("_")[2]) for n in names]
     target = out / f"cuhk03_new_protocol_config_{variant}.mat"
+    numeric = {
+        "labels": labels_arr,
+        "camId": np.asarray(cam),
+        "train_idx": np.asarray(train_idx) + 1,
+        "query_idx": np.asarray(query_idx) + 1,
+        "gallery_idx": np.asarray(gallery_idx) + 1,
+    }
+    # As in the authors' files (person-re-ranking evaluation/data/CUHK03, written by MATLAB's save):
+    # MATLAB class double, stored in the smallest unsigned type that holds the values (camId uint8,
+    # the rest uint16 there), so scipy.io.loadmat returns integer arrays, which torchreid indexes with.
     sio.savemat(
         target,
-        {
-            "filelist": np.array(names, dtype=object).reshape(-1, 1),
-            "labels": labels_arr.reshape(-1, 1).astype(np.float64),
-            "camId": np.asarray(cam, np.float64).reshape(-1, 1),
-            "train_idx": (np.asarray(train_idx) + 1).reshape(-1, 1).astype(np.float64),
-            "query_idx": (np.asarray(query_idx) + 1).reshape(-1, 1).astype(np.float64),
-            "gallery_idx": (np.asarray(gallery_idx) + 1).reshape(-1, 1).astype(np.float64),
-        },
+        {"filelist": np.array(names, dtype=object).reshape(-1, 1),
+         **{k: v.reshape(-1, 1).astype(np.min_scalar_type(int(v.max()))) for k, v in numeric.items()}},
     )
+    mark_matlab_double(target, set(numeric))
     with open(target, "r+b") as fh:  # scipy stamps the creation time in the header text: keep output deterministic
         fh.write(b"MATLAB 5.0 MAT-file, written by reid-masks synth".ljust(116))
 

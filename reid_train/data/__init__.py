@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .dataset import ReIDImageDataset, load_split_masks
 from .sampler import DistributedIdentitySampler, IdentitySampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairedTransform, build_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairedTransform, build_transforms, normalize_images
 
 __all__ = [
     "ReIDImageDataset",
@@ -12,6 +12,7 @@ __all__ = [
     "DistributedIdentitySampler",
     "PairedTransform",
     "build_transforms",
+    "normalize_images",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]

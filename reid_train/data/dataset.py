@@ -13,7 +13,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from reid_masks.cache import MaskCache, locate_records
@@ -87,16 +86,21 @@ def load_split_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split:
 class ReIDImageDataset(Dataset):
     """Items of one split: ``{"image", "pid", "camid", "index"[, "masks"]}``.
 
-    ``image``: the transformed (3, H, W) float tensor; ``masks``: (3, 24, 8) whole/upper/
-    bottom, transformed with the image -- present only when a cache is given (training of
-    mask-guided variants; baselines and evaluation need images only); ``index``: position
+    ``image``: the resized / flipped / cropped (3, H, W) **uint8** image -- not normalised:
+    :meth:`PairedTransform.normalize` does that, on the device, for the whole batch
+    (``erase``, present when the transform erases, is each item's random-erasing
+    rectangle for it); ``masks``: (3, 24, 8) whole/upper/bottom, transformed with the
+    image -- present only when a cache is given (training of mask-guided variants;
+    baselines and evaluation need images only); ``index``: position
     in the split, so features can be matched back to records.
 
     ``region_masks`` (``"regions"`` or ``"parts"``; MGRAN, needs ``cache``): items carry
-    ``region_masks`` instead of ``masks``, a (4, H, W) uint8 0/1 stack (pedestrian, head,
-    upper, lower; see ``regions.py``) at the image's resolution: the cache's masks are
-    resized to the transform's size with nearest sampling, then moved by the same flip /
-    pad + crop as the image (so MGRAN needs them in training and evaluation alike).
+    ``region_codes`` instead of ``masks``, the (1, H, W) uint8 code map of the masks at the
+    image's resolution: the cache's map is resized to the transform's size with nearest
+    sampling, then moved by the same flip / pad + crop as the image (so MGRAN needs them in
+    training and evaluation alike). ``regions.expand_region_codes(codes, kind)`` gives the
+    (C, H, W) 0/1 stack (pedestrian, head, upper, lower; see ``regions.py``); the trainer and
+    the evaluator do that on the device, for the batch (a quarter of the bytes to collate).
 
     ``indices``: the records of the split to use (default all), e.g. the usable rows that
     :func:`reid_train.data.cache_check.check_cache_images` returns.
@@ -131,12 +135,13 @@ class ReIDImageDataset(Dataset):
         rec = self.records[index]
         image = read_image(self.dataset.abspath(rec))
         extra: dict[str, Any] = {}
-        if self.region_masks is not None:  # MGRAN: full-resolution 0/1 masks, nearest-resized, same geometry
-            full = F.interpolate(self.region_masks[index][None].float(), size=tuple(self.transform.size), mode="nearest-exact")[0]
-            image, full = self.transform(image, full)
-            extra["region_masks"] = (full > 0.5).to(torch.uint8)
+        if self.region_masks is not None:  # MGRAN: the code map nearest-resized, moved with the image
+            image, code, erase = self.transform.geometric(image, self.region_masks.code(index, self.transform.size))
+            extra["region_codes"] = code
         else:
-            image, masks = self.transform(image, self.masks[index] if self.masks is not None else None)
+            image, masks, erase = self.transform.geometric(image, self.masks[index] if self.masks is not None else None)
             if masks is not None:
                 extra["masks"] = masks
+        if erase is not None:
+            extra["erase"] = erase
         return {"image": image, "pid": rec.pid, "camid": rec.camid, "index": index, **extra}

@@ -11,7 +11,8 @@ depend on the kind (:data:`CHANNELS`):
 ``regions`` (MGRAN, MGRAN-GF): 4 channels
     ``regions == 1`` (head), ``== 2`` (upper body), ``== 3`` (lower body): the pedestrian
     mask cut along the shoulder and hip lines by ``reid-masks generate`` (README, "How
-    masks are derived").
+    masks are derived"); the paper's four keypoints are unnamed, shoulders and hips are the
+    project's reading (docs/mgran.md, "Regions: our reading").
 
 ``parts`` (MGRAN-PL, the paper's "part-level" alignment, Table 6): 5 channels
     ``parts == 1`` (head), ``== 2`` (torso), ``== 3`` (arms), ``== 4`` (legs): the body
@@ -38,17 +39,20 @@ workers (the HDF5 file is closed before they fork).
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from reid_masks.cache import MaskCache, locate_records, map_mismatches
 from reid_masks.datasets import ReIDDataset
 from reid_masks.errors import UserError
 
-__all__ = ["CHANNELS", "REGION_KINDS", "SplitRegionMasks", "load_split_region_masks"]
+__all__ = ["CHANNELS", "REGION_KINDS", "SplitRegionMasks", "expand_region_codes", "load_split_region_masks"]
 
 CHANNELS: dict[str, tuple[str, ...]] = {  # kind -> the mask channels, in order
     "regions": ("pedestrian", "head", "upper", "lower"),  # cache column regions: 1..3
@@ -74,11 +78,34 @@ class SplitRegionMasks:
         return tuple(self.codes.shape[1:])
 
     def __getitem__(self, index: int) -> Tensor:
-        code = torch.from_numpy(self.codes[index])
-        person = (code >> _LABEL_BITS) & 1
-        label = code & ((1 << _LABEL_BITS) - 1)
-        labels = [label == k for k in range(1, len(CHANNELS[self.kind]))]
-        return torch.stack([person.bool(), *labels]).to(torch.uint8)
+        return expand_region_codes(self.code(index), self.kind)
+
+    def code(self, index: int, size: tuple[int, int] | None = None) -> Tensor:
+        """The (1, h, w) uint8 code map of one record, nearest-resized (``nearest-exact``) to
+        ``size`` when given. Resize, flip and crop move this one channel; the C masks are
+        :func:`expand_region_codes` of it (on the device, for a batch)."""
+        code = self.codes[index]
+        if size is not None and tuple(size) != self.size:
+            for axis in (0, 1):  # np.take: a plain gather, ~8x cheaper than two fancy indexings
+                if size[axis] != self.size[axis]:
+                    code = np.take(code, _nearest_exact_index(self.size[axis], size[axis]), axis=axis)
+        return torch.from_numpy(np.ascontiguousarray(code))[None]
+
+
+@functools.lru_cache(maxsize=16)
+def _nearest_exact_index(src: int, dst: int) -> np.ndarray:
+    """The source index of each of ``dst`` positions under ``F.interpolate(mode="nearest-exact")``,
+    taken from torch itself so that gathering equals interpolating (a gather is ~10x cheaper)."""
+    ramp = torch.arange(src, dtype=torch.float64).view(1, 1, src, 1)
+    return F.interpolate(ramp, size=(dst, 1), mode="nearest-exact")[0, 0, :, 0].long().numpy()
+
+
+def expand_region_codes(codes: Tensor, kind: str) -> Tensor:
+    """(..., 1, H, W) uint8 code maps -> (..., C, H, W) uint8 0/1 masks, channels :data:`CHANNELS`
+    of ``kind`` (a zero code: in no channel). Works on any device."""
+    person = (codes >> _LABEL_BITS) & 1
+    label = codes & ((1 << _LABEL_BITS) - 1)
+    return torch.cat([person, *[(label == k).to(torch.uint8) for k in range(1, len(CHANNELS[kind]))]], dim=-3)
 
 
 def load_split_region_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str, kind: str = "regions",

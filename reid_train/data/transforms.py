@@ -2,16 +2,32 @@
 
 The mask-guided attention loss compares each attention map with the body masks *at the
 same spatial positions*, so every geometric transform of the image (resize, flip,
-pad + crop) must move the masks identically. Masks come from the cache as 24x8 soft maps
-(whole, upper, bottom), each cell the area fraction of body in that cell. Here they are
-upsampled to the image size as piecewise-constant cells (``nearest-exact``), transformed
-together with the image, and area-downsampled back to their cache size at the end. That
-round trip is the identity when nothing moves (bilinear upsampling would blur every
-mask by ~12% into its neighbour cells) and turns a shift, flip or crop of the image into
-the exact fractional-cell shift of the masks whenever the image size is a multiple of
-the mask grid (384x128 for 24x8); for other sizes it is exact up to a pixel. Photometric transforms
-(random erasing, normalisation) touch the image only: erasing occludes pixels, it does
-not move the body.
+pad + crop) must move the masks identically. Photometric transforms (random erasing,
+normalisation) touch the image only: erasing occludes pixels, it does not move the body.
+
+Where the work happens (the DataLoader workers are the bottleneck of a training step):
+
+* the workers decode, resize the **uint8** image (bilinear, antialiased) and flip / pad +
+  crop it, still uint8, and draw the random-erasing rectangle; items and batches carry
+  uint8 images (a quarter of float32's bytes to collate, pin and copy) and the rectangle;
+* :func:`normalize_images` -- the one normalisation of every path (training on the device,
+  evaluation, ``extract``, ``visualize``, the Python API) -- scales to [0, 1], subtracts the
+  mean, divides by the std and zeroes the erased rectangle (the mean colour), as fast-reid
+  normalises on the device.
+
+Resizing the uint8 image rounds it to whole grey levels; the float pipeline (scale, then
+resize) differs from it by at most one grey level per pixel (tests/test_data.py bounds
+it; at ImageNet std that is < 0.018 after normalisation, below JPEG's own quantisation
+error, and the same rounding applies in training and at test time).
+
+Masks: the 24x8 soft masks of the cache (whole, upper, bottom; each cell the area fraction
+of body in it) are moved on their own grid when the image size is a multiple of it (384x128
+for 24x8): a flip is the grid's flip and a shift of ``d`` image pixels (pad + crop) is a
+shift of ``d / s`` cells, the fractional part blending two neighbouring cells -- exactly what
+upsampling the cells to the image (``nearest-exact``), moving them and area-pooling back
+gives, without the round trip. For other sizes the round trip is done (exact up to a
+pixel). Masks already at the image size (MGRAN's 0/1 region masks, any dtype) are flipped
+and cropped as they are.
 
 All randomness comes from torch's RNG (the global one, or ``generator`` when given), so a
 run is reproducible from torch's seed; DataLoader workers are seeded by torch from it.
@@ -27,21 +43,63 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PairedTransform", "build_transforms", "to_tensor_image"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PairedTransform", "build_transforms", "normalize_images"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def to_tensor_image(image: np.ndarray | Tensor) -> Tensor:
-    """An HxWx3 uint8 array (as ``read_image`` returns) as a 3xHxW float tensor in [0, 1]."""
+def _as_chw(image: np.ndarray | Tensor) -> Tensor:
+    """A 3xHxW tensor viewing ``image`` (HxWx3 arrays are permuted, not copied; dtype kept)."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
-        image = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)  # decoded arrays are read-only
-    if image.dtype == torch.uint8:
-        return image.float().div_(255.0)
-    return image.float()
+        if not image.flags.writeable:  # decoded arrays are read-only; torch wants writable memory
+            image = np.array(image, copy=True)
+        return torch.from_numpy(image).permute(2, 0, 1)
+    return image
+
+
+def normalize_images(images: Tensor, mean: Sequence[float], std: Sequence[float], erase: Tensor | None = None) -> Tensor:
+    """``(x / 255 - mean) / std`` of uint8 images (float images in [0, 1] skip the ``/ 255``),
+    then each image's random-erasing rectangle set to 0, the mean colour.
+
+    ``images``: (N, 3, H, W) or (3, H, W), on any device. ``erase``: (N, 4) int
+    ``[top, left, height, width]`` per image (height 0: not erased), as items carry it.
+    The one normalisation of the training step, evaluation, extract and visualize.
+    """
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    x = x.sub_(mean_t).div_(std_t)
+    if erase is not None:
+        box = erase.to(x.device).view(-1, 4, 1, 1)
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = (rows >= box[:, 0]) & (rows < box[:, 0] + box[:, 2]) & (cols >= box[:, 1]) & (cols < box[:, 1] + box[:, 3])
+        x = x.masked_fill_(inside.view(x.shape[:-3] + (1, h, w)), 0.0)
+    return x
+
+
+def _shift_cells(m: Tensor, shift: int, scale: int, dim: int) -> Tensor:
+    """Move ``m`` by ``shift`` pixels of an image ``scale`` times finer along ``dim``, zero fill:
+    the area-pooled result of shifting the ``nearest-exact`` upsampled grid."""
+    if shift == 0:
+        return m
+    q, r = divmod(shift, scale)
+    n = m.shape[dim]
+
+    def moved(k: int) -> Tensor:  # whole cells: out[i] = m[i - k], zero outside
+        out = torch.zeros_like(m)
+        if abs(k) < n:
+            src = m.narrow(dim, max(0, -k), n - abs(k))
+            out.narrow(dim, max(0, k), n - abs(k)).copy_(src)
+        return out
+
+    if r == 0:
+        return moved(q)
+    return moved(q) * ((scale - r) / scale) + moved(q + 1) * (r / scale)
 
 
 def _rand(generator: torch.Generator | None) -> float:
@@ -89,44 +147,73 @@ class PairedTransform:
     ) -> tuple[Tensor, Tensor | None]:
         """Transform an HxWx3 image (uint8 array or 3xHxW tensor) and optional (C, h, w) masks.
 
-        Returns the normalised 3 x size image and the masks at their input size (or None).
+        Returns the normalised 3 x size float image and the masks at their input size (or None):
+        :meth:`geometric` followed by :meth:`normalize`, what a training or evaluation batch gets.
         """
-        img = to_tensor_image(image)
+        img, m, erase = self.geometric(image, masks, generator)
+        return self.normalize(img[None], None if erase is None else erase[None])[0].contiguous(), m
+
+    def geometric(
+        self,
+        image: np.ndarray | Tensor,
+        masks: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The worker's part: resize, [flip], [pad + crop] of the image (uint8 stays uint8) and
+        the masks, and the random-erasing draw.
+
+        Returns (3 x size image, masks or None, ``[top, left, height, width]`` int32 of the
+        rectangle to erase -- height 0 when not erased -- or None for a transform that never
+        erases). The random draws are those of the whole transform, in the same order.
+        """
+        img = _as_chw(image)
         h, w = self.size
-        img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
-        mask_hw = None
-        m = None
-        if masks is not None:
-            mask_hw = tuple(masks.shape[-2:])
-            m = F.interpolate(masks.float()[None], size=(h, w), mode="nearest-exact")[0]
+        if tuple(img.shape[-2:]) != (h, w) or img.dtype != torch.uint8:
+            src = img[None] if img.dtype == torch.uint8 else img[None].float()
+            img = F.interpolate(src, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+        m, cell, source_hw = masks, None, None
+        if m is not None and tuple(m.shape[-2:]) != (h, w):
+            mh, mw = m.shape[-2:]
+            if h % mh == 0 and w % mw == 0:
+                cell = (h // mh, w // mw)  # image pixels per mask cell: moved on the mask grid
+            else:  # round trip through the image size, pooled back to ``source_hw`` at the end
+                source_hw = (mh, mw)
+                m = F.interpolate(m.float()[None], size=(h, w), mode="nearest-exact")[0]
         if self.train:
             if self.flip_prob > 0 and _rand(generator) < self.flip_prob:
                 img = img.flip(-1)
                 m = m.flip(-1) if m is not None else None
             if self.pad > 0:
-                img, m = self._pad_crop(img, m, generator)
-        mean = torch.as_tensor(self.mean, dtype=img.dtype, device=img.device)[:, None, None]
-        std = torch.as_tensor(self.std, dtype=img.dtype, device=img.device)[:, None, None]
-        img = (img - mean) / std
-        if self.train and self.erasing_prob > 0 and _rand(generator) < self.erasing_prob:
-            img = self._erase(img, generator)
-        if m is not None:
-            m = F.interpolate(m[None], size=mask_hw, mode="area")[0].clamp_(0.0, 1.0)
-        return img.contiguous(), m
+                img, m = self._pad_crop(img, m, cell, generator)
+        erase = None
+        if self.train and self.erasing_prob > 0:
+            erase = self._erase_box(h, w, generator) if _rand(generator) < self.erasing_prob else torch.zeros(4, dtype=torch.int32)
+        if source_hw is not None:
+            m = F.interpolate(m[None], size=source_hw, mode="area")[0].clamp_(0.0, 1.0)
+        return img.contiguous(), m, erase
 
-    def _pad_crop(self, img: Tensor, m: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
-        """Zero-pad ``pad`` pixels on each side, then crop a random window of the original size."""
+    def normalize(self, images: Tensor, erase: Tensor | None = None) -> Tensor:
+        """:func:`normalize_images` with this transform's mean and std."""
+        return normalize_images(images, self.mean, self.std, erase)
+
+    def _pad_crop(self, img: Tensor, m: Tensor | None, cell: tuple[int, int] | None,
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+        """Zero-pad ``pad`` pixels on each side, then crop a random window of the original size.
+
+        ``cell``: (rows, cols) image pixels per mask cell when ``m`` is on its own coarser grid.
+        """
         h, w = img.shape[-2:]
         p = self.pad
         top, left = _randint(0, 2 * p, generator), _randint(0, 2 * p, generator)
         img = F.pad(img, (p, p, p, p))[:, top : top + h, left : left + w]
-        if m is not None:
+        if m is not None and cell is not None:  # the same shift, on the mask grid
+            m = _shift_cells(_shift_cells(m.float(), p - top, cell[0], -2), p - left, cell[1], -1).clamp(0.0, 1.0)
+        elif m is not None:
             m = F.pad(m, (p, p, p, p))[:, top : top + h, left : left + w]
         return img, m
 
-    def _erase(self, img: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Random erasing: up to 10 tries to place a rectangle of random area/aspect inside the image."""
-        _, h, w = img.shape
+    def _erase_box(self, h: int, w: int, generator: torch.Generator | None) -> Tensor:
+        """Random erasing's rectangle: up to 10 tries to place one of random area/aspect inside the image."""
         area = h * w
         lo, hi = self.erasing_area
         log_r = (math.log(self.erasing_ratio), math.log(1.0 / self.erasing_ratio))
@@ -138,10 +225,8 @@ class PairedTransform:
             if 0 < eh < h and 0 < ew < w:
                 top = _randint(0, h - eh, generator)
                 left = _randint(0, w - ew, generator)
-                img = img.clone()
-                img[:, top : top + eh, left : left + ew] = 0.0
-                return img
-        return img
+                return torch.tensor([top, left, eh, ew], dtype=torch.int32)
+        return torch.zeros(4, dtype=torch.int32)
 
 
 def build_transforms(

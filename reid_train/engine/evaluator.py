@@ -28,6 +28,7 @@ from reid_train.config import Config
 from reid_train.data import ReIDImageDataset, build_transforms
 from reid_train.data.cache_check import check_cache_images
 from reid_train.data.dataset import damaged_cache_errors
+from reid_train.data.regions import expand_region_codes
 from reid_train.data.workers import cap_workers
 from reid_train.engine import distributed as ddp
 from reid_train.models.mgran import region_inputs
@@ -115,13 +116,21 @@ def extract_features(
     The model is put in eval mode (its forward then returns the normalised feature);
     the caller restores train mode. ``flip``: average with the flipped image's feature.
     ``progress``: a label; images done, images/s and ETA are then reported on stderr.
+    uint8 images (a :class:`ReIDImageDataset` loader) are normalised on ``device`` by the
+    dataset's transform, and MGRAN's region code maps expanded there; float images are
+    taken as already normalised.
     """
     model.eval()
     feats, pids, camids = [], [], []
     meter = Progress(len(loader.dataset), progress) if progress and len(loader.dataset) else None
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
-        masks = batch["region_masks"].to(device, non_blocking=True) if "region_masks" in batch else None
+        if images.dtype == torch.uint8:
+            images = image_dataset(loader).transform.normalize(images, batch.get("erase"))
+        masks = None
+        if "region_codes" in batch:  # MGRAN: the code map expanded to its (N, C, H, W) masks on the device
+            codes = batch["region_codes"].to(device, non_blocking=True)
+            masks = expand_region_codes(codes, image_dataset(loader).region_masks.kind)
         feats.append(embed(model, images, flip, amp_dtype, channels_last, masks).cpu())
         pids.append(batch["pid"].numpy())
         camids.append(batch["camid"].numpy())
@@ -130,6 +139,17 @@ def extract_features(
     if not feats:
         raise ValueError("no images to extract features from")
     return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
+
+
+def image_dataset(loader: Any) -> ReIDImageDataset:
+    """The :class:`ReIDImageDataset` under ``loader`` (through any ``Subset``): its transform
+    normalises the uint8 images, its region masks' kind expands the code maps."""
+    ds = getattr(loader, "dataset", None)
+    while ds is not None and not isinstance(ds, ReIDImageDataset):
+        ds = getattr(ds, "dataset", None)
+    if ds is None:
+        raise TypeError("uint8 images and region codes need the ReIDImageDataset under the loader")
+    return ds
 
 
 def pool_multi_query(

@@ -69,6 +69,7 @@ from reid_masks.errors import UserError
 from reid_masks.fileio import append_json_line, atomic_path, is_disk_full, remove_dead_temps, write_text_atomic
 from reid_train.config import Config, config_from_dict, config_to_dict
 from reid_train.data import DistributedIdentitySampler, IdentitySampler, ReIDImageDataset, build_transforms
+from reid_train.data.regions import expand_region_codes
 from reid_train.data.cache_check import check_cache_images
 from reid_train.data.dataset import damaged_cache_errors
 from reid_train.data.workers import cap_workers
@@ -635,13 +636,14 @@ class Trainer:
 
     def _batches(self, loader: Iterator[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         for batch in loader:
-            images = batch["image"].to(self.device, non_blocking=True)
+            images = self.train_set.transform.normalize(batch["image"].to(self.device, non_blocking=True), batch.get("erase"))
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             pids = batch["pid"].to(self.device, non_blocking=True)
             masks = batch["masks"].to(self.device, non_blocking=True) if "masks" in batch else None
-            if "region_masks" in batch:  # MGRAN: the 4 Hadamard-product inputs (N, 4, 3, H, W)
-                images = region_inputs(images, batch["region_masks"].to(self.device, non_blocking=True))
+            if "region_codes" in batch:  # MGRAN: the 4 Hadamard-product inputs (N, 4, 3, H, W)
+                codes = batch["region_codes"].to(self.device, non_blocking=True)
+                images = region_inputs(images, expand_region_codes(codes, self.region_masks))
             yield images, pids, masks
 
     def train_epoch(self, epoch: int, stop: StopSignals | None = None) -> dict[str, Any]:

@@ -8,11 +8,11 @@ convolution). :func:`region_inputs` builds them from a batch of images and the
 channels 1-3 head / upper / lower; MGRAN-PL: channels 1-4 head / torso / arms / legs; see
 ``reid_train/data/regions.py``).
 
-Multi-feature Fusion (eq. 3): ONE backbone (the paper's "four ResNet-50 networks share the
+Multi-feature Fusion (eq. 3): ONE backbone (the paper's four ResNet-50 networks "share the
 same parameters") runs on the four inputs as a single batched forward: the inputs are
 stacked along the batch dimension, branch-major (``[global x N, head x N, upper x N,
 lower x N]``), so a step is one ``4N``-image call, not four calls. Each branch's stage-4
-map is globally average-pooled to ``f_g, f_l1, f_l2, f_l3`` and
+map is globally average-pooled (the paper does not name its pooling) to ``f_g, f_l1, f_l2, f_l3`` and
 ``F = concat(f_g, f_l1, f_l2, f_l3)`` (in that order).
 
 Dimensions (``C`` = stage-4 channels: 2048 for resnet50, 512 for resnet18/34):
@@ -42,8 +42,8 @@ Notes on choices the paper leaves open:
   test time -- are those same pooled statistics. Four separate calls would train each
   branch with its own batch statistics but test all of them with one mixed running
   average; the batched call keeps training and testing consistent.
-* **Last stride**: the paper uses plain ResNet-50 + GAP, so the MGRAN configs keep the
-  stride-2 ``layer4`` (``model.last_stride: 2``); ``last_stride=1`` is available.
+* **Last stride**: the paper names ResNet-50 [He et al.] and no change to it, so the MGRAN
+  configs keep the stride-2 ``layer4`` (``model.last_stride: 2``); ``last_stride=1`` is available.
 * **MGRAN-PL** ("part-level instead of region-level", Table 6; the alignment the paper
   argues against: "matching two pedestrians with their heads, arms, legs, and other body
   parts") replaces the three regions by four body-part masks -- head, torso, arms, legs,
