@@ -42,57 +42,32 @@ __all__ = [
 ]
 
 
-def _mmga_builder(variant: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int, backbone: str = "resnet50", pretrained: str | None = None, **options: Any) -> nn.Module:
-        return MMGA(num_classes, variant=variant, backbone=backbone, pretrained=pretrained, **options)
-
-    build.__doc__ = f"MMGA network, variant {variant!r}."
-    return build
-
-
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {name: _mmga_builder(name) for name in VARIANTS}
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 # Options accepted by each builder beyond (num_classes, backbone, pretrained).
-_OPTIONS: dict[str, set[str]] = {
-    name: {
-        p for p in inspect.signature(MMGA.__init__).parameters
-        if p not in ("self", "num_classes", "variant", "backbone", "pretrained")
-    }
-    for name in VARIANTS
-}
+_OPTIONS: dict[str, set[str]] = {}
 
 
-def _mgran_builder(variant: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int, backbone: str = "resnet50", pretrained: str | None = None, **options: Any) -> nn.Module:
-        return MGRAN(num_classes, variant=variant, backbone=backbone, pretrained=pretrained, **options)
+def _register_family(cls: type[nn.Module], variants: Any, what: str) -> None:
+    """One builder per variant of ``cls`` (every ablation is a configuration of the same class)."""
+    options = {p for p in inspect.signature(cls.__init__).parameters
+               if p not in ("self", "num_classes", "variant", "backbone", "pretrained")}
 
-    build.__doc__ = f"MGRAN network, variant {variant!r} (reid_train/models/mgran.py)."
-    return build
+    def builder(variant: str) -> Callable[..., nn.Module]:
+        def build(num_classes: int, backbone: str = "resnet50", pretrained: str | None = None, **opts: Any) -> nn.Module:
+            return cls(num_classes, variant=variant, backbone=backbone, pretrained=pretrained, **opts)
+
+        build.__doc__ = f"{what}, variant {variant!r}."
+        return build
+
+    for name in variants:
+        _BUILDERS[name], _OPTIONS[name] = builder(name), options
 
 
+_register_family(MMGA, VARIANTS, "MMGA network (reid_train/models/mmga.py)")
 # MGRAN (Zhou & Yu, PAKDD 2020): mgran, mgran_gf (no global feature), mgran_pl (part-level).
-for _name in MGRAN_VARIANTS:
-    _BUILDERS[_name] = _mgran_builder(_name)
-    _OPTIONS[_name] = {
-        p for p in inspect.signature(MGRAN.__init__).parameters
-        if p not in ("self", "num_classes", "variant", "backbone", "pretrained")
-    }
-
-
-def _fsa_builder(variant: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int, backbone: str = "resnet50", pretrained: str | None = None, **options: Any) -> nn.Module:
-        return FSA(num_classes, variant=variant, backbone=backbone, pretrained=pretrained, **options)
-
-    build.__doc__ = f"Fusion Self-Attention network, variant {variant!r} (reid_train/models/fsa.py)."
-    return build
-
-
+_register_family(MGRAN, MGRAN_VARIANTS, "MGRAN network (reid_train/models/mgran.py)")
 # FSA (An, Lim, He, Kang): fsa_baseline, fsa_sam, fsa (Table 2 rows) and fsa_mask (ours).
-for _name in FSA_VARIANTS:
-    _BUILDERS[_name] = _fsa_builder(_name)
-    _OPTIONS[_name] = {
-        p for p in inspect.signature(FSA.__init__).parameters
-        if p not in ("self", "num_classes", "variant", "backbone", "pretrained")
-    }
+_register_family(FSA, FSA_VARIANTS, "Fusion Self-Attention network (reid_train/models/fsa.py)")
 
 
 def model_names() -> list[str]:
