@@ -477,12 +477,26 @@ def describe_changes(rows: list[tuple[str, int, Record]], changes: list[str | No
             for kind, paths in by_kind.items()]
 
 
+#: What a keypoint source's provenance says about its content: checked per row (the ``inputs``
+#: column's ``keypoints`` entry), so ``--update`` recomputes the rows whose entries changed
+#: instead of refusing the whole cache.
+KEYPOINT_CONTENT_KEYS = ("sha256", "files", "images_with_entries", "people")
+
+
 def strip_volatile(prov: dict) -> dict:
-    return {k: v for k, v in prov.items() if k not in ("command", "created")}
+    """The provenance that must match for a cache (or its partial chunks) to be reused."""
+    out = {k: v for k, v in prov.items() if k not in ("command", "created")}
+    if isinstance(out.get("keypoints"), dict):
+        kp = {k: v for k, v in out["keypoints"].items() if k not in KEYPOINT_CONTENT_KEYS}
+        if isinstance(kp.get("images"), dict):  # a results list's images file: its path, not its bytes
+            kp["images"] = {k: v for k, v in kp["images"].items() if k != "sha256"}
+        out["keypoints"] = kp
+    return out
 
 
 def diff_keys(a: dict, b: dict) -> str:
-    keys = sorted(k for k in set(a) | set(b) if k not in ("command", "created") and a.get(k) != b.get(k))
+    a, b = strip_volatile(a), strip_volatile(b)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "differs in " + ", ".join(keys) if keys else "same"
 
 

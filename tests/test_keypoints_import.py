@@ -228,8 +228,19 @@ def test_shards_merge_and_update_with_keypoints(market, truth, dataset_paths, tm
     assert code == 0 and "up to date" in msg
     write_pifpaf(folder, truth, dataset_paths[:1])
     (folder / f"{dataset_paths[0]}.predictions.json").write_text("[]")  # one image's keypoints replaced
-    code, msg = gen(market, whole, folder, "--chunk-rows", "8", "--update")
-    assert code != 0 and "keypoints" in msg and msg.count("error:") == 1, msg
+    code, msg = gen(market, whole, folder, "--chunk-rows", "8")  # without --update: which input changed, and what to do
+    assert code != 0 and "1 row(s) whose keypoints file changed" in msg and "--update" in msg and msg.count("error:") == 1, msg
+    code, msg = gen(market, whole, folder, "--chunk-rows", "8", "--update")  # the row's entry changed: that row is redone
+    assert code == 0 and "updating 1 changed or added row(s)" in msg, msg
+    fresh = tmp_path / "fresh.h5"
+    assert gen(market, fresh, folder, "--chunk-rows", "8")[0] == 0
+    a, b = rows_by_path(whole), rows_by_path(fresh)
+    assert a[dataset_paths[0]]["status"] == b[dataset_paths[0]]["status"] == STATUS["no_keypoints"]
+    for rel in a:
+        for col in ("status", "keypoints", "cuts", "parts", "masks"):
+            assert np.array_equal(a[rel][col], b[rel][col]), (rel, col)
+    with MaskCache(whole) as c, MaskCache(fresh) as f:
+        assert c.attrs["provenance"]["keypoints"]["sha256"] == f.attrs["provenance"]["keypoints"]["sha256"]  # the new source recorded
 
 
 def test_submit_passes_keypoints_to_every_task(market, tmp_path):
