@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PAPERS = Path(os.environ.get("REID_PAPERS_DIR", "/work/shared/papers"))
+#: The papers' texts: $REID_PAPERS_DIR, else shared/papers beside the checkout (as CI lays it), else /work/shared/papers.
+PAPERS = Path(os.environ.get("REID_PAPERS_DIR") or next(
+    (p for p in (REPO.parent / "shared" / "papers", Path("/work/shared/papers")) if p.is_dir()), REPO.parent / "shared" / "papers"))
 LIGATURES = {"\ufb01": "fi", "\ufb02": "fl", "\ufb00": "ff", "\ufb03": "ffi", "\ufb04": "ffl", "\u2019": "'", "\u00d7": "x"}
 
 
