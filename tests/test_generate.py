@@ -247,10 +247,10 @@ def test_cache_of_another_dataset_at_out(market, synth_dataset, reference, tmp_p
 
 @pytest.fixture()
 def tiny_market(synth_dataset, tmp_path) -> Path:
-    """A Market copy with two images per split: CPU-bound detector/parser runs stay short."""
+    """A Market copy with two images per split (and two multi-query gt_bbox/ images): CPU-bound detector/parser runs stay short."""
     root = tmp_path / "tiny"
     shutil.copytree(synth_dataset("market1501", ids=2, seed=3), root)
-    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+    for folder in ("bounding_box_train", "query", "bounding_box_test", "gt_bbox"):
         files = sorted((root / folder).glob("*.jpg"), key=lambda f: f.name.startswith("-1_"))  # junk last
         for f in files[2:]:
             f.unlink()
