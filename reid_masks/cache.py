@@ -221,8 +221,13 @@ def check_cache_rows(cache: "MaskCache", splits: Iterable[str] | None = None, ma
 
 
 def damaged_rows(dset: Any) -> tuple[int, int] | None:
-    """Rows ``(start, stop)`` of the first compressed chunk of an h5py dataset that cannot be read."""
-    if not dset.chunks:
+    """Rows ``(start, stop)`` of the first chunk of an h5py dataset that cannot be read (a
+    contiguous or scalar dataset: all of it, when it cannot be read); None when it reads."""
+    if not dset.chunks or not dset.shape:
+        try:
+            dset[()]
+        except OSError:
+            return 0, len(dset) if dset.shape else 0
         return None
     for i in range(dset.id.get_num_chunks()):
         start = dset.id.get_chunk_info(i).chunk_offset[0]
@@ -232,6 +237,27 @@ def damaged_rows(dset: Any) -> tuple[int, int] | None:
         except OSError:
             return start, stop
     return None
+
+
+def find_damaged_chunk(path: str | Path) -> tuple[str, int, int] | None:
+    """``(split/column, first row, end row)`` of the first stored chunk of the cache at ``path`` that
+    does not decode (a flipped byte in a gzip chunk), small columns first; None when every chunk reads."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        columns: list[Any] = []
+        f.visititems(lambda name, obj: columns.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        for dset in sorted(columns, key=lambda d: d.size * d.dtype.itemsize):
+            where = damaged_rows(dset)
+            if where is not None:
+                return (dset.name.lstrip("/"), *where)
+    return None
+
+
+def damaged_message(path: str | Path, where: str, start: int, stop: int, exc: BaseException) -> str:
+    """The one line for a damaged chunk: the file, the split/column and rows, h5py's reason, what to do."""
+    return (f"{path}: damaged data in {where} rows {start}-{stop - 1} ({str(exc).splitlines()[0]}); "
+            f"the file is corrupted: regenerate it with 'reid-masks generate' (or restore a copy)")
 
 
 def _rows(cache: "MaskCache", split: str, stored: np.ndarray, show: int = 3) -> str:
@@ -467,8 +493,7 @@ class MaskCache:
             data = dset[sel]
         except OSError as exc:
             start, end = damaged_rows(dset) or (0, len(dset))
-            raise UserError(f"{self.path}: damaged data in {split}/{name} rows {start}-{end - 1} ({str(exc).splitlines()[0]}); "
-                            f"the file is corrupted: regenerate it with 'reid-masks generate' (or restore a copy)") from None
+            raise UserError(damaged_message(self.path, f"{split}/{name}", start, end, exc)) from None
         if name == "path" or name == "inputs":
             data = np.asarray([p.decode() if isinstance(p, bytes) else p for p in np.atleast_1d(data)], dtype=object)
         return data

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath

@@ -477,8 +477,8 @@ def status_command(out: Path, job_dir: Path | None) -> None:
     if merge is not None:
         mq = [q for q in queue if q["id"] == merge["job_id"]]
         if mq and mq[0]["reason"] == "DependencyNeverSatisfied":
-            state = (f"will never run (a generate task it waits for failed); --resubmit-failed cancels it and submits a new "
-                     f"merge after the rerun shards")
+            state = ("will never run (a generate task it waits for failed); --resubmit-failed cancels it and submits a new "
+                     "merge after the rerun shards")
         elif mq and mq[0]["state"] == "PENDING" and mq[0]["reason"] == "Dependency":
             state = "waiting for the generate tasks to finish"
         elif mq:

@@ -203,7 +203,7 @@ def _extract_with_masks(model: LoadedModel, items: list[ImageLike], masks: "Mask
     """MGRAN-style models: image paths only, their masks from ``masks`` (a cache or the mask stage's sources)."""
     import tempfile
 
-    from reid_train.any_images import MaskSources, dataset_of_paths, extract_images
+    from reid_train.any_images import dataset_of_paths, extract_images
     from reid_train.config import apply_overrides
 
     if masks is None or not masks.given():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from reid_masks.cache import MaskCache, locate_records
+from reid_masks.cache import MaskCache, damaged_message, find_damaged_chunk, locate_records
 from reid_masks.datasets import ReIDDataset
 from reid_masks.errors import UserError
 from reid_masks.imageio import read_image
@@ -23,32 +23,7 @@ from reid_masks.imageio import read_image
 from .regions import load_split_region_masks
 from .transforms import PairedTransform
 
-__all__ = ["ReIDImageDataset", "load_split_masks", "find_damaged_chunk", "damaged_cache_errors"]
-
-
-def find_damaged_chunk(cache: str | Path) -> tuple[str, int, int] | None:
-    """``(dataset name, first row, end row)`` of the first stored chunk of ``cache`` that does not
-    decode (a flipped byte in a gzip chunk), small columns first; None when every chunk reads."""
-    import h5py
-
-    with h5py.File(cache, "r") as f:
-        columns: list[h5py.Dataset] = []
-        f.visititems(lambda name, obj: columns.append(obj) if isinstance(obj, h5py.Dataset) else None)
-        for dset in sorted(columns, key=lambda d: d.size * d.dtype.itemsize):
-            if dset.chunks is None:
-                try:
-                    dset[()]
-                except OSError:
-                    return dset.name.lstrip("/"), 0, len(dset) if dset.shape else 0
-                continue
-            for i in range(dset.id.get_num_chunks()):
-                start = dset.id.get_chunk_info(i).chunk_offset[0] if dset.shape else 0
-                end = min(start + dset.chunks[0], dset.shape[0]) if dset.shape else 0
-                try:
-                    dset[start:end] if dset.shape else dset[()]
-                except OSError:
-                    return dset.name.lstrip("/"), start, end
-    return None
+__all__ = ["ReIDImageDataset", "load_split_masks", "damaged_cache_errors"]
 
 
 @contextmanager
@@ -61,9 +36,7 @@ def damaged_cache_errors(cache: str | Path | None) -> Iterator[None]:
         where = find_damaged_chunk(cache) if cache and Path(cache).is_file() else None
         if where is None:
             raise
-        name, start, end = where
-        raise UserError(f"{cache}: damaged data in {name} rows {start}-{end - 1} ({str(exc).splitlines()[0]}); "
-                        f"the file is corrupted: regenerate it with 'reid-masks generate' (or restore a copy)") from None
+        raise UserError(damaged_message(cache, *where, exc)) from None
 
 
 def load_split_masks(cache: str | Path | MaskCache, dataset: ReIDDataset, split: str) -> torch.Tensor:
