@@ -43,10 +43,14 @@ class MaskSources:
     masks_dir: Path | None = None
     backend: str | None = None
 
+    def set_options(self) -> list[tuple[str, Any]]:
+        """(command-line flag, value) of each source set."""
+        flags = {"cache": "--mask-cache", "parsing_dir": "--parsing-dir", "masks_dir": "--masks-dir", "backend": "--backend"}
+        return [(flag, getattr(self, key)) for key, flag in flags.items() if getattr(self, key) is not None]
+
     def given(self) -> list[str]:
         """The options set, as the command line names them."""
-        names = {"cache": "--mask-cache", "parsing_dir": "--parsing-dir", "masks_dir": "--masks-dir", "backend": "--backend"}
-        return [flag for key, flag in names.items() if getattr(self, key) is not None]
+        return [flag for flag, _ in self.set_options()]
 
 
 def images_dataset(images: str | Path) -> ReIDDataset:
@@ -85,8 +89,7 @@ def mask_cache_for(dataset: ReIDDataset, sources: MaskSources, workdir: Path) ->
                          masks_dir=sources.masks_dir, backend=sources.backend or "auto", workers=0,
                          command="reid-train extract --images (masks made on the spot)")
     generate(cfg)
-    made = ", ".join(f"{flag} {value}" for flag, value in (("--parsing-dir", sources.parsing_dir), ("--masks-dir", sources.masks_dir),
-                                                          ("--backend", sources.backend)) if value is not None)
+    made = ", ".join(f"{flag} {value}" for flag, value in sources.set_options())
     return out, f"masks made by the mask stage (reid-masks generate --dataset images) from {made}"
 
 
