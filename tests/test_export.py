@@ -267,6 +267,17 @@ def test_another_cache_is_refused_then_overwritten(kp_cache, parsing_cache, tmp_
 
 # --- resume after kill -9 -------------------------------------------------------------------
 
+def count_files(folder: Path, pattern: str) -> int:
+    """Files matching ``pattern`` under ``folder`` while a running export writes it (a folder it is
+    still creating or tidying may vanish mid-walk: count again)."""
+    for _ in range(100):
+        try:
+            return len(list(folder.glob(pattern)))
+        except FileNotFoundError:
+            continue
+    return 0
+
+
 def test_killed_export_resumes_skips_complete_files_and_rewrites_a_torn_one(kp_cache, tmp_path):
     _, small = kp_cache
     cache = tmp_path / "big.h5"
@@ -277,7 +288,7 @@ def test_killed_export_resumes_skips_complete_files_and_rewrites_a_torn_one(kp_c
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(folder.glob("*/*.npy"))) < 60 and proc.poll() is None:
+    while time.monotonic() < deadline and count_files(folder, "*/*.npy") < 60 and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -303,7 +314,7 @@ def test_sigterm_ends_with_one_line_and_143(kp_cache, tmp_path):
     cmd = [sys.executable, "-m", "reid_masks.cli", "export", str(cache), "--format", "bpbreid", "--out", str(out), "--block-rows", "8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(out.rglob("*.npy"))) < 20 and proc.poll() is None:
+    while time.monotonic() < deadline and count_files(out, "**/*.npy") < 20 and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate()
