@@ -20,14 +20,16 @@ from reid_masks.fileio import atomic_path
 
 #: 2: the `cuts` column (which source placed each region cut); 3: the `parts` column;
 #: 4: `inputs` (fingerprints of the parsing / mask files a row was made from), `row_digest`
-#: and `map_digests` (each row's derived columns tied to its image fingerprint, README "The mask cache")
-SCHEMA_VERSION = 4
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # older caches are read without the newer columns
-COLUMNS_SINCE = {"cuts": 2, "parts": 3, "inputs": 4, "row_digest": 4, "map_digests": 4}  # columns a cache of an older schema version does not have
+#: and `map_digests` (each row's derived columns tied to its image fingerprint, README "The mask cache");
+#: 5: `parsing` (the parser's own LIP labels at the image's size, as PNG bytes; a fourth map digest)
+SCHEMA_VERSION = 5
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)  # older caches are read without the newer columns
+COLUMNS_SINCE = {"cuts": 2, "parts": 3, "inputs": 4, "row_digest": 4, "map_digests": 4, "parsing": 5}  # columns a cache of an older schema version does not have
 #: Columns of schema 4 that an older cache lacks and :class:`Rows` can do without (empty until :meth:`Rows.sealed`).
 DIGEST_COLUMNS = ("inputs", "row_digest", "map_digests")
 #: The full-size maps, each with its own digest (``map_digests[:, k]``): verified where they are read in full.
-MAP_COLUMNS = ("person", "regions", "parts")
+#: A schema-4 cache has the first three (its ``map_digests`` is (n, 3)).
+MAP_COLUMNS = ("person", "regions", "parts", "parsing")
 #: The columns ``row_digest`` covers besides ``path``, ``inputs`` and ``map_digests``, with their stored dtypes.
 ROW_DIGEST_COLUMNS = (("fingerprint", "S16"), ("status", np.uint8), ("score", np.float32), ("box", np.float32),
                       ("keypoints", np.float32), ("image_size", np.int32), ("masks", np.float32), ("cuts", np.uint8))
@@ -67,10 +69,13 @@ class Rows:
     parts: np.ndarray  # (n, H, W) uint8: PART_NAMES codes (0 bg, 1 head, 2 torso, 3 arms, 4 legs)
     inputs: np.ndarray | None = None  # (n,) object (str): "name=<blake2b>" of each parsing / mask file read ("" none)
     row_digest: np.ndarray | None = None  # (n,) S16: :func:`row_digests` (b"" until sealed)
-    map_digests: np.ndarray | None = None  # (n, 3) S16: blake2b of person, regions, parts (b"" until sealed)
+    map_digests: np.ndarray | None = None  # (n, 4) S16: blake2b of person, regions, parts, parsing (b"" until sealed)
+    parsing: np.ndarray | None = None  # (n,) object: uint8 arrays, each a PNG of the row's LIP labels at its image size (empty: no parser)
 
     def __post_init__(self) -> None:
         n = len(self.index)
+        if self.parsing is None:
+            self.parsing = byte_rows([b""] * n)
         if self.inputs is None:
             self.inputs = np.full(n, "", dtype=object)
         if self.row_digest is None:
@@ -87,10 +92,24 @@ class Rows:
     def sealed(self) -> "Rows":
         """These rows with their digests computed from their columns (rows just made, or of a
         cache older than schema 4)."""
-        maps = map_digests(self.person, self.regions, self.parts)
+        maps = map_digests(vars(self))
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(map_digests=maps, row_digest=row_digests(vars(self) | {"map_digests": maps}))
         return Rows(**values)
+
+    def upgraded(self) -> "Rows":
+        """Rows of a schema-4 cache (three map digests, no ``parsing``) as rows of this schema:
+        their digests verified first (ValueError naming the rows), then sealed again with an
+        empty ``parsing`` -- exact for a cache made without a parser, the only kind whose rows
+        are carried over (:func:`parsing_lost`)."""
+        if self.map_digests.shape[1] >= len(MAP_COLUMNS):
+            return self
+        bad = digest_mismatches(vars(self))
+        if len(bad) or self.unsealed().any():
+            first = self.index[bad[:3]] if len(bad) else self.index[self.unsealed()][:3]
+            raise ValueError(f"rows {', '.join(map(str, first))} do not match their row digests "
+                             f"(masks moved between rows or edited since they were made)")
+        return self.sealed()
 
     def unsealed(self) -> np.ndarray:
         """Which rows carry no digest yet."""
@@ -107,17 +126,61 @@ class Rows:
         out["inputs"] = np.asarray(self.inputs, dtype=str).reshape(len(self))
         out["row_digest"] = np.asarray(self.row_digest).astype("S16")
         out["map_digests"] = np.asarray(self.map_digests).astype("S16")
+        # variable-length rows as one flat array and each row's length (npz holds no object arrays)
+        out["parsing"] = np.concatenate([np.zeros(0, np.uint8), *self.parsing]).astype(np.uint8)
+        out["parsing_sizes"] = np.asarray([len(b) for b in self.parsing], np.int64)
         return out
 
     @staticmethod
     def from_npz(data: Any) -> "Rows":
+        """Rows from :meth:`to_npz`'s arrays (``data``: a mapping of those names)."""
         values = {f.name: data[f.name] for f in fields(Rows)}
         values["path"] = values["path"].astype(object)
         values["inputs"] = values["inputs"].astype(object)
+        sizes = np.asarray(data["parsing_sizes"], np.int64)
+        if sizes.sum() != len(values["parsing"]) or (sizes < 0).any():
+            raise ValueError(f"parsing: {len(values['parsing'])} bytes for rows of {int(sizes.sum())}")
+        values["parsing"] = byte_rows(np.split(np.asarray(values["parsing"], np.uint8), np.cumsum(sizes)[:-1]) if len(sizes) else [])
         return Rows(**values)
 
 
 COLUMNS = [f.name for f in fields(Rows)]
+
+
+def byte_rows(items: Iterable[Any]) -> np.ndarray:
+    """(n,) object array of 1-D uint8 arrays (a variable-length column, e.g. ``parsing``);
+    ``np.asarray`` would make equal-length rows one 2-D array."""
+    items = list(items)
+    out = np.empty(len(items), dtype=object)
+    for k, item in enumerate(items):
+        out[k] = np.frombuffer(item, np.uint8) if isinstance(item, bytes) else np.asarray(item, np.uint8).reshape(-1)
+    return out
+
+
+def encode_parsing(labels: np.ndarray | None) -> bytes:
+    """The ``parsing`` cell of one row: LIP labels (HxW uint8) as an 8-bit grey PNG; ``b""`` for None."""
+    if labels is None:
+        return b""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels, np.uint8), mode="L").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def decode_parsing(cell: Any) -> np.ndarray | None:
+    """LIP labels (HxW uint8) of one ``parsing`` cell; None for an empty one (no parser)."""
+    data = bytes(np.asarray(cell, np.uint8))
+    if not data:
+        return None
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im, dtype=np.uint8)
 
 
 def _digest(data: bytes) -> bytes:
@@ -128,14 +191,17 @@ def _text(value: Any) -> bytes:
     return (value if isinstance(value, bytes) else str(value).encode()) + b"\0"
 
 
-def map_digests(person: np.ndarray, regions: np.ndarray, parts: np.ndarray) -> np.ndarray:
-    """(n, 3) S16: blake2b-64 of each row's ``person``, ``regions`` and ``parts`` map (uint8 bytes)."""
-    maps = [np.ascontiguousarray(m, dtype=np.uint8) for m in (person, regions, parts)]
-    out = np.zeros((len(maps[0]), len(maps)), dtype="S16")
-    for k, m in enumerate(maps):
-        flat = m.reshape(len(m), -1)
-        out[:, k] = [_digest(row.tobytes()) for row in flat]
-    return out
+def map_column_digests(column: np.ndarray) -> np.ndarray:
+    """(n,) S16: blake2b-64 of each row of one map column (uint8 bytes; a ``parsing`` cell's PNG bytes)."""
+    if column.dtype == object:
+        return np.asarray([_digest(np.asarray(cell, np.uint8).tobytes()) for cell in column], dtype="S16")
+    flat = np.ascontiguousarray(column, dtype=np.uint8).reshape(len(column), -1)
+    return np.asarray([_digest(row.tobytes()) for row in flat], dtype="S16").reshape(len(column))
+
+
+def map_digests(columns: dict[str, Any]) -> np.ndarray:
+    """(n, 4) S16: :func:`map_column_digests` of each row's ``person``, ``regions``, ``parts`` and ``parsing``."""
+    return np.stack([map_column_digests(columns[name]) for name in MAP_COLUMNS], axis=1)
 
 
 def row_digests(columns: dict[str, Any]) -> np.ndarray:
@@ -168,10 +234,9 @@ def map_mismatches(columns: dict[str, Any]) -> np.ndarray:
     their ``map_digests`` entries: what a reader of the maps checks (MGRAN's mask loader)."""
     stored = np.asarray(columns["map_digests"], dtype="S16")
     bad = np.zeros(len(stored), dtype=bool)
-    for k, name in enumerate(MAP_COLUMNS):
+    for k, name in enumerate(MAP_COLUMNS[: stored.shape[1]]):  # a schema-4 cache: the first three
         if name in columns:
-            maps = np.ascontiguousarray(columns[name], dtype=np.uint8)
-            bad |= stored[:, k] != np.asarray([_digest(m.tobytes()) for m in maps.reshape(len(maps), -1)], dtype="S16")
+            bad |= stored[:, k] != map_column_digests(columns[name])
     return np.flatnonzero(bad)
 
 
@@ -350,6 +415,10 @@ class CacheWriter:
         """
         if not len(rows):
             return
+        try:
+            rows = rows.upgraded()  # rows of a schema-4 shard (merge): three map digests, verified, then sealed with the fourth
+        except ValueError as exc:
+            raise ValueError(f"split {split}: {exc}") from None
         unsealed = rows.unsealed()
         if unsealed.all():
             rows = rows.sealed()
@@ -376,6 +445,9 @@ class CacheWriter:
                     data = np.asarray(data, dtype=object)
                 elif name == "inputs":
                     data = np.asarray(data, dtype=object)
+                elif name == "parsing":  # h5py's slice assignment turns equal-length cells into a 2-D array
+                    group[name].write_direct(byte_rows(data), np.s_[0 : hi - lo], np.s_[lo:hi])
+                    continue
                 elif name in ("fingerprint", "row_digest", "map_digests"):
                     data = np.asarray(data, dtype="S16")
                 group[name][lo:hi] = data
@@ -415,6 +487,7 @@ def column_layout(person_hw: tuple[int, int]) -> dict[str, tuple[tuple[int, ...]
         "cuts": ((2,), np.uint8),
         "parts": ((ph, pw), np.uint8),
         "inputs": ((), h5py.string_dtype("utf-8")), "row_digest": ((), "S16"), "map_digests": ((len(MAP_COLUMNS),), "S16"),
+        "parsing": ((), h5py.vlen_dtype(np.uint8)),  # PNG bytes: already compressed, so stored without a filter
     }
 
 
@@ -464,6 +537,22 @@ class MaskCache:
         return str(self._file.attrs.get("dataset", ""))
 
     @property
+    def parser(self) -> str:
+        """The cache's parsing source from its provenance (``schp``, ``precomputed``); ``none`` without one."""
+        prov = self.attrs.get("provenance", {})
+        parser = prov.get("parser", {}) if isinstance(prov, dict) else {}
+        return str(parser.get("name", "none")) if isinstance(parser, dict) else "none"
+
+    def parsing_lost(self) -> bool:
+        """True for a cache made with a parser but older than the ``parsing`` column (schema < 5):
+        its rows cannot be carried into a schema-5 cache, whose parsing would then be missing."""
+        return not self.has_column("parsing") and self.parser != "none"
+
+    def parsing(self, split: str, row: int) -> np.ndarray | None:
+        """LIP labels (HxW uint8, the image's size) of stored row ``row``; None without a parser."""
+        return decode_parsing(self.read(split, "parsing", int(row)))
+
+    @property
     def splits(self) -> list[str]:
         return [s for s in CACHE_SPLITS if s in self._file]
 
@@ -505,7 +594,7 @@ class MaskCache:
         """Columns for the given rows (all rows when ``index`` is None); by default every column
         this cache's schema has (a cache older than schema 4 has no digest columns)."""
         if columns is COLUMNS:
-            columns = [c for c in COLUMNS if c not in DIGEST_COLUMNS or self.has_column(c)]
+            columns = [c for c in COLUMNS if self.has_column(c)]
         out = {}
         for name in columns:
             self._need(name)
@@ -522,7 +611,7 @@ class MaskCache:
     def block(self, split: str, start: int, stop: int) -> Rows:
         """Stored rows ``start:stop`` of a split as :class:`Rows` (``index`` = their split positions)."""
         group = self._file[split]
-        names = [c for c in WRITTEN_COLUMNS if c not in DIGEST_COLUMNS or self.has_column(c)]  # older: sealed on write
+        names = [c for c in WRITTEN_COLUMNS if self.has_column(c)]  # older: upgraded or sealed on write
         values = {name: self.read(split, name, slice(start, stop)) for name in names}
         values["index"] = group["index"][start:stop] if "index" in group else np.arange(start, start + len(values["pid"]), dtype=np.int64)
         return Rows(**values)

@@ -57,7 +57,7 @@ class ChunkStore:
                 splits = sorted({k.split(".")[0] for k in names})
                 out = {}
                 for s in splits:
-                    out[s] = Rows.from_npz({f: data[f"{s}.{f}"] for f in COLUMNS})
+                    out[s] = Rows.from_npz({k.split(".", 1)[1]: data[k] for k in names if k.split(".", 1)[0] == s})
         except BadChunk:
             raise
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:

@@ -2,8 +2,9 @@
 
 * ``bpbreid``: ``masks/pifpaf_maskrcnn_filtering/<split folder>/<image stem>.npy`` under the
   dataset root, 36 PifPaf-style confidence fields per image (:mod:`reid_masks.pifpaf`);
-* ``lip-png``: LIP label PNGs ``<out>/<image path>.png`` (what SCHP's extractor writes),
-  from the cache's body parts; only for caches made with a parsing source;
+* ``lip-png``: LIP label PNGs ``<out>/<image path>.png`` (what SCHP's extractor writes): the
+  parser's own labels at the image's size, as the cache's ``parsing`` column keeps them (schema
+  5); only for caches made with a parsing source;
 * ``seg-png``: 0/255 person-mask PNGs in MGCAM's ``<split folder>_seg/`` layout;
 * ``npz``: ``<out>/<split>.npz`` with every column, for anyone's own loader.
 
@@ -27,7 +28,7 @@ import click
 import numpy as np
 
 from reid_masks import __version__
-from reid_masks.cache import DIGEST_COLUMNS, STATUS, WRITTEN_COLUMNS, MaskCache
+from reid_masks.cache import DIGEST_COLUMNS, STATUS, WRITTEN_COLUMNS, MaskCache, decode_parsing, map_mismatches
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, atomic_path, check_writable, read_json, remove_dead_temps, write_json_atomic
 from reid_masks.progress import Progress
@@ -39,9 +40,11 @@ BPBREID_DIR = ("masks", "pifpaf_maskrcnn_filtering")
 BPBREID_SUFFIX = {"occluded_duke": ".jpg.confidence_fields.npy"}
 #: bpbreid datasets whose ``infer_masks_path`` takes the folder two levels up (images in per-id folders).
 BPBREID_GRANDPARENT = ("occluded_reid",)
-#: One LIP label per body part (cache ``parts`` codes 0..4): background, face, upper-clothes, left-arm, pants.
-LIP_OF_PART = np.array([0, 13, 5, 14, 9], np.uint8)
-NPZ_COLUMNS = tuple(c for c in WRITTEN_COLUMNS if c != "fingerprint" and c not in DIGEST_COLUMNS)  # digests: the cache's own integrity
+#: Columns of the npz export: not the digests (the cache's own integrity), nor ``parsing`` (PNGs of
+#: varying sizes: ``--format lip-png`` writes them as files).
+NPZ_COLUMNS = tuple(c for c in WRITTEN_COLUMNS if c not in ("fingerprint", "parsing") and c not in DIGEST_COLUMNS)
+#: ``--block-rows`` bound: 4,096 rows of two 256x128 maps are 256 MiB (the bpbreid fields of one row at a time on top).
+MAX_BLOCK_ROWS = 4096
 
 
 @dataclass
@@ -159,21 +162,15 @@ def nearest(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 # --- what a format needs from the cache -----------------------------------------------------
 
-def parsing_source(mc: MaskCache) -> str:
-    """The cache's parsing source (``schp``, ``precomputed``) from its provenance; ``none`` without one."""
-    prov = mc.attrs.get("provenance", {})
-    parser = prov.get("parser", {}) if isinstance(prov, dict) else {}
-    return str(parser.get("name", "none")) if isinstance(parser, dict) else "none"
-
-
 def check_source(mc: MaskCache, fmt: str) -> None:
     """Refuse, in one line, a cache that lacks what ``fmt`` is made from."""
     if fmt == "lip-png":
-        source = parsing_source(mc)
-        if source not in ("schp", "precomputed"):
+        if mc.parser == "none":
             raise UserError(f"{mc.path}: --format lip-png needs a cache made with a parsing source (--parsing-dir or --parser schp); "
-                            f"this one's parser is {source!r}: use --format seg-png or npz, or regenerate with a parser")
-        mc.column_shape(mc.splits[0], "parts")  # a one-line error on caches older than the parts column
+                            f"this one's parser is 'none': use --format seg-png or npz, or regenerate with a parser")
+        if not mc.has_column("parsing"):
+            raise UserError(f"{mc.path}: cache schema version {mc.schema_version} keeps no parsing labels (added in version 5); "
+                            f"rerun the reid-masks generate command that made it with --update to add them (it recomputes every row)")
     if fmt == "bpbreid":
         if not any(np.any(mc.column(s, "status") == STATUS["ok"]) for s in mc.splits):
             raise UserError(f"{mc.path}: --format bpbreid renders keypoints, and no row of this cache has one (made without a keypoint "
@@ -307,7 +304,8 @@ def export_files(mc: MaskCache, fmt: str, base: Path, since: float, result: Expo
     make = target_maker(mc, fmt, base)
     for folder in sorted(check_targets(mc, fmt, make)):
         remove_dead_temps(folder)
-    columns = {"bpbreid": ("keypoints", "person"), "lip-png": ("parts",), "seg-png": ("person",)}[fmt]
+    columns = {"bpbreid": ("keypoints", "person"), "lip-png": ("parsing",), "seg-png": ("person",)}[fmt]
+    sealed = mc.has_column("map_digests")
     bar = Progress(sum(mc.num_stored(s) for s in mc.splits), label=f"export {fmt}") if show else None
     unreadable = STATUS["unreadable"]
     for split in mc.splits:
@@ -334,6 +332,8 @@ def export_files(mc: MaskCache, fmt: str, base: Path, since: float, result: Expo
                 todo.append((i, t))
             if todo:
                 block = {c: mc.column_slice(split, c, start, stop) for c in columns}
+                if sealed:  # the maps written out are the ones generate made for these rows
+                    check_maps(mc, split, start, block | {"map_digests": mc.column_slice(split, "map_digests", start, stop)})
                 for i, t in todo:
                     h, w = (int(v) for v in sizes_all[i])
                     j = i - start
@@ -342,12 +342,30 @@ def export_files(mc: MaskCache, fmt: str, base: Path, since: float, result: Expo
                             result.empty += 1
                         write_npy(t, render_fields(block["keypoints"][j], block["person"][j], h, w))
                     elif fmt == "lip-png":
-                        write_png(t, nearest(LIP_OF_PART[np.minimum(block["parts"][j], len(LIP_OF_PART) - 1)], (h, w)))
+                        labels = decode_parsing(block["parsing"][j])
+                        if labels is None or labels.shape != (h, w):
+                            raise UserError(f"{mc.path}: {split} row {i} ({rel_of(mc, split, i)}) has "
+                                            f"{'no parsing labels' if labels is None else f'parsing labels of {labels.shape[1]}x{labels.shape[0]}'}"
+                                            f", expected the image's {w}x{h}; the cache was edited or damaged: regenerate it")
+                        write_png(t, labels)
                     else:
                         write_png(t, nearest((block["person"][j] > 0).astype(np.uint8) * 255, (h, w)))
                     result.written += 1
             if bar is not None:
                 bar.update(stop - start)
+
+
+def rel_of(mc: MaskCache, split: str, i: int) -> str:
+    return str(mc.column_slice(split, "path", i, i + 1)[0])
+
+
+def check_maps(mc: MaskCache, split: str, start: int, block: dict[str, np.ndarray]) -> None:
+    """Refuse maps that differ from their ``map_digests`` (rows moved or edited), in one line."""
+    bad = map_mismatches(block)
+    if len(bad):
+        first = ", ".join(f"{start + int(k)} ({rel_of(mc, split, start + int(k))})" for k in bad[:3])
+        raise UserError(f"{mc.path}: {split} row(s) {first} do not match their map digests ({len(bad)} in rows {start}-{start + len(block['map_digests']) - 1}); "
+                        f"the cache was edited or damaged since reid-masks generate wrote it: regenerate it; nothing more is written")
 
 
 def npz_complete(path: Path, expected: dict[str, tuple[tuple[int, ...], np.dtype]]) -> bool:
@@ -409,7 +427,8 @@ def export_npz(mc: MaskCache, base: Path, since: float, result: ExportResult, bl
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Dataset root to write into (bpbreid, seg-png), as those codebases expect.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder to write instead (every format; lip-png and npz need it).")
 @click.option("--overwrite", is_flag=True, help="Replace an export of another cache in the same place (else refused).")
-@click.option("--block-rows", default=BLOCK_ROWS, show_default=True, type=click.IntRange(1, 100000), help="Cache rows read at a time (memory bound).")
+@click.option("--block-rows", default=BLOCK_ROWS, show_default=True, type=click.IntRange(1, MAX_BLOCK_ROWS),
+              help="Cache rows read at a time: the memory bound (64 KiB per row of 256x128 maps).")
 def export_command(cache: Path, fmt: str, root: Path | None, out: Path | None, overwrite: bool, block_rows: int) -> None:
     """Export a mask cache for other re-ID codebases (bpbreid, SCHP readers, MGCAM, your own loader); resumable."""
     import shlex

@@ -26,7 +26,7 @@ import numpy as np
 
 from reid_masks import __version__
 from reid_masks.assemble import assemble, cache_estimate, mib
-from reid_masks.cache import DEFAULT_PERSON_HW, STATUS, STATUS_NAMES, MaskCache, Rows, check_cache_rows
+from reid_masks.cache import DEFAULT_PERSON_HW, STATUS, STATUS_NAMES, MaskCache, Rows, byte_rows, check_cache_rows, encode_parsing
 from reid_masks.chunks import BadChunk, ChunkStore
 from reid_masks.datasets import CACHE_SPLITS, Record, ReIDDataset, build_dataset, cache_splits
 from reid_masks.derive import KEYPOINT_MIN_SCORE, Derived, Observation, derive
@@ -307,7 +307,7 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
             status=STATUS["unreadable"], score=0.0, box=np.zeros(4, np.float32), keypoints=np.zeros((17, 3), np.float32),
             image_size=np.zeros(2, np.int32), masks=np.zeros((3, 24, 8), np.float32),
             person=np.zeros((ph, pw), np.uint8), regions=np.zeros((ph, pw), np.uint8), cuts=np.zeros(2, np.uint8),
-            parts=np.zeros((ph, pw), np.uint8),
+            parts=np.zeros((ph, pw), np.uint8), parsing=b"",
         )
     d = item.derived
     h, w = d.person.shape
@@ -318,6 +318,7 @@ def row_of(item: Item, person_hw: tuple[int, int]) -> dict[str, Any]:
     return dict(
         status=d.status, score=d.score, box=d.box, keypoints=d.keypoints, image_size=np.array([h, w], np.int32),
         masks=d.masks, person=nearest(d.person), regions=nearest(d.regions), cuts=d.cuts, parts=nearest(d.parts),
+        parsing=encode_parsing(item.parsing),  # the parser's own labels, at the image's size (lip-png exports them as they were)
     )
 
 
@@ -337,6 +338,7 @@ def rows_from(items: list[Item], person_hw: tuple[int, int]) -> Rows:
         keypoints=col("keypoints", np.float32), image_size=col("image_size", np.int32), masks=col("masks", np.float32),
         person=col("person", np.uint8), regions=col("regions", np.uint8), cuts=col("cuts", np.uint8).reshape(-1, 2),
         parts=col("parts", np.uint8), inputs=np.asarray([it.inputs for it in items], dtype=object),
+        parsing=byte_rows(c["parsing"] for c in cols),
     ).sealed()
 
 
@@ -473,8 +475,14 @@ def describe_changes(rows: list[tuple[str, int, Record]], changes: list[str | No
     for (_, _, r), change in zip(rows, changes):
         for kind in (change.split(",") if change else []):
             by_kind.setdefault(kind, []).append(r.path)
-    return [f"{len(paths)} image(s) changed or added (first: {paths[0]})" if kind == "image" else f"{len(paths)} row(s) whose {kind} file changed (first: {paths[0]})"
+    said = {"image": "{n} image(s) changed or added (first: {first})", PARSING_LOST: "{n} row(s) without parsing labels (an older cache's)"}
+    return [said.get(kind, "{n} row(s) whose " + kind + " file changed (first: {first})").format(n=len(paths), first=paths[0])
             for kind, paths in by_kind.items()]
+
+
+#: The change ``--update`` records for every row of a cache made with a parser before the
+#: ``parsing`` column (schema < 5): no row of it can be kept.
+PARSING_LOST = "no parsing labels"
 
 
 #: What a keypoint source's provenance says about its content: checked per row (the ``inputs``
@@ -581,10 +589,16 @@ def _generate_locked(cfg: GenerateConfig, ds: ReIDDataset, out: Path, partial: P
         current_paths = {(s, r.path) for s, _, r in rows}
         removed = [p for s in old.splits for p in old.column(s, "path") if (s, p) not in current_paths]
         unsealed = not old.has_column("row_digest")  # schema < 4: rows without digests, nor input fingerprints
+        lost = old.parsing_lost()  # schema < 5 with a parser: no row can be kept, for want of its parsing labels
+        if lost and cfg.update:
+            changes = [change or PARSING_LOST for change in changes]
         if not any(changes) and not removed and not unsealed:
             old.close()
             log.info("%s is up to date", out)
             sys.stderr.write(f"{out}: up to date ({len(rows)} images and their input files), nothing to do\n")
+            if lost:
+                sys.stderr.write(f"note: {out}: a schema-{old.schema_version} cache keeps no parsing labels (reid-masks export --format "
+                                 f"lip-png needs them); rerun with --update to add them (it recomputes all {len(rows)} rows)\n")
             return GenerateResult(out, False, *status_summary(out))
         if not cfg.update:
             old.close()
@@ -729,8 +743,10 @@ def outdated_chunks(ds: ReIDDataset, rows: list[tuple[str, int, Record]], loaded
 class ReusedRows:
     """Rows of the existing cache that ``--update`` keeps, read chunk by chunk.
 
-    Rows of a schema-4 cache carry their digests (verified when the new cache is written);
-    those of an older cache get the rows' current ``inputs`` cells and are sealed here.
+    Rows of a schema-5 cache carry their digests (verified when the new cache is written), those
+    of a schema-4 one are verified and sealed again with the empty ``parsing`` (only a cache made
+    without a parser has rows kept: :meth:`MaskCache.parsing_lost`); those of an older cache get
+    the rows' current ``inputs`` cells and are sealed here.
     """
 
     def __init__(self, old: MaskCache, rows: list[tuple[str, int, Record]], current_inputs: list[str]):
@@ -751,7 +767,7 @@ class ReusedRows:
             data["pid"] = np.asarray([r.pid for _, _, r in mine], np.int32)
             data["camid"] = np.asarray([r.camid for _, _, r in mine], np.int16)
             if self.old.has_column("row_digest"):
-                out[s] = Rows(**data)
+                out[s] = Rows(**data).upgraded()  # schema 4 (made without a parser): the empty parsing added and sealed
             else:
                 data["inputs"] = np.asarray([self.current_inputs[k] for k in mine_k], dtype=object)
                 out[s] = Rows(**data).sealed()

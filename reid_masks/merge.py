@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from reid_masks.assemble import SHARDS_TO_CACHE, assemble, cache_estimate
-from reid_masks.cache import MaskCache, check_cache_rows
+from reid_masks.cache import SCHEMA_VERSION, MaskCache, check_cache_rows
 from reid_masks.errors import UserError
 from reid_masks.fileio import OutputLock, check_writable, remove_dead_temps, write_target
 from reid_masks.workers import Interrupted, sigterm_as_interrupt
@@ -47,6 +47,9 @@ def _merge(shards: list[Path], out: Path, command: str) -> Path:
         for p in shards:
             caches.append(MaskCache(p))
         for c in caches:
+            if c.parsing_lost():
+                raise UserError(f"{c.path}: a schema-{c.schema_version} shard made with a parser keeps no parsing labels, which a "
+                                f"merged cache of schema {SCHEMA_VERSION} holds; rerun its generate command (or merge with the reid-masks that made it)")
             note = check_cache_rows(c)
             if note:
                 sys.stderr.write(f"warning: {note}\n")

@@ -7,7 +7,7 @@ Only torch, numpy, h5py and PIL: no torchreid, no fast-reid. Items are dicts::
      <column>: tensor, ...}                                   # the chosen cache columns
 
 Small columns (``masks``, ``keypoints``, ``status``, ...) are held in memory; the full-size
-ones (``person``, ``regions``, ``parts``) are read per item from the file, opened once per
+ones (``person``, ``regions``, ``parts``; ``parsing``: the LIP labels at the image's size) are read per item from the file, opened once per
 DataLoader worker. Before anything is read, the cache is checked against the dataset exactly
 as ``reid-train`` checks it (every image hashed against its row's fingerprint, unusable rows:
 train rows left out, query/gallery rows refused). docs/using_the_cache.md shows torchreid- and
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from reid_masks.cache import COLUMNS, DIGEST_COLUMNS, MaskCache, locate_records
+from reid_masks.cache import COLUMNS, DIGEST_COLUMNS, MaskCache, decode_parsing, locate_records
 from reid_masks.datasets import build_dataset
 from reid_masks.errors import UserError
 from reid_masks.imageio import read_image
 
-#: Columns read per item (one image-sized map each); the others are loaded once.
-PER_ITEM_COLUMNS = ("person", "regions", "parts")
+#: Columns read per item (one image-sized map each; ``parsing`` at the image's own size); the others are loaded once.
+PER_ITEM_COLUMNS = ("person", "regions", "parts", "parsing")
 CHOOSABLE = tuple(c for c in COLUMNS if c not in ("index", "path", "pid", "camid", "fingerprint", *DIGEST_COLUMNS))
 
 
@@ -65,6 +65,9 @@ class MaskCacheDataset(Dataset):
             if lacking:
                 raise UserError(f"{self.cache_path}: cache schema version {mc.schema_version} has no {', '.join(lacking)} column; "
                                 f"regenerate it with 'reid-masks generate'")
+            if "parsing" in columns and mc.parser == "none":
+                raise UserError(f"{self.cache_path}: column 'parsing' holds the parser's labels, and this cache was made without a "
+                                f"parser (--parsing-dir or --parser schp)")
             self.records = [records[i] for i in keep]
             self.keep = np.asarray(keep, np.int64)
             where = np.zeros((len(records), 2), object)
@@ -98,7 +101,8 @@ class MaskCacheDataset(Dataset):
         if self.per_item:
             split, row = self.rows[index]
             for c in self.per_item:
-                item[c] = torch.from_numpy(self._h5()[split][c][int(row)])
+                value = self._h5()[split][c][int(row)]
+                item[c] = torch.from_numpy(decode_parsing(value) if c == "parsing" else value)
         return self.transform(item) if self.transform is not None else item
 
     def __getstate__(self) -> dict[str, Any]:

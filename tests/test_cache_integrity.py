@@ -179,3 +179,61 @@ def test_schema_3_cache_is_refused_by_generate_until_update_adds_digests(market,
     code, msg = gen(market, old, "--update")
     assert code == 0 and "records no fingerprints of its parsing files" in msg
     assert_same_cache(old, reference)
+
+
+def as_schema_4(cache: Path, out: Path) -> Path:
+    """A copy of ``cache`` as reid-masks wrote schema 4: no ``parsing``, three map digests, row digests over them."""
+    from reid_masks.cache import row_digests
+
+    def downgrade(f):
+        f.attrs["schema_version"] = 4
+        for s in ("train", "query", "gallery"):
+            g = f[s]
+            del g["parsing"]
+            maps = g["map_digests"][:, :3]
+            del g["map_digests"]
+            g.create_dataset("map_digests", data=maps)
+            cols = {name: g[name][()] for name in ("fingerprint", "status", "score", "box", "keypoints", "image_size", "masks", "cuts")}
+            cols.update(path=[p.decode() for p in g["path"][()]], inputs=[p.decode() for p in g["inputs"][()]], map_digests=maps)
+            g["row_digest"][...] = row_digests(cols)
+
+    return edit(cache, out, downgrade)
+
+
+def test_schema_4_cache_made_with_a_parser_is_read_and_update_adds_the_parsing_labels(market, reference, tmp_path):
+    from test_export import run_export
+
+    old = as_schema_4(reference, tmp_path / "old.h5")
+    with MaskCache(old) as c:
+        assert c.schema_version == 4 and check_cache_rows(c) is None  # its own digests verify
+        n = sum(c.num_stored(s) for s in c.splits)
+    code, msg = gen(market, old)  # still usable as it is: up to date, with a note
+    assert code == 0 and "up to date" in msg and "keeps no parsing labels" in msg and f"recomputes all {n} rows" in msg, msg
+    code, msg = run_export(old, "--format", "lip-png", "--out", tmp_path / "lip")
+    assert code == 2 and "schema version 4 keeps no parsing labels" in one_line(msg) and "--update" in msg
+    code, msg = gen(market, old, "--update")
+    assert code == 0 and f"updating {n} changed or added row(s)" in msg, msg
+    assert_same_cache(old, reference)
+
+
+def test_schema_4_cache_without_a_parser_keeps_its_rows_on_update(synth_dataset, tmp_path):
+    from PIL import Image
+
+    root, masks = tmp_path / "market", tmp_path / "masks"
+    shutil.copytree(synth_dataset("market1501", ids=4), root)
+    for png in (root / "parsing").rglob("*.png"):  # person-mask PNGs: a mask source without a parser
+        (masks / png.relative_to(root / "parsing")).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(((np.asarray(Image.open(png)) > 0) * 255).astype(np.uint8)).save(masks / png.relative_to(root / "parsing"))
+    args = ("generate", "--dataset", "market1501", "--root", root, "--masks-dir", masks, "--workers", "0")
+    cache = tmp_path / "seg.h5"
+    assert run(*args, "--out", cache)[0] == 0
+    old = as_schema_4(cache, tmp_path / "old.h5")
+    image = sorted((root / "bounding_box_train").glob("*.jpg"))[0]
+    Image.open(image).transpose(Image.FLIP_LEFT_RIGHT).save(image)
+    code, msg = run(*args, "--out", old, "--update")
+    assert code == 0 and "updating 1 changed or added row(s)" in msg, msg
+    fresh = tmp_path / "fresh.h5"
+    assert run(*args, "--out", fresh)[0] == 0
+    assert_same_cache(old, fresh)  # the kept rows: verified, then sealed with their (empty) parsing
+    with MaskCache(old) as c:
+        assert c.schema_version == 5 and c.column("train", "map_digests").shape[1] == 4 and check_cache_rows(c) is None

@@ -22,7 +22,6 @@ from PIL import Image
 from reid_masks.cache import MASK_HW, STATUS, MaskCache
 from reid_masks.cli import main
 from reid_masks.datasets import build_dataset
-from reid_masks.derive import ARM_LABELS, HEAD_LABELS, LEG_LABELS, SPLIT_AT_HIP_LABELS, TORSO_LABELS
 from reid_masks.imageio import read_label_png, read_parsing_png
 from reid_masks.pifpaf import field_size
 from reid_masks.synth.keypoint_cache import keypoint_dataset, repeat_cache
@@ -184,14 +183,6 @@ def test_bpbreid_refused_without_keypoints(parsing_cache, tmp_path):
 
 # --- lip-png / seg-png / npz ----------------------------------------------------------------
 
-def lip_group(labels: np.ndarray) -> np.ndarray:
-    """LIP labels -> body-part groups (0 bg, 1 head, 2 torso, 3 arms, 4 legs, 5 dress/jumpsuit)."""
-    out = np.zeros(labels.shape, np.uint8)
-    for code, labs in enumerate((HEAD_LABELS, TORSO_LABELS, ARM_LABELS, LEG_LABELS, SPLIT_AT_HIP_LABELS), start=1):
-        out[np.isin(labels, labs)] = code
-    return out
-
-
 def test_lip_png_equals_the_source_labels(parsing_cache, tmp_path):
     root, cache = parsing_cache
     code, out = run_export(cache, "--format", "lip-png", "--out", tmp_path / "lip")
@@ -200,13 +191,58 @@ def test_lip_png_equals_the_source_labels(parsing_cache, tmp_path):
     for split, row in rows_of(cache):
         src = read_parsing_png((root / "parsing" / row["path"]).with_suffix(".png"))
         got = read_parsing_png((tmp_path / "lip" / row["path"]).with_suffix(".png"))  # the reader of --parsing-dir accepts it
-        assert got.shape == src.shape
-        want, have = lip_group(src), lip_group(got)
-        split_px = want == 5  # dress / jumpsuit: torso above the hip line, legs below
-        assert np.array_equal(have[~split_px], want[~split_px]), row["path"]
-        assert np.isin(have[split_px], (2, 4)).all()
+        assert got.dtype == np.uint8 and np.array_equal(got, src), row["path"]
         n += 1
     assert n > 50
+
+
+def test_lip_png_is_exact_at_any_image_size(tmp_path):
+    """Crops of odd sizes (no multiple of the 256x128 person size) with all 20 LIP labels: the
+    export gives back the parser's labels pixel for pixel, and --update keeps them."""
+    rng = np.random.default_rng(3)
+    images, parsing = tmp_path / "crops", tmp_path / "parsing"
+    sizes = {"a.jpg": (97, 41), "cam2/b.png": (203, 77), "cam2/c.jpg": (131, 60)}
+    labels = {}
+    for rel, (h, w) in sizes.items():
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        (parsing / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / rel)
+        lab = np.repeat(np.repeat(rng.integers(0, 20, (h // 4 + 1, w // 4 + 1)), 4, 0), 4, 1)[:h, :w].astype(np.uint8)
+        lab[:2, :20] = np.arange(20)  # every label at least once
+        Image.fromarray(lab, mode="L").save((parsing / rel).with_suffix(".png"))
+        labels[rel] = lab
+    cache = tmp_path / "c.h5"
+    r = CliRunner().invoke(main, ["generate", "--dataset", "images", "--root", str(images), "--parsing-dir", str(parsing), "--out", str(cache), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    code, out = run_export(cache, "--format", "lip-png", "--out", tmp_path / "lip")
+    assert code == 0 and "3 file(s) written" in out, out
+    for rel, lab in labels.items():
+        assert np.array_equal(read_parsing_png((tmp_path / "lip" / rel).with_suffix(".png")), lab), rel
+    # one image replaced: --update recomputes it and keeps the others' labels as they were
+    lab = np.full(sizes["a.jpg"], 13, np.uint8)
+    Image.fromarray(lab, mode="L").save(parsing / "a.png")
+    labels["a.jpg"] = lab
+    r = CliRunner().invoke(main, ["generate", "--dataset", "images", "--root", str(images), "--parsing-dir", str(parsing), "--out", str(cache), "--workers", "0", "--update"])
+    assert r.exit_code == 0 and "updating 1 changed" in r.output, r.output
+    with MaskCache(cache) as mc:
+        for i, rel in enumerate(mc.column("query", "path")):
+            assert np.array_equal(mc.parsing("query", i), labels[rel]), rel
+
+
+def test_lip_png_refuses_labels_moved_to_other_rows(parsing_cache, tmp_path):
+    import shutil
+
+    import h5py
+
+    _, cache = parsing_cache
+    bad = tmp_path / "bad.h5"
+    shutil.copy(cache, bad)
+    with h5py.File(bad, "r+") as f:  # two rows' parsing swapped, everything else in place
+        f["query/parsing"].write_direct(f["query/parsing"][0:2][::-1].copy(), np.s_[0:2], np.s_[0:2])
+    code, out = run_export(bad, "--format", "lip-png", "--out", tmp_path / "lip")
+    assert code == 2 and "query row(s) 0 (" in out and "do not match their map digests" in out, out
+    assert len(out.strip().splitlines()) == 1
+    assert not list((tmp_path / "lip").rglob("query*/*.png"))  # the bad block wrote nothing
 
 
 def test_lip_png_refused_without_a_parsing_source(kp_cache, tmp_path):

@@ -32,7 +32,10 @@ def assert_same_cache(a: Path, b: Path) -> None:
         for s in ca.splits:
             ra, rb = ca.rows(s), cb.rows(s)
             for name in COLUMNS:
-                assert np.array_equal(ra[name], rb[name]), (s, name)
+                if name in ra and ra[name].dtype == object and name not in ("path", "inputs"):  # parsing: PNG bytes per row
+                    assert [bytes(x) for x in ra[name]] == [bytes(x) for x in rb[name]], (s, name)
+                else:
+                    assert np.array_equal(ra[name], rb[name]), (s, name)
         pa, pb = ca.attrs["provenance"], cb.attrs["provenance"]
         for k in ("command", "created"):
             pa.pop(k), pb.pop(k)
@@ -59,7 +62,7 @@ def test_cache_contract(market, reference):
     ds = build_dataset("market1501", market)
     with MaskCache(reference) as c:
         a = c.attrs
-        assert a["schema_version"] == 4 and a["dataset"] == "market1501"
+        assert a["schema_version"] == 5 and a["dataset"] == "market1501"
         assert a["provenance"]["backend"] == {"name": "none"} and a["provenance"]["parsing_dir"]
         assert "reid-masks generate" in a["provenance"]["command"] and a["provenance"]["version"]
         for s in ("train", "query", "gallery"):
@@ -85,7 +88,10 @@ def test_cache_contract(market, reference):
             # schema 4: the parsing PNG each row was made from, and digests tying the row together
             from reid_masks.generate import fingerprint
             assert list(c.column(s, "inputs")) == [f"parsing={fingerprint((market / 'parsing' / r.path).with_suffix('.png').read_bytes()).decode()}" for r in recs]
-            assert len(set(c.column(s, "row_digest"))) == n and c.column(s, "map_digests").shape == (n, 3)
+            assert len(set(c.column(s, "row_digest"))) == n and c.column(s, "map_digests").shape == (n, 4)
+            # schema 5: the parser's own labels, exactly as read, at the image's size
+            for i, r in enumerate(recs):
+                assert np.array_equal(c.parsing(s, i), read_label_png((market / "parsing" / r.path).with_suffix(".png"))), r.path
 
 
 def test_rerun_is_up_to_date(market, reference, tmp_path):

@@ -333,8 +333,8 @@ def test_an_older_cache_is_read_but_has_no_parts(market, tmp_path, version, drop
     with pytest.raises(UserError, match=rf"v{version}.h5: cache schema version {version} has no 'parts' column .*regenerate"):
         load_split_region_masks(old, market, "query", "parts")
     with h5py.File(old, "r+") as f:
-        f.attrs["schema_version"] = 5
-    with pytest.raises(UserError, match=r"cache schema version 5, this reid-masks reads versions 1, 2, 3, 4"):
+        f.attrs["schema_version"] = 6
+    with pytest.raises(UserError, match=r"cache schema version 6, this reid-masks reads versions 1, 2, 3, 4, 5"):
         load_split_region_masks(old, market, "query", "regions")
 
 
