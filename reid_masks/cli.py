@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from reid_masks.cliopts import PERSON_SIDE, SEED, check_chunk_memory, dataset_flags, dataset_options_from_cli, parse_hw
+from reid_masks.cliopts import PERSON_SIDE, SEED, FiniteFloatRange, check_chunk_memory, dataset_flags, dataset_options_from_cli, parse_hw
 from reid_masks.errors import UserError
 
 
@@ -44,7 +44,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
-@click.option("--occlusion-rate", type=click.FloatRange(0, 1), help="Share of images with an occluder (pole, bag, obstacle, car, person); default: the layout's rule.")
+@click.option("--occlusion-rate", type=FiniteFloatRange(0, 1), help="Share of images with an occluder (pole, bag, obstacle, car, person); default: the layout's rule.")
 @click.option("--truth-keypoints", is_flag=True, help="Also write OUT/keypoints_coco.json: the targets' true keypoints as a COCO keypoints file (for generate --keypoints).")
 def synth(layout: str, out: Path, ids: int, seed: int, workers: int, overwrite: bool, occlusion_rate: float | None, truth_keypoints: bool) -> None:
     """Write a small synthetic dataset in a real layout, with LIP parsing PNGs under OUT/parsing/."""
@@ -133,7 +133,7 @@ def command_line(ctx: click.Context) -> str:
 @click.option("--keypoint-weights", type=click.Path(dir_okay=False, path_type=Path), help="Keypoint R-CNN weights file (default: the zoo file in torchvision's cache, or in detectron2's cache with --backend detectron2).")
 @click.option("--random-weights", is_flag=True, help="TESTS ONLY: random detector/parser weights (recorded in the provenance).")
 @click.option("--min-size", type=click.IntRange(32, 2000), help="Detector input short side. Default: torchvision 256 (long side <= 768); detectron2 the config's INPUT.MIN_SIZE_TEST (800, long side <= 1333 for the zoo configs). README: speed/quality trade-off; inspect shows the size used.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), help="Detector person score threshold.")
+@click.option("--score-threshold", type=FiniteFloatRange(0, 1), help="Detector person score threshold.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 256), help="Decoding worker processes.")

@@ -7,10 +7,12 @@ every command's help without being listed here.
 
 Every count and size a user types is bounded (``click.IntRange`` or :func:`parse_hw`), so a
 typo such as ``--person-size 100000x100000`` is one line naming the option and its range, not
-an out-of-memory kill hours later.
+an out-of-memory kill hours later. Every float option is a :class:`FiniteFloatRange`: click's
+``FloatRange`` lets ``nan`` through (each comparison with it is false).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import click
@@ -26,6 +28,23 @@ SEED = click.IntRange(0, 2**32 - 1)
 PERSON_SIDE = (8, 1024)
 #: Most bytes of person/regions/parts maps one chunk of ``generate`` may hold in memory.
 CHUNK_BYTES_MAX = 2 << 30
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan``, ``inf`` and ``-inf`` as a usage error naming
+    the option (``FloatRange`` compares, and every comparison with ``nan`` is false, so ``nan``
+    passed any range and ``inf`` any range open above)."""
+
+    def expected(self) -> str:
+        if self.min == 0 and self.min_open and self.max is None:
+            return "a finite positive number"
+        return f"a finite number in the range {self._describe_range()}"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not finite; expected {self.expected()}", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def parse_hw(text: str, option: str, lo: int, hi: int) -> tuple[int, int]:

@@ -141,6 +141,19 @@ def name_max(folder: Path) -> int:
     return 255
 
 
+def check_name_lengths(path: Path, names: Iterable[str], option: str = "--out") -> None:
+    """Refuse, in one line, ``path`` when a folder name of it or one of ``names`` (written in its
+    folder) is longer than the file system's NAME_MAX there. Raises :class:`UserError` naming
+    ``option``, the longest name, its length and the limit."""
+    limit = name_max(path.parent)
+    for longest in (*path.parent.parts, max(names, key=lambda n: len(os.fsencode(n)))):
+        size = len(os.fsencode(longest))
+        if size > limit:
+            what = "a folder name of it" if longest in path.parent.parts else "a name written beside it"
+            raise UserError(f"{option} {path}: name too long: '{longest}' ({what}) has {size} bytes and the file system takes "
+                            f"at most {limit} bytes per name; shorten it by {size - limit} byte(s) or more")
+
+
 def check_writable(path: str | Path, option: str = "--out", folder: bool = False, also: Iterable[str] = ()) -> Path:
     """Refuse, in one line and before any work, an output that could not be written at the end.
 
@@ -153,13 +166,7 @@ def check_writable(path: str | Path, option: str = "--out", folder: bool = False
     """
     path = Path(path)
     target = path if folder else path.parent
-    limit = name_max(path.parent)
-    for longest in (*path.parent.parts, max(sibling_names(path, folder, also), key=lambda n: len(os.fsencode(n)))):
-        size = len(os.fsencode(longest))
-        if size > limit:  # checked first: stat() of such a path fails with ENAMETOOLONG
-            what = "a folder name of it" if longest in path.parent.parts else "a name written beside it"
-            raise UserError(f"{option} {path}: name too long: '{longest}' ({what}) has {size} bytes and the file system takes "
-                            f"at most {limit} bytes per name; shorten it by {size - limit} byte(s) or more")
+    check_name_lengths(path, sibling_names(path, folder, also), option)  # first: stat() of such a path fails with ENAMETOOLONG
     if not folder and path.is_dir():
         raise UserError(f"{option} {path}: is a folder, expected a file name")
     if folder and path.exists() and not path.is_dir():

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from reid_masks import visual
 from reid_masks.cache import STATUS, STATUS_NAMES, MaskCache
-from reid_masks.cliopts import SEED
+from reid_masks.cliopts import SEED, FiniteFloatRange
 from reid_masks.errors import UserError
 from reid_masks.fileio import check_writable
 from reid_masks.imageio import read_image
@@ -263,7 +263,7 @@ def contact_sheet(cache: MaskCache, root: str | Path | None, n: int = 32, split:
 @click.option("--split", type=click.Choice(["train", "query", "gallery"]), help="Only this split (default: all).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Dataset root (default: the cache's dataset_root).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Picks the phase of the even sampling.")
-@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.1, 16), help="Panel size / person-mask size.")
+@click.option("--scale", default=1.0, show_default=True, type=FiniteFloatRange(0.1, 16), help="Panel size / person-mask size.")
 @click.option("--cols", default=DEFAULT_COLS, show_default=True, type=click.IntRange(1, 100), help="Tiles per row.")
 def preview_command(cache_path: Path, out: Path, n: int, split: str | None, root: Path | None, seed: int, scale: float, cols: int) -> None:
     """Draw sampled rows' masks, regions and keypoints over their images into a PNG contact sheet."""

@@ -33,7 +33,7 @@ import click
 
 from reid_masks.cliopts import dataset_flags, dataset_options_from_cli
 from reid_masks.errors import UserError
-from reid_masks.fileio import write_text_atomic
+from reid_masks.fileio import check_name_lengths, sibling_names, write_text_atomic
 
 JOBS_FILE = "jobs.json"
 JOBS_VERSION = 1
@@ -263,12 +263,23 @@ def check_generate_args(args: Sequence[str], gpus: int | None) -> list[str]:
     return out
 
 
+def check_submit_names(out: Path, folder: Path, shard_files: Sequence[Path]) -> None:
+    """Refuse (before any file or sbatch) an --out whose derived names would not fit NAME_MAX: each
+    shard file with the lock, temporary and ``.partial`` folder its generate task writes beside
+    it, the merged cache with merge's, and the default job folder ``<out>.slurm``. (Temporary
+    names are sized with this host's name; a task's temporaries carry its compute node's.)"""
+    names = [n for p in shard_files for n in sibling_names(p, also=[p.name + ".partial"])]
+    names += sibling_names(out) + ([folder.name] if folder.parent == out.parent else [])
+    check_name_lengths(out, names, "--out")
+
+
 def submit_new(out: Path, folder: Path, logs: Path, dataset: str, root: Path, parsing_dir: Path | None, generate_args: list[str],
                shards: int, resources: Resources, max_running: int | None, dry_run: bool, dataset_options: Sequence[str] = ()) -> None:
     """Write both scripts, submit the array then the merge after it, record both in jobs.json."""
     from reid_masks.generate import shard_path  # imports torch: not at CLI start-up
 
     shard_files = [shard_path(out, (i, shards)) for i in range(shards)]  # [out] itself when N is 1
+    check_submit_names(out, folder, shard_files)
     existing = [p for p in dict.fromkeys([*shard_files, out]) if p.exists()]
     if existing:
         raise UserError(f"{existing[0]}: exists already ({len(existing)} of the shard/merged files); use --resubmit-failed to finish that run, or remove them to start over")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import click
 import numpy as np
 
+from reid_masks.cliopts import FiniteFloatRange
 from reid_masks.errors import UserError
 from reid_masks.fileio import atomic_path, check_writable, remove_dead_temps, write_json_atomic
 
@@ -363,7 +364,7 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
 @click.option("--opset", default=None, type=click.IntRange(7, 30), help="ONNX opset [default: 17; 18 with --dynamo].")
 @click.option("--flip", is_flag=True, help="Bake in flip averaging (the evaluation's features; twice the compute).")
 @click.option("--dynamo", is_flag=True, help="Use torch's torch.export-based ONNX exporter (needs onnxscript).")
-@click.option("--atol", default=DEFAULT_ATOL, show_default=True, type=click.FloatRange(0, None, min_open=True),
+@click.option("--atol", default=DEFAULT_ATOL, show_default=True, type=FiniteFloatRange(0, None, min_open=True),
               help="Parity tolerance: max abs difference of the features.")
 @click.option("--no-check", is_flag=True, help="Skip the parity check (e.g. without onnxruntime).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override data.height/data.width (as --height/--width); other keys are refused.")

@@ -280,6 +280,37 @@ def test_generate_size_options_bounded(synth_dataset, tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("cli,args,message", [
+    ("train", ["export", "--atol", "nan", "--checkpoint", "c.pth"], "'--atol': 'nan' is not finite; expected a finite positive number"),
+    ("train", ["export", "--atol", "inf", "--checkpoint", "c.pth"], "'--atol': 'inf' is not finite; expected a finite positive number"),
+    ("train", ["export", "--atol", "-inf", "--checkpoint", "c.pth"], "'--atol': '-inf' is not finite; expected a finite positive number"),
+    ("masks", ["preview", "--scale", "nan", "c.h5"], "'--scale': 'nan' is not finite; expected a finite number in the range 0.1<=x<=16"),
+    ("masks", ["synth", "--occlusion-rate", "nan", "--layout", "market1501", "--out", "d"],
+     "'--occlusion-rate': 'nan' is not finite; expected a finite number in the range 0<=x<=1"),
+    ("masks", ["generate", "--score-threshold", "NaN", "--dataset", "market1501", "--root", "d", "--out", "c.h5"],
+     "'--score-threshold': 'NaN' is not finite; expected a finite number in the range 0<=x<=1"),
+])
+def test_float_options_refuse_nan_and_inf(tmp_path, monkeypatch, cli, args, message):
+    """click's FloatRange compares, and nan compares false with everything: it passed every range."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(train_main if cli == "train" else masks_main, args)
+    assert res.exit_code == 2 and one_error_line(res.output).startswith(f"error: Invalid value for {message}"), res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finite_float_range_keeps_the_range_check():
+    import click
+
+    from reid_masks.cliopts import FiniteFloatRange
+
+    positive = FiniteFloatRange(0, None, min_open=True)
+    assert positive.convert("1e-4", None, None) == 1e-4
+    with pytest.raises(click.BadParameter, match=r"0\.0 is not in the range x>0"):
+        positive.convert("0", None, None)
+    with pytest.raises(click.BadParameter, match="'abc' is not a valid float"):
+        positive.convert("abc", None, None)
+
+
 def test_picture_sizes_bounded(synth_dataset, bombed, tmp_path, monkeypatch):
     from reid_masks import visual
 

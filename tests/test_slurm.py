@@ -148,6 +148,31 @@ def test_clear_errors(market, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "jobs.json: not found" in result.output
 
 
+def test_out_whose_shard_names_are_too_long_refused_before_sbatch(tmp_path, monkeypatch):
+    """--out fits generate's own temporary name, a shard file's (10 bytes longer) does not: refused
+    in one line before any file or sbatch call; with one shard (no shard names) it is accepted."""
+    from reid_masks.fileio import HOST
+
+    work = tmp_path / "work"
+    work.mkdir()
+    calls = tmp_path / "sbatch-calls"
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 7\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    stem = "c" * (255 - len(f"..h5.tmp-{HOST}-9999999"))
+    out = work / f"{stem}.h5"  # its own temporary '.<name>.tmp-<host>-<pid>' has exactly 255 bytes
+    result = submit(tmp_path / "root", out)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: --out {out}: name too long: '.{stem}.shard0of3.h5.tmp-{HOST}-9999999' (a name written "
+                                     f"beside it) has 265 bytes and the file system takes at most 255 bytes per name; shorten it by 10 byte(s) or more")
+    assert not calls.exists() and list(work.iterdir()) == []  # no sbatch, no job folder, no script
+    result = run("submit", "--dataset", "market1501", "--root", tmp_path / "root", "--out", out, "--shards", 1, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert not calls.exists()
+
+
 # --- a real single-node Slurm -----------------------------------------------------------------
 
 
