@@ -8,8 +8,8 @@ time's "Maximum resident set size". A second run of the same command (every file
 complete: the resume check alone) is timed too. Memory must not grow with the rows: the cache
 is read ``--block-rows`` rows at a time.
 
-The repeated cache's provenance names a precomputed parser so that ``lip-png`` runs; its
-``parts`` come from the synthetic truth's keypoints, which does not change the work measured.
+The repeated cache's provenance names a precomputed parser, and its ``parsing`` column holds
+the crops' true LIP labels, so that ``lip-png`` runs as on a cache made with ``--parsing-dir``.
 
 Usage:  python benchmarks/bench_export.py [--sizes 2000,20000] [--formats bpbreid,seg-png,lip-png,npz]
 """
@@ -31,7 +31,7 @@ from reid_masks.synth.keypoint_cache import keypoint_dataset, repeat_cache  # no
 
 BASE_CROPS = 32
 PROVENANCE = {"backend": {"name": "synthetic truth (bench_export.py)"},
-              "parser": {"name": "precomputed", "note": "benchmark only: parts from the synthetic truth's keypoints"}}
+              "parser": {"name": "precomputed", "note": "benchmark only: the synthetic truth's LIP labels"}}
 
 
 def timed(cmd: list[str]) -> tuple[float, int, str]:

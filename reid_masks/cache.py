@@ -180,7 +180,7 @@ def decode_parsing(cell: Any) -> np.ndarray | None:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im, dtype=np.uint8)
+        return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on PIL's read-only view)
 
 
 def _digest(data: bytes) -> bytes:

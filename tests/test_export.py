@@ -377,6 +377,23 @@ def test_torch_dataset_items_match_the_cache(kp_cache):
             assert torch.equal(item[c], torch.from_numpy(mc.column("train", c)[1])), c
 
 
+def test_torch_dataset_serves_the_parsing_labels_at_image_size(parsing_cache, kp_cache):
+    import torch
+
+    from reid_masks.errors import UserError
+    from reid_masks.torch_dataset import MaskCacheDataset
+
+    root, cache = parsing_cache
+    ds = MaskCacheDataset(cache, root, "query", columns=("parsing", "parts"))
+    for i in (0, len(ds) - 1):
+        item = ds[i]
+        src = read_parsing_png((root / "parsing" / item["path"]).with_suffix(".png"))
+        assert item["parsing"].dtype == torch.uint8 and np.array_equal(item["parsing"].numpy(), src)
+        assert item["parsing"].shape == item["image"].shape[1:]
+    with pytest.raises(UserError, match="made without a parser"):
+        MaskCacheDataset(kp_cache[1], kp_cache[0], "query", columns=("parsing",))
+
+
 def test_the_documented_training_loops_run(kp_cache):
     """docs/using_the_cache.md's code blocks, run as written on the synthetic dataset."""
     import re

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from reid_masks.cache import DEFAULT_PERSON_HW, MaskCache, Rows, write_cache
+from reid_masks.cache import DEFAULT_PERSON_HW, MaskCache, Rows, byte_rows, encode_parsing, write_cache
 from reid_masks.datasets import build_dataset
 from reid_masks.derive import derive
 from reid_masks.generate import fingerprint
@@ -30,16 +30,20 @@ def _nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def keypoint_dataset(root: Path, n: int = 16, seed: int = 3, person_hw: tuple[int, int] = DEFAULT_PERSON_HW,
                      provenance: dict[str, Any] | None = None) -> Path:
     """Write ``n`` crops under ``root`` (Market-1501 names; half train, a quarter query, the rest
-    gallery) and their cache ``<root>.h5``; returns the cache path."""
+    gallery) and their cache ``<root>.h5``; returns the cache path. The rows keep the crops' true
+    LIP labels in ``parsing`` when ``provenance`` names a parser (as ``generate`` would)."""
+    provenance = provenance or PROVENANCE
+    with_parsing = provenance.get("parser", {}).get("name", "none") != "none"
     root = Path(root)
     crops = render_crops(n, seed=seed, occlusion_rate=0.3)
     folders = ["bounding_box_train"] * (n // 2) + ["query"] * (n // 4) + ["bounding_box_test"] * (n - n // 2 - n // 4)
-    derived = {}
+    derived, labels = {}, {}
     for i, (crop, folder) in enumerate(zip(crops, folders)):
         rel = f"{folder}/{(i % 4) + 1:04d}_c{(i % 3) + 1}s1_{i:06d}_00.jpg"
         (root / folder).mkdir(parents=True, exist_ok=True)
         Image.fromarray(crop.image).save(root / rel, quality=95)
         derived[rel] = derive(observe(crop, "detector"))
+        labels[rel] = encode_parsing(crop.parsing) if with_parsing else b""
     ds = build_dataset("market1501", root)
     splits = {}
     for split in ("train", "query", "gallery"):
@@ -54,10 +58,10 @@ def keypoint_dataset(root: Path, n: int = 16, seed: int = 3, person_hw: tuple[in
             image_size=np.asarray([x.person.shape for x in d], np.int32), masks=np.stack([x.masks for x in d]).astype(np.float32),
             person=np.stack([_nearest(x.person.astype(np.uint8), person_hw) for x in d]),
             regions=np.stack([_nearest(x.regions, person_hw) for x in d]), cuts=np.stack([x.cuts for x in d]).astype(np.uint8),
-            parts=np.stack([_nearest(x.parts, person_hw) for x in d]),
+            parts=np.stack([_nearest(x.parts, person_hw) for x in d]), parsing=byte_rows(labels[r.path] for r in recs),
         ))
     out = root.parent / f"{root.name}.h5"
-    write_cache(out, splits, {"dataset": "market1501", "person_size": list(person_hw), "provenance": provenance or PROVENANCE})
+    write_cache(out, splits, {"dataset": "market1501", "person_size": list(person_hw), "provenance": provenance})
     return out
 
 
