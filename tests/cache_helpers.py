@@ -93,3 +93,11 @@ def make_cache(root: Path, name: str = "market1501", out: Path | None = None, dr
     write_cache(out, splits, {"dataset": name, "generator": "tests/cache_helpers.py (parsing PNGs)", "person_hw": list(PERSON_HW)})
     _made[key] = out
     return out
+
+
+def same_column(x: np.ndarray, y: np.ndarray) -> bool:
+    """Two columns of a cache equal, value for value (``parsing`` is an object array of byte rows)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype == object and len(x) and isinstance(x[0], np.ndarray):
+        return x.shape == y.shape and y.dtype == object and [bytes(v) for v in x] == [bytes(v) for v in y]
+    return bool(np.array_equal(x, y))

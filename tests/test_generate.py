@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cache_helpers import same_column
 from reid_masks.cache import COLUMNS, CUT, STATUS, MaskCache
 from reid_masks.cli import main
 
@@ -32,10 +33,7 @@ def assert_same_cache(a: Path, b: Path) -> None:
         for s in ca.splits:
             ra, rb = ca.rows(s), cb.rows(s)
             for name in COLUMNS:
-                if name in ra and ra[name].dtype == object and name not in ("path", "inputs"):  # parsing: PNG bytes per row
-                    assert [bytes(x) for x in ra[name]] == [bytes(x) for x in rb[name]], (s, name)
-                else:
-                    assert np.array_equal(ra[name], rb[name]), (s, name)
+                assert same_column(ra[name], rb[name]), (s, name)
         pa, pb = ca.attrs["provenance"], cb.attrs["provenance"]
         for k in ("command", "created"):
             pa.pop(k), pb.pop(k)
@@ -319,6 +317,9 @@ def test_schp_parser_end_to_end_with_random_weights(tiny_market, tmp_path):
             status = c.column(s, "status")
             assert set(status) <= {STATUS["no_person"], STATUS["no_keypoints"]}
             assert c.column(s, "masks").shape == (c.num_rows(s), 3, 24, 8)
+            for i, hw in enumerate(c.column(s, "image_size")):  # the parser's own labels, at each image's size
+                labels = c.parsing(s, i)
+                assert labels.shape == tuple(hw) and labels.max() < 20
 
 
 @pytest.mark.parametrize(
