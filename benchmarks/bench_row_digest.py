@@ -1,11 +1,12 @@
-"""Cost of the schema-4 row digests: sealing rows, checking a cache on open, verifying the maps.
+"""Cost of the row digests (cache schemas 4-5): sealing rows, checking a cache on open, verifying the maps.
 
 ``reid_masks.cache.check_cache_rows`` runs when ``fit`` / ``evaluate`` / ``extract`` /
 ``visualize`` / ``inspect`` / ``merge`` open a cache: it reads every row's small columns and
 24x8 masks block by block and recomputes ``row_digest`` (blake2b over the row's masks,
-keypoints, status, fingerprint, ... and its three map digests) and the masks' range. The
-full-size maps (person / regions / parts, 256x128 each) are verified only where they are read
-in full (MGRAN's loader, ``merge`` and the assembly of ``generate``), since reading them is
+keypoints, status, fingerprint, ... and its four map digests) and the masks' range. The
+full-size maps (person / regions / parts, 256x128 each, and the parsing labels' PNG) are
+verified only where they are read in full (MGRAN's loader, ``export``, ``merge`` and the
+assembly of ``generate``), since reading them is
 most of the cost. This script writes a cache of ``--rows`` rows of plausible masks (a
 person-shaped box, soft 24x8 masks, random keypoints) and times, per row and extrapolated to
 MSMT17 (126,441 images): sealing (computing the digests), the row check on open, and the row
@@ -27,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import describe_machine  # noqa: E402
-from reid_masks.cache import MAP_COLUMNS, CacheWriter, MaskCache, Rows, check_cache_rows  # noqa: E402
+from reid_masks.cache import MAP_COLUMNS, CacheWriter, MaskCache, Rows, byte_rows, check_cache_rows, encode_parsing  # noqa: E402
 from reid_masks.chunks import ChunkStore  # noqa: E402
 
 MSMT17_IMAGES = 126_441
@@ -46,7 +47,11 @@ def synthetic_rows(start: int, stop: int, hw: tuple[int, int], rng: np.random.Ge
                 status=np.zeros(n, np.uint8), score=rng.random(n, dtype=np.float32), box=rng.random((n, 4), dtype=np.float32),
                 keypoints=rng.random((n, 17, 3), dtype=np.float32), image_size=np.full((n, 2), (128, 64), np.int32), masks=masks,
                 person=person, regions=regions, cuts=np.ones((n, 2), np.uint8), parts=parts,
-                inputs=np.asarray([f"parsing={i:016x}" for i in range(start, stop)], dtype=object))
+                inputs=np.asarray([f"parsing={i:016x}" for i in range(start, stop)], dtype=object),
+                parsing=byte_rows(encode_parsing(LIP_OF_PART[p[::2, ::2]]) for p in parts))  # a parser's labels at the 128x64 image size
+
+
+LIP_OF_PART = np.array([0, 13, 5, 9], np.uint8)  # background, face, upper-clothes, pants
 
 
 def main() -> None:
@@ -72,7 +77,7 @@ def main() -> None:
                 writer.write("train", rows)
         print(f"seal (compute the digests, CPU)      : {per(seal)}")
         with MaskCache(path) as cache:
-            for label, maps in (("check on open (rows + masks range)", ()), ("check incl. the three maps        ", MAP_COLUMNS)):
+            for label, maps in (("check on open (rows + masks range)", ()), ("check incl. the four full maps    ", MAP_COLUMNS)):
                 t, cpu = time.perf_counter(), time.process_time()
                 check_cache_rows(cache, maps=maps)
                 dt, cpu = time.perf_counter() - t, time.process_time() - cpu
