@@ -2,7 +2,8 @@
 
 * ``bpbreid``: ``masks/pifpaf_maskrcnn_filtering/<split folder>/<image stem>.npy`` under the
   dataset root, 36 PifPaf-style confidence fields per image (:mod:`reid_masks.pifpaf`);
-* ``lip-png``: LIP label PNGs ``<out>/<image path>.png`` (what SCHP's extractor writes): the
+* ``lip-png``: LIP label PNGs ``<out>/<image path>.png`` (what SCHP's extractor writes: 8-bit
+  palette PNGs whose pixel values are the labels, with its colour map): the
   parser's own labels at the image's size, as the cache's ``parsing`` column keeps them (schema
   5); only for caches made with a parsing source;
 * ``seg-png``: 0/255 person-mask PNGs in MGCAM's ``<split folder>_seg/`` layout;
@@ -121,13 +122,13 @@ def npy_complete(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) ->
     return tuple(got_shape) == tuple(shape) and got_dtype == np.dtype(dtype) and not fortran and size == offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
-def png_complete(path: Path, hw: tuple[int, int]) -> bool:
-    """True when ``path`` decodes fully as a one-channel 8-bit PNG of size ``hw``."""
+def png_complete(path: Path, hw: tuple[int, int], mode: str = "L") -> bool:
+    """True when ``path`` decodes fully as a one-channel 8-bit PNG (``mode``: L grey, P palette) of size ``hw``."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            if im.format != "PNG" or im.mode != "L" or im.size != (hw[1], hw[0]):
+            if im.format != "PNG" or im.mode != mode or im.size != (hw[1], hw[0]):
                 return False
             im.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -143,12 +144,33 @@ def write_npy(path: Path, array: np.ndarray) -> None:
             np.save(f, array)
 
 
-def write_png(path: Path, labels: np.ndarray) -> None:
+def write_png(path: Path, labels: np.ndarray, palette: list[int] | None = None) -> None:
+    """An 8-bit PNG of ``labels``: grey, or with ``palette`` (mode P: the pixel values stay the labels)."""
     from PIL import Image
 
+    im = Image.fromarray(labels, mode="L")
+    if palette is not None:
+        im.putpalette(palette)  # L becomes P with the same pixel values (as SCHP's extractor does it)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            Image.fromarray(labels, mode="L").save(f, format="PNG", compress_level=3)
+            im.save(f, format="PNG", compress_level=3)
+
+
+def class_palette(num_classes: int) -> list[int]:
+    """The colour map SCHP's extractor puts in its LIP PNGs (PASCAL VOC's: the bits of each label
+    spread over the high bits of R, G, B), flattened for ``putpalette``."""
+    out = []
+    for label in range(num_classes):
+        rgb = [0, 0, 0]
+        for bit in range(8):
+            for c in range(3):
+                rgb[c] |= ((label >> (3 * bit + c)) & 1) << (7 - bit)
+        out.extend(rgb)
+    return out
+
+
+#: ``lip-png``'s palette: SCHP's, for LIP's 20 labels.
+LIP_PNG_PALETTE = class_palette(20)
 
 
 def nearest(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -323,7 +345,7 @@ def export_files(mc: MaskCache, fmt: str, base: Path, since: float, result: Expo
                 t = make(str(rel))
                 if t.exists():
                     shape = (36, *field_size(h, w)) if fmt == "bpbreid" else (h, w)
-                    ok = npy_complete(t, shape) if fmt == "bpbreid" else png_complete(t, shape)
+                    ok = npy_complete(t, shape) if fmt == "bpbreid" else png_complete(t, shape, "P" if fmt == "lip-png" else "L")
                     if ok and (since <= 0 or t.stat().st_mtime >= since):
                         result.skipped += 1
                         continue
@@ -347,7 +369,7 @@ def export_files(mc: MaskCache, fmt: str, base: Path, since: float, result: Expo
                             raise UserError(f"{mc.path}: {split} row {i} ({rel_of(mc, split, i)}) has "
                                             f"{'no parsing labels' if labels is None else f'parsing labels of {labels.shape[1]}x{labels.shape[0]}'}"
                                             f", expected the image's {w}x{h}; the cache was edited or damaged: regenerate it")
-                        write_png(t, labels)
+                        write_png(t, labels, LIP_PNG_PALETTE)
                     else:
                         write_png(t, nearest((block["person"][j] > 0).astype(np.uint8) * 255, (h, w)))
                     result.written += 1

@@ -194,6 +194,11 @@ def test_lip_png_equals_the_source_labels(parsing_cache, tmp_path):
         assert got.dtype == np.uint8 and np.array_equal(got, src), row["path"]
         n += 1
     assert n > 50
+    with Image.open((tmp_path / "lip" / row["path"]).with_suffix(".png")) as im:  # SCHP's extractor's files: palette PNGs
+        assert im.mode == "P" and np.array_equal(np.asarray(im), src)
+        # its colour map is PASCAL VOC's: label 1 dark red, 2 dark green, 3 olive, 4 navy, 8 (64, 0, 0), 19 (128, 192, 0)
+        colours = np.asarray(im.getpalette()[:60]).reshape(20, 3)
+        assert [tuple(colours[k]) for k in (0, 1, 2, 3, 4, 8, 19)] == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (64, 0, 0), (128, 192, 0)]
 
 
 def test_lip_png_is_exact_at_any_image_size(tmp_path):
