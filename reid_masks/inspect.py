@@ -74,6 +74,14 @@ def _person_area(cache: MaskCache, split: str, n: int) -> tuple[np.ndarray, list
     return out, hw
 
 
+def parsing_rows(cache: MaskCache, split: str, n: int) -> int | None:
+    """Rows that keep the parser's labels (``parsing`` cells not empty); None before schema 5."""
+    if not cache.has_column("parsing"):
+        return None
+    return sum(sum(len(cell) > 0 for cell in cache.read(split, "parsing", slice(a, min(n, a + _PERSON_CHUNK))))
+               for a in range(0, n, _PERSON_CHUNK))
+
+
 def count_codes(codes: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
     """How many of ``codes`` name each of ``names``; unknown codes as ``code_<n>``."""
     codes = np.asarray(codes, dtype=np.int64)
@@ -126,6 +134,7 @@ def summarize_split(cache: MaskCache, split: str) -> dict[str, Any]:
         "status": hist,
         "cuts": {line: count_codes(cols["cuts"].reshape(-1, 2)[:, k], CUT_NAMES) for k, line in enumerate(CUT_LINES)},
         "person_hw": person_hw,
+        "parsing_rows": parsing_rows(cache, split, n),
         "area": area,
         "upper_above_bottom": {
             "rows": int(both.sum()),
@@ -220,6 +229,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  keypoints present: {pres} of 17 per row; rows with any keypoint: {anyk}")
         for line in CUT_LINES:
             lines.append(f"  {line} cut from: " + _counts(s["cuts"][line], n))
+        kept = s.get("parsing_rows")
+        lines.append("  parsing labels kept: " + ("- (cache schema before 5)" if kept is None else
+                                                  f"{kept} rows ({_pct(kept, n)}; reid-masks export --format lip-png)" if kept else "0 rows (made without a parser)"))
     return "\n".join(lines)
 
 

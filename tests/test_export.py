@@ -201,6 +201,17 @@ def test_lip_png_equals_the_source_labels(parsing_cache, tmp_path):
         assert [tuple(colours[k]) for k in (0, 1, 2, 3, 4, 8, 19)] == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (64, 0, 0), (128, 192, 0)]
 
 
+def test_inspect_counts_the_rows_that_keep_parsing_labels(parsing_cache):
+    from reid_masks.inspect import inspect_command
+
+    _, cache = parsing_cache
+    with MaskCache(cache) as mc:
+        n = mc.num_stored("query")
+    out = CliRunner().invoke(inspect_command, [str(cache)]).output
+    query = out[out.index("[query]"):out.index("[gallery]")]
+    assert f"parsing labels kept: {n} rows (100.0%; reid-masks export --format lip-png)" in query, query
+
+
 def test_lip_png_is_exact_at_any_image_size(tmp_path):
     """Crops of odd sizes (no multiple of the 256x128 person size) with all 20 LIP labels: the
     export gives back the parser's labels pixel for pixel, and --update keeps them."""

@@ -196,6 +196,7 @@ def test_inspect_cli_text_and_json(made):
     gallery = out[out.index("[gallery]"):]
     assert f"{np.mean(exp['areas']['whole']):.3f}" in gallery.splitlines()[4]
     assert "upper centroid above bottom centroid: 83.3% (5/6" in gallery
+    assert "parsing labels kept: 0 rows (made without a parser)" in gallery
     result = CliRunner().invoke(inspect_command, [str(made["cache"]), "--json"])
     assert result.exit_code == 0
     data = json.loads(result.output)
