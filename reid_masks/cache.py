@@ -101,7 +101,7 @@ class Rows:
         """Rows of a schema-4 cache (three map digests, no ``parsing``) as rows of this schema:
         their digests verified first (ValueError naming the rows), then sealed again with an
         empty ``parsing`` -- exact for a cache made without a parser, the only kind whose rows
-        are carried over (:func:`parsing_lost`)."""
+        are carried over (:meth:`MaskCache.parsing_lost`)."""
         if self.map_digests.shape[1] >= len(MAP_COLUMNS):
             return self
         bad = digest_mismatches(vars(self))
