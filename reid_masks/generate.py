@@ -475,8 +475,7 @@ def describe_changes(rows: list[tuple[str, int, Record]], changes: list[str | No
     for (_, _, r), change in zip(rows, changes):
         for kind in (change.split(",") if change else []):
             by_kind.setdefault(kind, []).append(r.path)
-    said = {"image": "{n} image(s) changed or added (first: {first})", PARSING_LOST: "{n} row(s) without parsing labels (an older cache's)"}
-    return [said.get(kind, "{n} row(s) whose " + kind + " file changed (first: {first})").format(n=len(paths), first=paths[0])
+    return [f"{len(paths)} image(s) changed or added (first: {paths[0]})" if kind == "image" else f"{len(paths)} row(s) whose {kind} file changed (first: {paths[0]})"
             for kind, paths in by_kind.items()]
 
 
