@@ -183,6 +183,12 @@ def decode_parsing(cell: Any) -> np.ndarray | None:
         return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on PIL's read-only view)
 
 
+def parser_of(provenance: Any) -> str:
+    """The parsing source a cache's ``provenance`` names (``schp``, ``precomputed``); ``none`` without one."""
+    parser = provenance.get("parser", {}) if isinstance(provenance, dict) else {}
+    return str(parser.get("name", "none")) if isinstance(parser, dict) else "none"
+
+
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=8).hexdigest().encode()
 
@@ -539,9 +545,7 @@ class MaskCache:
     @property
     def parser(self) -> str:
         """The cache's parsing source from its provenance (``schp``, ``precomputed``); ``none`` without one."""
-        prov = self.attrs.get("provenance", {})
-        parser = prov.get("parser", {}) if isinstance(prov, dict) else {}
-        return str(parser.get("name", "none")) if isinstance(parser, dict) else "none"
+        return parser_of(self.attrs.get("provenance", {}))
 
     def parsing_lost(self) -> bool:
         """True for a cache made with a parser but older than the ``parsing`` column (schema < 5):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from reid_masks.cache import DEFAULT_PERSON_HW, MaskCache, Rows, byte_rows, encode_parsing, write_cache
+from reid_masks.cache import DEFAULT_PERSON_HW, MaskCache, Rows, byte_rows, encode_parsing, parser_of, write_cache
 from reid_masks.datasets import build_dataset
 from reid_masks.derive import derive
 from reid_masks.generate import fingerprint
@@ -33,7 +33,7 @@ def keypoint_dataset(root: Path, n: int = 16, seed: int = 3, person_hw: tuple[in
     gallery) and their cache ``<root>.h5``; returns the cache path. The rows keep the crops' true
     LIP labels in ``parsing`` when ``provenance`` names a parser (as ``generate`` would)."""
     provenance = provenance or PROVENANCE
-    with_parsing = provenance.get("parser", {}).get("name", "none") != "none"
+    with_parsing = parser_of(provenance) != "none"
     root = Path(root)
     crops = render_crops(n, seed=seed, occlusion_rate=0.3)
     folders = ["bounding_box_train"] * (n // 2) + ["query"] * (n // 4) + ["bounding_box_test"] * (n - n // 2 - n // 4)
